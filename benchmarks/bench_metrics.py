@@ -1,0 +1,142 @@
+"""Time `bilma.metrics.retrieval_metrics` on CUHK-PEDES-sized problems (2 CPU threads).
+
+Gallery: 3,074 images of 1,000 ids (about 3 each); queries: 2 captions per image plus a few
+third captions = 6,156 (the CUHK-PEDES test split), and ten times as many queries (61,560 x
+3,074). Similarities are random float32 with a boost for positives (R1 around CUHK's range).
+Reports the median of 5 runs after a warm-up, and the peak extra resident memory of one run
+(VmHWM after malloc_trim and resetting it through /proc/self/clear_refs; else the
+ru_maxrss delta).
+For reference it also times one full stable sort of the 6,156 x 3,074 matrix (what a
+sort-based `rank` needs before any metric).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import datetime
+import gc
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+from bilma.metrics import format_metrics, retrieval_metrics
+
+N_IDS, N_GALLERY, N_QUERY = 1000, 3074, 6156
+RUNS = 5
+
+
+def cuhk_like(n_query_factor: int, seed: int = 0) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Similarity [N_QUERY * factor, N_GALLERY] float32, query pids, gallery pids."""
+    rng = np.random.default_rng(seed)
+    gallery_pids = np.concatenate(
+        [np.arange(N_IDS), np.arange(N_IDS), np.arange(N_IDS), rng.integers(0, N_IDS, 74)]
+    )
+    gallery_pids = np.sort(gallery_pids)  # images of one id next to each other, as on disk
+    captions_of = np.concatenate([np.arange(N_GALLERY), np.arange(N_GALLERY)])
+    captions_of = np.concatenate([captions_of, rng.choice(N_GALLERY, N_QUERY - 2 * N_GALLERY)])
+    query_pids = np.tile(gallery_pids[np.sort(captions_of)], n_query_factor)
+    g = torch.from_numpy(gallery_pids)
+    sim = torch.empty(len(query_pids), N_GALLERY, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    for s in range(0, len(query_pids), 256):  # fill in small blocks: small temporaries
+        block = sim[s : s + 256]
+        block.normal_(0.0, 0.1, generator=gen)
+        q = torch.from_numpy(query_pids[s : s + 256])
+        block[q[:, None] == g[None, :]] += 0.2  # positives: normal(0.2, 0.1)
+    return sim, query_pids, gallery_pids
+
+
+def _status_kb(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _release_free_heap() -> None:
+    """Give freed heap memory back to the OS (glibc), so that reusing it shows in the peak."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def peak_extra_mb(fn) -> tuple[float, str]:
+    """Peak resident memory above the current one while running fn(), in MB."""
+    gc.collect()
+    _release_free_heap()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM (peak RSS) to the current RSS
+        base = _status_kb("VmRSS")
+        fn()
+        peak = _status_kb("VmHWM")
+        if base is not None and peak is not None:
+            return (peak - base) / 1024, "VmHWM"
+    except OSError:
+        pass
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (after - before) / 1024, "ru_maxrss delta (lower bound)"
+
+
+def time_it(fn) -> tuple[float, float]:
+    fn()  # warm-up
+    times = []
+    for _ in range(RUNS):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), min(times)
+
+
+def bench(factor: int, chunks: tuple[int, ...]) -> None:
+    """Print one line per chunk size for the problem with `factor` x 6,156 queries."""
+    sim, q, g = cuhk_like(factor)
+    how = ""
+    for chunk in chunks:
+        result: dict[str, float] = {}
+
+        def run(chunk: int = chunk, result: dict[str, float] = result) -> None:
+            result.update(retrieval_metrics(sim, q, g, chunk=chunk))
+
+        med, best = time_it(run)
+        mem, how = peak_extra_mb(run)
+        shape = f"{sim.shape[0]:,} x {sim.shape[1]:,}"
+        print(
+            f"{shape:>22}  {chunk:>5}  {med:>8.3f}  {best:>6.3f}  {mem:>8.1f}  "
+            f"{format_metrics(result)}"
+        )
+    print(f"#   input {sim.numel() * 4 / 2**20:.0f} MB float32; memory measured as {how}")
+    if factor == 1:
+        med, _ = time_it(lambda: torch.sort(sim, dim=1, descending=True, stable=True))
+        print(f"#   reference: one full stable torch.sort of this matrix: {med:.3f} s")
+
+
+def main() -> int:
+    torch.set_num_threads(2)
+    print(f"# bench_metrics  {datetime.datetime.now().isoformat(timespec='seconds')}")
+    print(
+        f"# machine: nproc={os.cpu_count()}, {platform.platform()}, "
+        f"python {platform.python_version()}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), numpy {np.__version__}"
+    )
+    print(f"# median of {RUNS} runs after a warm-up; memory = peak extra RSS of one run")
+    print(f"{'problem':>22}  {'chunk':>5}  {'median s':>8}  {'min s':>6}  {'peak MB':>8}  metrics")
+    for factor, chunks in ((1, (256, 1024, 4096)), (10, (1024,))):
+        bench(factor, chunks)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

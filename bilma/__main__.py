@@ -1,0 +1,188 @@
+"""`python -m bilma <command>`: the library's command line.
+
+Commands: train, eval, sync (mirror trial directories to MLflow), synth (generate the
+synthetic dataset), data-info (counts per split), config (show keys or a resolved config),
+demo (what `make demo` runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+# Never reach for the hub: a model id that is not a local folder must fail at once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from bilma.config import ConfigError  # noqa: E402
+from bilma.data.records import DataError  # noqa: E402
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from bilma.data import formats, synth
+    from bilma.data.info import format_table
+
+    stats = synth.generate(
+        args.out,
+        ids=args.ids,
+        images_per_id=args.images_per_id,
+        seed=args.seed,
+        height=args.height,
+        width=args.width,
+        workers=args.workers,
+    )
+    records = formats.read_annotations("synth", args.out)
+    print(format_table(formats.dataset_stats(records)))
+    print(f"wrote {args.out} in {stats.get('seconds', 0):.1f} s")
+    return 0
+
+
+def _cmd_data_info(args: argparse.Namespace) -> int:
+    from bilma.data.info import run_data_info
+
+    return run_data_info(args)
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from bilma import config
+
+    if args.keys:
+        print(config.describe_keys())
+        return 0
+    cfg = config.load_config(args.config, args.overrides)
+    print(config.dump_yaml(cfg), end="")
+    print(f"# trial id: {config.trial_id(cfg)}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from bilma.config import load_config
+    from bilma.metrics import metrics_table
+    from bilma.tracking import TrialDir
+    from bilma.train import Interrupted, train
+
+    cfg = load_config(args.config, args.overrides)
+    try:
+        result = train(cfg)
+    except Interrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return e.exit_code
+    if result:
+        sel = result["selection"]
+        print(metrics_table({f"{cfg.data.dataset} test": result["metrics"]}))
+        print(
+            f"checkpoint of epoch {sel['epoch']} (selected by {sel['split']} {sel['metric']}); "
+            f"trial directory: {TrialDir.for_config(cfg).path}"
+        )
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from bilma.evaluate import main_eval
+
+    return main_eval(args.checkpoint, args.split, args.device)
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from bilma.tracking import cmd_sync
+
+    return cmd_sync(args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """Generate the synthetic dataset if missing and show what it holds."""
+    from bilma.config import load_config
+    from bilma.data import datasets, formats
+    from bilma.data.info import format_table
+
+    cfg = load_config(None, [f"data.root={args.root}"])
+    datasets.ensure_synthetic(cfg.data)
+    records = formats.read_annotations("synth", cfg.data.root)
+    print(format_table(formats.dataset_stats(records)))
+    data = datasets.load_data(cfg)
+    lengths = (data.tokens > 0).sum(1)
+    print(
+        f"tokenizer: {data.tokenizer.vocab_size} tokens; captions are {lengths.mean():.1f} "
+        f"tokens on average (max {lengths.max()})"
+    )
+    example = data.records[0]
+    print(f"example: {example.image_path} (person {example.pid}): {example.captions[0]}")
+    print(f"parse maps: {data.parsing_root}/{{lip20,atr18,ppp7}}/<image path>.png")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bilma", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train (or resume, or report) one run")
+    p.add_argument(
+        "--config", type=Path, required=True, help="YAML file, e.g. configs/synth_tiny.yaml"
+    )
+    p.add_argument("overrides", nargs="*", help="key.sub=value, e.g. train.epochs=5")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--split", choices=("test", "val"), default="test")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("sync", help="mirror trial directories into MLflow (idempotent)")
+    from bilma.tracking import add_sync_args
+
+    add_sync_args(p)
+    p.set_defaults(func=_cmd_sync)
+
+    p = sub.add_parser("synth", help="generate the synthetic pedestrian dataset")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--ids", type=int, default=1200, help="identities (default 1200)")
+    p.add_argument("--images-per-id", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--height", type=int, default=384)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    p.set_defaults(func=_cmd_synth)
+
+    from bilma.data.info import add_data_info_args
+
+    p = sub.add_parser("data-info", help="identities, images and captions per split")
+    add_data_info_args(p)
+    p.set_defaults(func=_cmd_data_info)
+
+    p = sub.add_parser("config", help="print a resolved config and its trial id")
+    p.add_argument("--config", type=Path, help="YAML file")
+    p.add_argument("--keys", action="store_true", help="list every key with its default")
+    p.add_argument("overrides", nargs="*", help="key.sub=value")
+    p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser("demo", help="the default demo (make demo)")
+    p.add_argument("--root", default="data/synth")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return args.func(args)
+    except (ConfigError, DataError) as e:
+        from bilma.data.datasets import root_cause
+
+        print(f"error: {root_cause(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Checkpoints: model, optimizer, scheduler, scaler, position in training, every RNG state.
+
+Written atomically (temporary file, then `os.replace`) and read with `weights_only=True`:
+everything in them is tensors, numbers, strings, lists and dicts. Each holds the model's
+signature (the shapes that define it) and the resolved config, so `eval` needs nothing else,
+and a checkpoint of another model is refused with the differences named.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bilma.config import Config, from_dict, to_dict
+from bilma.data.records import DataError
+from bilma.model.bilma import BiLMa, build_from_signature, model_signature, signature_mismatch
+from bilma.tracking import atomic_torch_save
+
+FORMAT = 1
+
+
+class CheckpointMismatch(DataError):
+    """A checkpoint whose model differs from the one the config builds."""
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the trainer draws from, as tensors and plain values."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": {"version": py[0], "state": list(py[1]), "gauss": py[2]},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"]), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(path: Path, model: BiLMa, cfg: Config, **extra: Any) -> None:
+    """Atomically save the model with its signature and config, plus any training state."""
+    payload = {
+        "format": FORMAT,
+        "signature": model_signature(model),
+        "config": to_dict(cfg),
+        "model": model.state_dict(),
+        **extra,
+    }
+    atomic_torch_save(payload, path)
+
+
+def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint safely (`weights_only=True`), with a clear error for a bad file."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # a torn or foreign file: say which and why
+        raise DataError(
+            f"cannot read checkpoint {path}: {type(e).__name__}: {e}".splitlines()[0]
+        ) from None
+    if not isinstance(ckpt, dict) or "signature" not in ckpt or "model" not in ckpt:
+        raise DataError(f"{path} is not a bilma checkpoint (no model signature in it)")
+    return ckpt
+
+
+def load_model_state(model: BiLMa, ckpt: dict[str, Any], path: Path) -> None:
+    """Load weights after checking that the checkpoint was made for this very model."""
+    diffs = signature_mismatch(ckpt["signature"], model_signature(model))
+    if diffs:
+        raise CheckpointMismatch(
+            f"{path} was saved from another model ({'; '.join(diffs[:4])}); use the config it was "
+            "trained with, or start a new run directory"
+        )
+    model.load_state_dict(ckpt["model"], strict=True)
+
+
+def load_for_eval(path: Path, device: torch.device) -> tuple[BiLMa, Config, dict[str, Any]]:
+    """Rebuild the model of a checkpoint from its own signature and config."""
+    ckpt = load(path, device)
+    cfg = from_dict(ckpt["config"], where=str(path))
+    model = build_from_signature(ckpt["signature"], cfg)
+    load_model_state(model, ckpt, path)
+    model.to(device).eval()
+    return model, cfg, {k: v for k, v in ckpt.items() if k in ("epoch", "step", "metrics")}

@@ -1,0 +1,493 @@
+"""The trainer's configuration: a typed tree of dataclasses, YAML files, overrides, the trial id.
+
+A config file is YAML whose top-level keys are the sections below; it may name a `base:` file
+(relative to itself) whose values it overrides. Command-line overrides are `key.sub=value`,
+with the value parsed as YAML (`mim.mask_ratio=0.3`, `data.image_size=[384,128]`).
+
+Every key is validated: an unknown key names the file and the nearest valid key, a bad value
+names the expected type or range. `trial_id(cfg)` is a short hash of the canonical form of the
+resolved config, leaving out where things live and how they are tracked (`paths`, `tracking`,
+data and weight locations, worker counts): the same experiment gets the same id on any machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+# Field metadata keys.
+_RANGE = "range"  # (low, high) inclusive; None for an open end
+_HASH = "hash"  # False: left out of the trial id; "basename": only the last path component
+_HELP = "help"
+
+
+def _f(default: Any, help: str = "", range: tuple | None = None, hash: Any = True, **kw: Any):
+    """A dataclass field with a help text, an optional range and its role in the trial id."""
+    meta = {_HELP: help, _RANGE: range, _HASH: hash}
+    if isinstance(default, (list, dict, tuple)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["synth", "cuhk-pedes", "icfg-pedes", "rstpreid"] = _f(
+        "synth", "which annotation format and benchmark to read"
+    )
+    root: str = _f("data/synth", "dataset folder (generated on first use for synth)", hash=False)
+    image_size: list[int] = _f([384, 128], "input height and width in pixels")
+    text_length: int = _f(77, "caption length in tokens, SOT and EOT included", range=(8, 512))
+    tokenizer: str | None = _f(
+        None,
+        "folder with vocab.json and merges.txt; default: model.pretrained, or the synthetic "
+        "dataset's own tokenizer",
+        hash="basename",
+    )
+    parsing_root: str | None = _f(
+        None, "folder of parse maps (default: <root>/parsing)", hash=False
+    )
+    num_workers: int = _f(2, "DataLoader worker processes", range=(0, 64), hash=False)
+    skip_bad_images: bool = _f(False, "drop missing or unreadable images with a warning")
+    hflip: float = _f(0.5, "horizontal flip probability", range=(0.0, 1.0))
+    pad: int = _f(10, "padding before the random crop, pixels", range=(0, 128))
+    erase: float = _f(0.5, "random erasing probability", range=(0.0, 1.0))
+    synth_ids: int = _f(1200, "identities of a generated synthetic dataset", range=(3, 1_000_000))
+    synth_images_per_id: int = _f(4, "images per identity (synthetic)", range=(1, 100))
+    synth_seed: int = _f(0, "seed of the synthetic dataset", range=(0, None))
+
+
+@dataclass
+class ModelConfig:
+    name: Literal["tiny", "vitb16"] = _f("tiny", "encoder size when not loading weights")
+    pretrained: str | None = _f(
+        None,
+        "local folder of a Hugging Face CLIP model (e.g. clip-vit-base-patch16)",
+        hash="basename",
+    )
+    embed_dim: int = _f(512, "joint embedding width", range=(8, 4096))
+    cross_depth: int = _f(4, "transformer layers of the cross-modal module", range=(0, 24))
+    cross_heads: int = _f(8, "attention heads of the cross-modal module", range=(1, 64))
+    temperature: float = _f(0.02, "SDM temperature tau (logit scale 1/tau)", range=(1e-4, 1.0))
+
+
+@dataclass
+class MLMConfig:
+    enabled: bool = _f(True, "masked language modelling branch (image -> text)")
+    probability: float = _f(0.15, "chance that a caption token is chosen", range=(0.0, 1.0))
+    masked_caption_for_retrieval: bool = _f(
+        False, "IRRA parity: SDM and ID also see the masked caption (IRRA's in-place mutation)"
+    )
+
+
+@dataclass
+class MIMConfig:
+    target: Literal["semantic", "pixel", "none"] = _f(
+        "semantic", "what a masked patch predicts: parser class (SemMIM), pixels, or no MIM"
+    )
+    mask_ratio: float = _f(0.5, "fraction of image patches masked", range=(0.0, 0.95))
+    masking: Literal["patch", "block"] = _f("patch", "random patches or contiguous blocks")
+    cross_module: Literal["own", "shared"] = _f(
+        "own", "own cross-modal module, or the MLM branch's"
+    )
+    depth: int = _f(4, "transformer layers of the MIM cross-modal module", range=(0, 24))
+    caption: Literal["clean", "masked"] = _f("clean", "caption used as keys and values")
+    labels: Literal["lip20", "atr18", "ppp7"] = _f("lip20", "human-parsing label set")
+    label_rule: Literal["majority", "soft"] = _f(
+        "majority", "patch label: majority vote, or the soft class histogram"
+    )
+    norm_pixels: bool = _f(True, "pixel target: normalise each patch (MAE)")
+
+
+@dataclass
+class LossConfig:
+    sdm_weight: float = _f(1.0, "similarity distribution matching", range=(0.0, None))
+    id_weight: float = _f(1.0, "identity classification", range=(0.0, None))
+    mlm_weight: float = _f(1.0, "masked language modelling", range=(0.0, None))
+    mim_weight: float = _f(1.0, "masked image modelling", range=(0.0, None))
+
+
+@dataclass
+class OptimConfig:
+    lr: float = _f(1e-5, "base learning rate (encoders)", range=(0.0, 10.0))
+    lr_factor: float = _f(5.0, "multiplier for new modules and heads", range=(0.0, None))
+    bias_lr_factor: float = _f(2.0, "multiplier for biases", range=(0.0, None))
+    weight_decay: float = _f(4e-5, range=(0.0, None))
+    weight_decay_bias: float = _f(0.0, range=(0.0, None))
+    betas: list[float] = _f([0.9, 0.999], "Adam betas")
+    eps: float = _f(1e-3, "Adam epsilon (IRRA: 1e-3)", range=(0.0, 1.0))
+    warmup_epochs: int = _f(5, range=(0, None))
+    warmup_factor: float = _f(0.1, "learning-rate factor at the first epoch", range=(0.0, 1.0))
+    schedule: Literal["cosine", "constant"] = _f("cosine")
+    grad_clip: float | None = _f(None, "clip the gradient norm to this", range=(0.0, None))
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(60, range=(1, 10_000))
+    batch_size: int = _f(64, "per process", range=(2, 65_536))
+    seed: int = _f(1, "seed of the run; each process uses seed + rank", range=(0, None))
+    deterministic: bool = _f(False, "deterministic algorithms (bit-exact resume on CPU)")
+    amp: Literal["auto", "bf16", "fp16", "off"] = _f("auto", "autocast: auto = bf16 on GPU")
+    log_every: int = _f(20, "steps between progress lines", range=(1, None), hash=False)
+    max_steps_per_epoch: int | None = _f(None, "cap steps per epoch (smoke runs)", range=(1, None))
+
+
+@dataclass
+class EvalConfig:
+    every: int = _f(1, "evaluate every N epochs", range=(1, None))
+    select_split: Literal["val", "test"] = _f(
+        "val", "split that picks the best checkpoint (test: IRRA parity)"
+    )
+    select_metric: Literal["R1", "R5", "R10", "mAP", "mINP"] = _f("R1")
+    batch_size: int = _f(256, range=(1, None), hash=False)
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = _f("sqlite:///mlflow.db", "MLflow tracking URI", hash=False)
+    enabled: bool = _f(True, "mirror the trial directory to MLflow", hash=False)
+    study: str = _f("default", "MLflow experiment and runs/<study>/", hash=False)
+    variant: str = _f("", "row label in ablation tables", hash=False)
+
+
+@dataclass
+class PathsConfig:
+    runs: str = _f("runs", "root of the trial directories", hash=False)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mlm: MLMConfig = field(default_factory=MLMConfig)
+    mim: MIMConfig = field(default_factory=MIMConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+class ConfigError(ValueError):
+    """A bad config: one line naming the file, the key and the fix."""
+
+
+# ----------------------------------------------------------------------------- key tables
+
+
+def _sections() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+
+
+def _leaf_fields() -> dict[str, tuple[dataclasses.Field, Any]]:
+    """Every valid dotted key with its field and resolved type hint."""
+    out = {}
+    for sec, cls in _sections().items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            out[f"{sec}.{f.name}"] = (f, hints[f.name])
+    return out
+
+
+LEAF_FIELDS = _leaf_fields()
+VALID_KEYS: tuple[str, ...] = tuple(LEAF_FIELDS)
+
+
+def suggest(key: str, candidates: typing.Iterable[str] = VALID_KEYS) -> str | None:
+    """The nearest valid key for a typo, or None."""
+    candidates = list(candidates)
+    hits = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    if hits:
+        return hits[0]
+    # A right leaf name in the wrong section ("ratio" typo aside): match on the last part.
+    leaf = key.rsplit(".", 1)[-1]
+    by_leaf = [c for c in candidates if c.rsplit(".", 1)[-1] == leaf]
+    return by_leaf[0] if len(by_leaf) == 1 else None
+
+
+def _unknown_key(key: str, where: str) -> ConfigError:
+    hint = suggest(key)
+    fix = f"did you mean '{hint}'?" if hint else "see `python -m bilma config --keys`"
+    return ConfigError(f"{where}: unknown key '{key}'; {fix}")
+
+
+# ----------------------------------------------------------------------------- value checks
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        return f"a list of {_type_name(inner)}"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    """(ok, value converted to tp). Ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return (value in typing.get_args(tp)), value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return True, None
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                continue
+            ok, v = _coerce(value, arg)
+            if ok:
+                return True, v
+        return False, value
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        out = []
+        for item in value:
+            ok, v = _coerce(item, inner)
+            if not ok:
+                return False, value
+            out.append(v)
+        return True, out
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return (isinstance(value, int) and not isinstance(value, bool)), value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False, value
+        return True, float(value)
+    if tp is str:
+        return isinstance(value, str), value
+    return False, value
+
+
+def _check_value(key: str, value: Any, where: str) -> Any:
+    f, tp = LEAF_FIELDS[key]
+    ok, v = _coerce(value, tp)
+    if not ok:
+        raise ConfigError(f"{where}: {key} = {value!r} is not {_type_name(tp)}")
+    rng = f.metadata.get(_RANGE)
+    if rng is not None and isinstance(v, (int, float)) and not isinstance(v, bool):
+        lo, hi = rng
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            lo_s = "-inf" if lo is None else lo
+            hi_s = "inf" if hi is None else hi
+            raise ConfigError(f"{where}: {key} = {v!r} is out of range [{lo_s}, {hi_s}]")
+    return v
+
+
+def _check_cross(cfg: Config, where: str) -> None:
+    """Constraints between keys."""
+    h, w = cfg.data.image_size if len(cfg.data.image_size) == 2 else (0, 0)
+    if len(cfg.data.image_size) != 2 or h <= 0 or w <= 0:
+        raise ConfigError(f"{where}: data.image_size must be [height, width], e.g. [384, 128]")
+    if h % 16 or w % 16:
+        raise ConfigError(
+            f"{where}: data.image_size = {cfg.data.image_size} must be multiples of the patch "
+            "size 16 (e.g. [384, 128])"
+        )
+    if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
+        raise ConfigError(f"{where}: optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.999]")
+    if cfg.model.embed_dim % cfg.model.cross_heads:
+        raise ConfigError(
+            f"{where}: model.embed_dim = {cfg.model.embed_dim} must be divisible by "
+            f"model.cross_heads = {cfg.model.cross_heads}"
+        )
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _flat_user_dict(tree: Any, where: str) -> dict[str, Any]:
+    """Flatten a YAML mapping and reject unknown keys, naming the file."""
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections (data:, model:, ...)")
+    flat: dict[str, Any] = {}
+    for sec, body in tree.items():
+        if sec == "base":
+            continue
+        if not isinstance(sec, str):
+            raise ConfigError(f"{where}: key {sec!r} is not a string")
+        if sec in _sections() and not isinstance(body, dict):
+            raise ConfigError(f"{where}: section '{sec}' must be a mapping of keys")
+        if isinstance(body, dict):
+            for k, v in flatten(body, sec + ".").items():
+                flat[k] = v
+        else:
+            flat[sec] = body
+    for k in flat:
+        if k not in LEAF_FIELDS:
+            raise _unknown_key(k, where)
+    return flat
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}:{line}: invalid YAML: {problem}") from None
+
+
+def load_yaml_chain(path: str | Path, _seen: tuple[Path, ...] = ()) -> list[tuple[str, dict]]:
+    """[(file, flat values)] from the root `base:` down to `path`, each validated for keys."""
+    path = Path(path)
+    real = path.resolve()
+    if real in _seen:
+        raise ConfigError(f"{path}: `base:` files form a cycle")
+    tree = _read_yaml(path)
+    chain: list[tuple[str, dict]] = []
+    if isinstance(tree, dict) and tree.get("base"):
+        base = tree["base"]
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: base must be a path to a YAML file")
+        base_path = Path(base)
+        if not base_path.is_absolute():
+            base_path = path.parent / base_path
+        if not base_path.exists():
+            raise ConfigError(f"{path}: base file '{base}' not found (looked at {base_path})")
+        chain = load_yaml_chain(base_path, (*_seen, real))
+    chain.append((str(path), _flat_user_dict(tree, str(path))))
+    return chain
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'mim.mask_ratio=0.3' -> ('mim.mask_ratio', 0.3); values are YAML ('null', '[1,2]')."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected key=value, e.g. train.epochs=10")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def apply_values(cfg: Config, flat: dict[str, Any], where: str) -> Config:
+    """Return a copy of cfg with dotted keys set, each checked for name, type and range."""
+    data = to_dict(cfg)
+    for key, value in flat.items():
+        if key not in LEAF_FIELDS:
+            raise _unknown_key(key, where)
+        sec, name = key.split(".", 1)
+        data[sec][name] = _check_value(key, value, where)
+    out = from_dict(data)
+    _check_cross(out, where)
+    return out
+
+
+def load_config(
+    path: str | Path | None = None, overrides: typing.Sequence[str] | dict[str, Any] = ()
+) -> Config:
+    """Defaults <- base files <- `path` <- overrides, validated at each step."""
+    cfg = Config()
+    if path is not None:
+        for where, flat in load_yaml_chain(path):
+            cfg = apply_values(cfg, flat, where)
+    if isinstance(overrides, dict):
+        flat = dict(overrides)
+        where = "overrides"
+    else:
+        flat = dict(parse_override(o) for o in overrides)
+        where = "command line"
+    if flat:
+        cfg = apply_values(cfg, flat, where)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any], where: str = "config") -> Config:
+    """Build a Config from a nested dict (e.g. a saved config.yaml), checking every key."""
+    flat = _flat_user_dict(data, where)
+    sections = {}
+    for sec, cls in _sections().items():
+        values = {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith(sec + ".")}
+        sections[sec] = cls(**values)
+    return Config(**sections)
+
+
+def validate(cfg: Config, where: str = "config") -> Config:
+    """Re-check every value (for configs built in code)."""
+    return apply_values(Config(), flatten(to_dict(cfg)), where)
+
+
+# ----------------------------------------------------------------------------- identity
+
+
+def canonical(cfg: Config) -> str:
+    """Canonical JSON of the parts that define the experiment (see the module docstring)."""
+    out: dict[str, Any] = {}
+    for key, (f, _tp) in LEAF_FIELDS.items():
+        mode = f.metadata.get(_HASH, True)
+        if mode is False:
+            continue
+        sec, name = key.split(".", 1)
+        value = getattr(getattr(cfg, sec), name)
+        if mode == "basename" and isinstance(value, str):
+            value = os.path.basename(os.path.normpath(value))
+        out[key] = value
+    return json.dumps(out, sort_keys=True, separators=(",", ":"))
+
+
+def trial_id(cfg: Config, length: int = 10) -> str:
+    """A short stable hash of `canonical(cfg)`: the trial directory's name."""
+    return hashlib.sha256(canonical(cfg).encode()).hexdigest()[:length]
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def describe_keys() -> str:
+    """Every key with its type, default and help, for `python -m bilma config --keys`."""
+    default = flatten(to_dict(Config()))
+    lines = []
+    for key, (f, tp) in LEAF_FIELDS.items():
+        rng = f.metadata.get(_RANGE)
+        extra = f" in [{rng[0]}, {rng[1]}]" if rng else ""
+        help_ = f.metadata.get(_HELP) or ""
+        lines.append(f"{key:34s} {default[key]!r:24} {_type_name(tp)}{extra}. {help_}".rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,388 @@
+"""Training and evaluation datasets, and the loaders that feed the trainer.
+
+A training sample is one (image, caption) pair, as in IRRA. It carries the augmented image, the
+caption's token ids, the MLM-masked ids with their labels, the SemMIM patch labels (or nothing
+for the pixel target, which the model takes from the image itself) and the person id.
+
+Augmentation is a pure function of (seed, epoch, sample index): the sampler hands the epoch to
+the dataset with each index. So the same run draws the same augmentations in any number of
+worker processes, and a run resumed mid-epoch sees exactly what an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from bilma.config import Config, DataConfig
+from bilma.data import formats, parsing, synth
+from bilma.data.records import DataError, Record
+from bilma.data.tokenizer import CaptionTokenizer, encode_cached, load_tokenizer, train_tokenizer
+from bilma.data.transforms import TestTransform, TrainTransform
+
+log = logging.getLogger(__name__)
+
+PATCH = 16
+IGNORE = -100  # label of positions that a loss skips
+
+
+# ----------------------------------------------------------------------------- the dataset on disk
+
+
+@dataclass
+class PedesData:
+    """One dataset's records, images folder, tokenizer and tokenized captions."""
+
+    dataset: str
+    root: Path
+    image_dir: Path
+    records: list[Record]
+    tokenizer: CaptionTokenizer
+    tokens: np.ndarray  # [num captions, text_length] int32, captions in record order
+    caption_record: np.ndarray  # [num captions] index into records
+    parsing_root: Path
+    _split_cache: dict = field(default_factory=dict, repr=False)
+
+    def split(self, name: str) -> tuple[list[int], np.ndarray]:
+        """(record indices, caption indices) of a split."""
+        if name not in self._split_cache:
+            rec = [i for i, r in enumerate(self.records) if r.split == name]
+            in_split = np.zeros(len(self.records), dtype=bool)
+            in_split[rec] = True
+            caps = np.nonzero(in_split[self.caption_record])[0]
+            self._split_cache[name] = (rec, caps)
+        return self._split_cache[name]
+
+    @property
+    def num_train_ids(self) -> int:
+        return len({r.pid for r in self.records if r.split == "train"})
+
+
+def ensure_synthetic(cfg: DataConfig) -> None:
+    """Generate the synthetic dataset (and its tokenizer) if `data.root` does not hold one."""
+    root = Path(cfg.root)
+    if not synth.is_complete(root):
+        log.info(
+            "generating the synthetic pedestrian dataset in %s (%d identities x %d images)",
+            root,
+            cfg.synth_ids,
+            cfg.synth_images_per_id,
+        )
+        synth.generate(
+            root, ids=cfg.synth_ids, images_per_id=cfg.synth_images_per_id, seed=cfg.synth_seed
+        )
+    tok_dir = root / "tokenizer"
+    if not (tok_dir / "vocab.json").exists():
+        records = formats.read_annotations("synth", root)
+        captions = [c for r in records if r.split == "train" for c in r.captions]
+        train_tokenizer(captions, tok_dir)
+
+
+def tokenizer_folder(cfg: Config) -> Path:
+    """data.tokenizer, else the CLIP weights folder, else the synthetic dataset's own."""
+    if cfg.data.tokenizer:
+        return Path(cfg.data.tokenizer)
+    if cfg.model.pretrained:
+        return Path(cfg.model.pretrained)
+    if cfg.data.dataset == "synth":
+        return Path(cfg.data.root) / "tokenizer"
+    raise DataError(
+        f"no tokenizer for {cfg.data.dataset}: set model.pretrained to a local CLIP folder "
+        "(it holds vocab.json and merges.txt) or data.tokenizer to such a folder"
+    )
+
+
+def load_data(cfg: Config, check_parse_maps: bool | None = None) -> PedesData:
+    """Read annotations, check images (and parse maps for SemMIM), tokenize captions once."""
+    d = cfg.data
+    if d.dataset == "synth":
+        ensure_synthetic(d)
+    root = Path(d.root)
+    records = formats.read_annotations(d.dataset, root)
+    image_dir = formats.image_dir(d.dataset, root)
+    records = formats.check_images(records, image_dir, skip_missing=d.skip_bad_images)
+    if d.skip_bad_images:
+        records = _drop_unreadable(records, image_dir)
+    parsing_root = Path(d.parsing_root) if d.parsing_root else root / "parsing"
+    if check_parse_maps is None:
+        check_parse_maps = cfg.mim.target == "semantic" and cfg.loss.mim_weight > 0
+    if check_parse_maps:
+        _check_parse_maps(records, parsing_root, cfg.mim.labels)
+    tokenizer = load_tokenizer(tokenizer_folder(cfg))
+    captions = [c for r in records for c in r.captions]
+    caption_record = np.repeat(np.arange(len(records)), [len(r.captions) for r in records])
+    tokens = encode_cached(tokenizer, captions, d.text_length, root / "cache")
+    return PedesData(
+        d.dataset, root, image_dir, records, tokenizer, tokens, caption_record, parsing_root
+    )
+
+
+def _drop_unreadable(records: list[Record], image_dir: Path) -> list[Record]:
+    bad, keep = [], []
+    for r in records:
+        try:
+            formats.validate_image(image_dir / r.image_path)
+            keep.append(r)
+        except DataError:
+            bad.append(r.image_path)
+    if bad:
+        log.warning(
+            "skipping %d unreadable images (data.skip_bad_images=true): %s",
+            len(bad),
+            ", ".join(bad[:20]) + (" ..." if len(bad) > 20 else ""),
+        )
+    return keep
+
+
+def _check_parse_maps(records: list[Record], parsing_root: Path, labels: str) -> None:
+    missing = [
+        r.image_path
+        for r in records
+        if r.split == "train"
+        and not parsing.parse_map_path(parsing_root, labels, r.image_path).exists()
+    ]
+    if missing:
+        first = parsing.parse_map_path(parsing_root, labels, missing[0])
+        raise DataError(
+            f"{len(missing)} training images have no {labels} parse map (first: {first}); "
+            f"write your parser's maps under {parsing_root / labels}/<image path>.png, "
+            "or set mim.target=pixel or mim.target=none"
+        )
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def read_image(path: Path) -> Image.Image:
+    """Open an image as RGB, or raise a DataError that names it and the fix."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(
+            f"image not found: {path}; check data.root, or set data.skip_bad_images=true"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DataError(
+            f"cannot read image {path}: {e}; re-download it, or set data.skip_bad_images=true "
+            "to drop unreadable images with a warning"
+        ) from None
+
+
+# ----------------------------------------------------------------------------- MLM
+
+
+def mask_tokens(
+    ids: np.ndarray,
+    rng: np.random.Generator,
+    probability: float,
+    mask_id: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """IRRA's MLM masking of one caption: (masked ids, labels with IGNORE where not chosen).
+
+    Ordinary tokens are ids in [1, mask_id) (pad 0 and the mask, SOT, EOT ids above it are
+    never chosen). A chosen token becomes the mask with p 0.8, a random ordinary token with
+    p 0.1, stays with p 0.1. If no token is chosen, position 1 is masked.
+    """
+    ids = ids.astype(np.int64)
+    masked = ids.copy()
+    labels = np.full_like(ids, IGNORE)
+    ordinary = (ids > 0) & (ids < mask_id)
+    chosen = ordinary & (rng.random(ids.shape) < probability)
+    if not chosen.any():
+        chosen[1] = True
+    action = rng.random(ids.shape)
+    labels[chosen] = ids[chosen]
+    to_mask = chosen & (action < 0.8)
+    to_random = chosen & (action >= 0.8) & (action < 0.9)
+    masked[to_mask] = mask_id
+    masked[to_random] = rng.integers(1, mask_id, size=int(to_random.sum()))
+    return masked, labels
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+class TrainSet(Dataset):
+    """One sample per (image, caption) pair of the train split."""
+
+    def __init__(self, data: PedesData, cfg: Config, split: str = "train"):
+        self.data = data
+        self.cfg = cfg
+        rec_idx, self.captions = data.split(split)
+        if not rec_idx:
+            raise DataError(f"{data.root}: the {data.dataset} dataset has no {split} split")
+        self.transform = TrainTransform(
+            tuple(cfg.data.image_size), hflip=cfg.data.hflip, pad=cfg.data.pad, erase=cfg.data.erase
+        )
+        self.semantic = cfg.mim.target == "semantic" and cfg.loss.mim_weight > 0
+        self.label_set = parsing.get_label_set(cfg.mim.labels)
+        self.mlm = cfg.mlm.enabled and cfg.loss.mlm_weight > 0
+        self.seed = cfg.train.seed
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        rng = np.random.default_rng([self.seed, epoch, index])
+        cap = int(self.captions[index])
+        rec = self.data.records[int(self.data.caption_record[cap])]
+        path = self.data.image_dir / rec.image_path
+        image = read_image(path)
+        parse_map = None
+        if self.semantic:
+            map_path = parsing.parse_map_path(
+                self.data.parsing_root, self.label_set.name, rec.image_path
+            )
+            parse_map = parsing.load_parse_map(map_path, self.label_set, image.size)
+        img, out_map = self.transform(image, parse_map, rng, self.label_set.flip_lut)
+        ids = self.data.tokens[cap]
+        sample = {
+            "images": img,
+            "caption_ids": torch.from_numpy(ids.astype(np.int64)),
+            "pids": torch.tensor(rec.pid, dtype=torch.int64),
+            "index": torch.tensor(index, dtype=torch.int64),
+        }
+        if self.mlm:
+            masked, labels = mask_tokens(
+                ids, rng, self.cfg.mlm.probability, self.data.tokenizer.mask_id
+            )
+            sample["mlm_ids"] = torch.from_numpy(masked)
+            sample["mlm_labels"] = torch.from_numpy(labels)
+        if out_map is not None:
+            sample["patch_labels"] = parsing.patch_labels(
+                out_map, PATCH, self.label_set.num_classes, self.cfg.mim.label_rule
+            )
+        return sample
+
+
+class ImageSet(Dataset):
+    """Gallery images of a split, test transform."""
+
+    def __init__(self, data: PedesData, split: str, size: Sequence[int]):
+        rec_idx, _ = data.split(split)
+        self.data = data
+        self.records = [data.records[i] for i in rec_idx]
+        self.transform = TestTransform(tuple(size))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        rec = self.records[i]
+        return self.transform(read_image(self.data.image_dir / rec.image_path)), rec.pid
+
+    @property
+    def pids(self) -> torch.Tensor:
+        return torch.tensor([r.pid for r in self.records], dtype=torch.int64)
+
+
+class TextSet(Dataset):
+    """Query captions of a split."""
+
+    def __init__(self, data: PedesData, split: str):
+        _, caps = data.split(split)
+        self.tokens = torch.from_numpy(data.tokens[caps].astype(np.int64))
+        self.pids = torch.tensor(
+            [data.records[int(data.caption_record[c])].pid for c in caps], dtype=torch.int64
+        )
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.tokens[i], int(self.pids[i])
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+class EpochSampler(Sampler):
+    """Shuffled indices of one epoch, as (index, epoch) pairs, sharded over processes.
+
+    The order depends only on (seed, epoch); `start` skips the samples already trained on in
+    this epoch, so a resumed run continues the same sequence.
+    """
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True):
+        self.n, self.seed, self.rank, self.world, self.shuffle = n, seed, rank, world, shuffle
+        self.epoch = 0
+        self.start = 0
+        self.per_rank = math.ceil(n / world)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return max(0, self.per_rank - self.start)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        order += order[: self.per_rank * self.world - self.n]  # pad so every rank gets as many
+        mine = order[self.rank :: self.world]
+        for i in mine[self.start :]:
+            yield (i, self.epoch)
+
+
+def _worker_init(_: int) -> None:
+    # Each worker is one core's worth of work; torch threads inside it only contend.
+    torch.set_num_threads(1)
+
+
+def train_loader(
+    dataset: TrainSet, batch_size: int, num_workers: int, rank: int = 0, world: int = 1
+) -> tuple[DataLoader, EpochSampler]:
+    """A loader that drops the last partial batch (SDM needs full batches) and its sampler."""
+    sampler = EpochSampler(len(dataset), dataset.seed, rank, world)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=True,
+        pin_memory=torch.cuda.is_available(),
+        worker_init_fn=_worker_init,
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+    return loader, sampler
+
+
+def eval_loader(dataset: Dataset, batch_size: int, num_workers: int) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        worker_init_fn=_worker_init,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def root_cause(exc: BaseException) -> str:
+    """The one line a researcher needs from an error raised inside a DataLoader worker.
+
+    torch re-raises a worker's exception with the worker's traceback as its message; the
+    original message is on the last line, after the exception's name.
+    """
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    last = lines[-1]
+    for prefix in ("bilma.data.records.DataError: ", "DataError: "):
+        if last.startswith(prefix):
+            return last[len(prefix) :]
+    return last

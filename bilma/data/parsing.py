@@ -1,0 +1,238 @@
+"""Human-parsing label sets, parse-map loading and SemMIM patch labels.
+
+SemMIM (METHOD.md, "SemMIM") predicts, for every masked image patch, the body-part class that
+an offline human parser gave it. This module holds the parsers' label sets (SCHP conventions),
+reads the parse maps from disk with actionable errors, and reduces a (transformed) parse map
+to one label per patch.
+
+Where parse maps live (the user-facing contract)
+-------------------------------------------------
+For an image at ``<dataset root>/<images folder>/<relpath>`` (for CUHK-PEDES the images folder
+is ``imgs``, so ``relpath`` is e.g. ``CUHK01/0001001.png``) the parse map is::
+
+    <parsing_root>/<labelset>/<relpath with its extension replaced by .png>
+
+``parsing_root`` defaults to ``<dataset root>/parsing`` and ``labelset`` is one of
+``lip20``, ``atr18``, ``ppp7``. Each map is an 8-bit single-channel PNG (mode ``L`` or ``P``;
+the raw class indices are read, never an RGB rendering of a palette), has exactly the size of
+its image, and holds class ids ``0..num_classes-1`` of its label set (0 = background). SCHP's
+``simple_extractor.py`` writes exactly this (palette PNGs) when run per folder with
+``--dataset lip|atr|pascal``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from bilma.data.records import DataError
+
+__all__ = [
+    "LABEL_SETS",
+    "LabelSet",
+    "get_label_set",
+    "load_parse_map",
+    "parse_map_path",
+    "patch_labels",
+]
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """A parser's classes and its left/right pairs.
+
+    ``flip_lut`` (derived, read-only uint8 ``[256]``) maps every id to its mirror-image
+    counterpart (``left-arm`` <-> ``right-arm``) and every other id to itself, so a
+    horizontally flipped map is fixed with one lookup: ``flip_lut[map[:, ::-1]]``.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    flip_pairs: tuple[tuple[int, int], ...] = ()
+    flip_lut: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.classes)
+        if not 1 <= n <= 256:
+            raise ValueError(f"label set {self.name!r}: needs 1..256 classes (uint8 maps), got {n}")
+        lut = np.arange(256, dtype=np.uint8)
+        seen: set[int] = set()
+        for a, b in self.flip_pairs:
+            if not (0 <= a < n and 0 <= b < n) or a == b or {a, b} & seen:
+                raise ValueError(
+                    f"label set {self.name!r}: bad flip pair ({a}, {b}); ids must be distinct, "
+                    f"in 0..{n - 1} and appear in one pair at most"
+                )
+            seen |= {a, b}
+            lut[a], lut[b] = b, a
+        lut.setflags(write=False)
+        # Frozen dataclass: the derived field is set once, here.
+        object.__setattr__(self, "flip_lut", lut)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+# Class ids are positions in these strings (SCHP's orders); names are lowercase with '-'.
+_LIP20 = (
+    "background hat hair glove sunglasses upper-clothes dress coat socks pants jumpsuits "
+    "scarf skirt face left-arm right-arm left-leg right-leg left-shoe right-shoe"
+)
+_ATR18 = (
+    "background hat hair sunglasses upper-clothes skirt pants dress belt left-shoe "
+    "right-shoe face left-leg right-leg left-arm right-arm bag scarf"
+)
+_PPP7 = "background head torso upper-arms lower-arms upper-legs lower-legs"
+
+LABEL_SETS: dict[str, LabelSet] = {
+    s.name: s
+    for s in (
+        LabelSet("lip20", tuple(_LIP20.split()), ((14, 15), (16, 17), (18, 19))),
+        LabelSet("atr18", tuple(_ATR18.split()), ((9, 10), (12, 13), (14, 15))),
+        LabelSet("ppp7", tuple(_PPP7.split())),
+    )
+}
+
+
+def get_label_set(name: str | LabelSet) -> LabelSet:
+    """Look a label set up by name (a `LabelSet` passes through)."""
+    if isinstance(name, LabelSet):
+        return name
+    try:
+        return LABEL_SETS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown parsing label set {name!r}; valid names: {', '.join(LABEL_SETS)}"
+        ) from None
+
+
+def parse_map_path(
+    parsing_root: str | Path, labelset: str | LabelSet, image_relpath: str | Path
+) -> Path:
+    """Path of the parse map of an image, per the layout in the module docstring.
+
+    ``image_relpath`` is relative to the images folder (``CUHK01/0001001.png``).
+    """
+    name = get_label_set(labelset).name
+    rel = PurePosixPath(Path(image_relpath).as_posix())
+    # An absolute path or '..' would silently escape parsing_root.
+    if rel.is_absolute() or ".." in rel.parts or not rel.name:
+        raise ValueError(
+            f"image path {str(image_relpath)!r} must be relative to the images folder, without '..'"
+        )
+    return Path(parsing_root) / name / rel.with_suffix(".png")
+
+
+def load_parse_map(
+    path: str | Path,
+    label_set: str | LabelSet,
+    expected_size: tuple[int, int] | None = None,
+    *,
+    image_path: str | Path | None = None,
+) -> np.ndarray:
+    """Read a parse map as uint8 ``[H, W]`` class ids and check it against its image.
+
+    ``expected_size`` is the image's ``(W, H)`` (PIL order); ``image_path`` only improves the
+    messages. Every problem raises `DataError` naming the file and the fix.
+    """
+    ls = get_label_set(label_set)
+    path = Path(path)
+    for_image = f" for image {image_path}" if image_path is not None else ""
+    try:
+        with Image.open(path) as img:
+            mode = img.mode
+            if mode not in ("L", "P"):
+                raise DataError(
+                    f"parse map {path} is a mode-{mode} image, expected an 8-bit single-channel "
+                    "PNG (mode L or P) of class ids: save the parser's raw label map, not a "
+                    "colour visualisation"
+                )
+            # On an L or P image this gives the stored indices (no palette lookup); a copy,
+            # so callers get a writable array.
+            arr = np.array(img, dtype=np.uint8)
+    except FileNotFoundError:
+        raise DataError(
+            f"no parse map at {path}{for_image}: run your parser ({ls.name} labels, e.g. SCHP) "
+            "over the images into that layout (see bilma/data/parsing.py), "
+            "or set mim.target to pixel/none"
+        ) from None
+    except DataError:
+        raise
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        raise DataError(
+            f"cannot read parse map {path}{for_image} ({type(e).__name__}: {e}): "
+            "regenerate it as an 8-bit PNG"
+        ) from None
+    h, w = arr.shape
+    if expected_size is not None and (w, h) != tuple(expected_size):
+        ew, eh = expected_size
+        its_image = f"its image {image_path}" if image_path is not None else "its image"
+        raise DataError(
+            f"parse map {path} is {w}x{h} but {its_image} is {ew}x{eh} (W x H): "
+            "regenerate it from the original image, without resizing"
+        )
+    top = int(arr.max()) if arr.size else 0
+    if top >= ls.num_classes:
+        raise DataError(
+            f"parse map {path} has label {top}, outside {ls.name} (0..{ls.num_classes - 1}): "
+            "was it made with another label set? set mim.labels to the one it was made with "
+            f"({', '.join(LABEL_SETS)})"
+        )
+    return arr
+
+
+@lru_cache(maxsize=16)
+def _patch_offsets(h: int, w: int, patch: int, num_classes: int) -> np.ndarray:
+    """``patch_index * num_classes`` for every pixel, int64 ``[H, W]`` (cached per shape)."""
+    gw = w // patch
+    idx = (np.arange(h) // patch)[:, None] * gw + (np.arange(w) // patch)[None, :]
+    out = (idx * num_classes).astype(np.int64)
+    out.setflags(write=False)
+    return out
+
+
+def patch_labels(
+    label_map: torch.Tensor | np.ndarray,
+    patch: int,
+    num_classes: int,
+    rule: Literal["majority", "soft"] = "majority",
+) -> torch.Tensor:
+    """Reduce a ``[H, W]`` class-id map to one target per ``patch x patch`` patch.
+
+    Patches are ordered row-major over the ``H/patch x W/patch`` grid (the ViT token order).
+    ``"majority"``: int64 ``[P]``, the most frequent class; a tie goes to the SMALLER class id
+    (so background, id 0, wins ties). ``"soft"``: float32 ``[P, num_classes]`` class
+    histograms normalised to sum to 1. One `bincount` over ``patch_index * C + label``, no
+    loop over patches: this runs once per training sample.
+    """
+    arr = label_map.cpu().numpy() if isinstance(label_map, torch.Tensor) else np.asarray(label_map)
+    if arr.ndim != 2:
+        raise ValueError(f"patch_labels expects one [H, W] map, got shape {tuple(arr.shape)}")
+    if arr.dtype.kind not in "iub":
+        raise ValueError(f"patch_labels expects integer class ids, got dtype {arr.dtype}")
+    h, w = arr.shape
+    if patch <= 0 or h % patch or w % patch:
+        raise ValueError(f"map size {h}x{w} (H x W) is not a multiple of the patch size {patch}")
+    if rule not in ("majority", "soft"):
+        raise ValueError(f"unknown patch label rule {rule!r}; use 'majority' or 'soft'")
+    # An out-of-range id would be counted in a neighbouring patch's bins: check, it is cheap.
+    if arr.size and (int(arr.max()) >= num_classes or (arr.dtype.kind == "i" and arr.min() < 0)):
+        raise ValueError(
+            f"label map holds ids outside 0..{num_classes - 1} "
+            f"(min {int(arr.min())}, max {int(arr.max())})"
+        )
+    n_patches = (h // patch) * (w // patch)
+    keys = _patch_offsets(h, w, patch, num_classes) + arr
+    counts = np.bincount(keys.ravel(), minlength=n_patches * num_classes)
+    counts = counts.reshape(n_patches, num_classes)
+    if rule == "majority":
+        # argmax returns the first maximum, i.e. the smallest class id on ties.
+        return torch.from_numpy(counts.argmax(axis=1))
+    return torch.from_numpy((counts / float(patch * patch)).astype(np.float32))

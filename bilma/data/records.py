@@ -1,0 +1,28 @@
+"""The one record type that every dataset reader produces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image of one person with its captions.
+
+    `image_path` is relative to the images folder (`root/imgs`), e.g. ``CUHK01/0001001.png``.
+    `pid` is the person id used for training and evaluation: train ids are remapped to
+    0..N-1 (the classifier's targets); val/test ids keep the dataset's own id, since they
+    are only compared for equality. `source_id` is the id as written in the annotation file.
+    """
+
+    image_path: str
+    pid: int
+    captions: tuple[str, ...]
+    split: str
+    source_id: int
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file, the entry and the fix."""

@@ -1,0 +1,101 @@
+"""Text-to-image retrieval evaluation: every caption of a split against every image of it.
+
+`python -m bilma eval --checkpoint PATH [--split test|val]` loads a checkpoint (with the config
+saved in it), encodes captions and images in batches under inference mode and prints the
+metrics as a table.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from bilma.config import Config
+from bilma.data.datasets import ImageSet, PedesData, TextSet, eval_loader
+from bilma.metrics import retrieval_metrics
+
+log = logging.getLogger(__name__)
+
+
+@torch.inference_mode()
+def encode_split(
+    model, data: PedesData, split: str, cfg: Config, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(text features, text pids, image features, image pids), features L2-normalised."""
+    texts, images = TextSet(data, split), ImageSet(data, split, cfg.data.image_size)
+    bs, workers = cfg.eval.batch_size, cfg.data.num_workers
+    amp = _autocast(cfg, device)
+    text_feats = []
+    for ids, _ in eval_loader(texts, bs, 0):
+        with amp:
+            text_feats.append(model.encode_text(ids.to(device)).float())
+    image_feats = []
+    for imgs, _ in eval_loader(images, bs, workers):
+        with amp:
+            image_feats.append(model.encode_image(imgs.to(device)).float())
+    t = F.normalize(torch.cat(text_feats), dim=-1)
+    v = F.normalize(torch.cat(image_feats), dim=-1)
+    return t, texts.pids.to(device), v, images.pids.to(device)
+
+
+def evaluate(
+    model, data: PedesData, split: str, cfg: Config, device: torch.device
+) -> dict[str, float]:
+    """R1, R5, R10, mAP, mINP (percent) of text-to-image retrieval on `split`."""
+    was_training = model.training
+    model.eval()
+    t0 = time.perf_counter()
+    try:
+        t, tp, v, vp = encode_split(model, data, split, cfg, device)
+        metrics = retrieval_metrics(t @ v.T, tp, vp)
+    finally:
+        model.train(was_training)
+    log.debug(
+        "evaluated %s: %d captions x %d images in %.1f s",
+        split,
+        len(t),
+        len(v),
+        time.perf_counter() - t0,
+    )
+    return metrics
+
+
+def _autocast(cfg: Config, device: torch.device):
+    dtype = amp_dtype(cfg, device)
+    if dtype is None:
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
+    """bf16 on GPU for `auto`; off on CPU, where autocast only slows a small model down."""
+    mode = cfg.train.amp
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return None
+    if mode == "fp16":
+        return torch.float16
+    return torch.bfloat16
+
+
+def main_eval(checkpoint: Path, split: str, device_name: str | None = None) -> int:
+    """Evaluate a saved checkpoint and print the metrics table."""
+    from bilma.checkpoint import load_for_eval
+    from bilma.data.datasets import load_data
+    from bilma.metrics import metrics_table
+
+    device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, cfg, info = load_for_eval(checkpoint, device)
+    data = load_data(cfg, check_parse_maps=False)
+    if not data.split(split)[0]:
+        print(f"error: {cfg.data.dataset} at {cfg.data.root} has no {split} split")
+        return 2
+    print(
+        f"evaluating {checkpoint} (epoch {info.get('epoch')}) on the {split} split of {cfg.data.dataset}"
+    )
+    metrics = evaluate(model, data, split, cfg, device)
+    print(metrics_table({f"{cfg.data.dataset} {split}": metrics}))
+    return 0

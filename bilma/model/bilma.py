@@ -1,0 +1,244 @@
+"""The BiLMa model: IRRA (SDM + ID + MLM) plus masked image modelling with SemMIM labels.
+
+At training time:
+- the clean image and the clean caption give global features (CLS, EOT) for SDM and ID;
+- MLM: the masked caption's tokens query the clean image's tokens through the image->text
+  cross-modal module, and the MLM head predicts the chosen tokens (IRRA);
+- MIM: a second pass of the image encoder on the image with masked patches (mask token at the
+  ViT input); its patch tokens query the caption's tokens through the text->image module (own
+  or shared with MLM), and a head predicts each masked patch's parser class (SemMIM) or its
+  normalised pixels. Every open choice of METHOD.md is a config key (`mim.*`).
+At test time only the two encoders run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bilma import losses
+from bilma.config import Config
+from bilma.data.parsing import get_label_set
+from bilma.data.transforms import patchify
+from bilma.model.clip import CLIPEncoders, EncoderSpec
+from bilma.model.cross import CrossModal, Head
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """What fixes the shapes of the parts beyond the encoders; stored in checkpoints."""
+
+    num_ids: int
+    cross_depth: int
+    cross_heads: int
+    mlm: bool
+    mim_target: str  # semantic | pixel | none
+    mim_classes: int  # parser classes for semantic, patch*patch*3 for pixel, 0 for none
+    mim_module: str  # own | shared
+    mim_depth: int
+
+
+def head_spec(cfg: Config, num_ids: int, patch: int) -> HeadSpec:
+    target = cfg.mim.target if cfg.loss.mim_weight > 0 else "none"
+    classes = {
+        "semantic": get_label_set(cfg.mim.labels).num_classes,
+        "pixel": patch * patch * 3,
+        "none": 0,
+    }[target]
+    return HeadSpec(
+        num_ids=num_ids,
+        cross_depth=cfg.model.cross_depth,
+        cross_heads=cfg.model.cross_heads,
+        mlm=cfg.mlm.enabled and cfg.loss.mlm_weight > 0,
+        mim_target=target,
+        mim_classes=classes,
+        mim_module=cfg.mim.cross_module,
+        mim_depth=cfg.mim.depth,
+    )
+
+
+def random_patch_mask(
+    batch: int,
+    grid: tuple[int, int],
+    ratio: float,
+    mode: str,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """[B, P] bool, True = masked. `patch`: exactly round(ratio * P) random patches per image;
+    `block`: BEiT-style rectangles of random aspect until the count is reached (then trimmed
+    to the same exact count, so every image contributes equally to the loss)."""
+    rows, cols = grid
+    p = rows * cols
+    n = max(1, round(ratio * p))
+    if mode == "patch":
+        scores = torch.rand(batch, p, generator=generator)
+        idx = scores.argsort(dim=1)[:, :n]
+        return torch.zeros(batch, p, dtype=torch.bool).scatter_(1, idx, True).to(device)
+    g = generator
+    masks = torch.zeros(batch, rows, cols, dtype=torch.bool)
+    for b in range(batch):
+        m = masks[b]
+        while int(m.sum()) < n:
+            area = int(torch.randint(max(1, n // 8), max(2, n // 2) + 1, (), generator=g))
+            aspect = math.exp(float(torch.empty(()).uniform_(-1.2, 1.2, generator=g)))
+            h = max(1, min(rows, round((area * aspect) ** 0.5)))
+            w = max(1, min(cols, round((area / aspect) ** 0.5)))
+            top = int(torch.randint(0, rows - h + 1, (), generator=g))
+            left = int(torch.randint(0, cols - w + 1, (), generator=g))
+            m[top : top + h, left : left + w] = True
+        flat = m.flatten()
+        extra = int(flat.sum()) - n
+        if extra > 0:  # unmask random extras so the count is exact
+            on = flat.nonzero().squeeze(1)
+            flat[on[torch.randperm(len(on), generator=g)[:extra]]] = False
+        masks[b] = flat.view(rows, cols)
+    return masks.flatten(1).to(device)
+
+
+class BiLMa(nn.Module):
+    def __init__(self, encoders: CLIPEncoders, heads: HeadSpec, cfg: Config):
+        super().__init__()
+        self.encoders = encoders
+        self.heads_spec = heads
+        self.cfg = cfg
+        width = encoders.spec.embed_dim
+        self.classifier = nn.Linear(width, heads.num_ids)
+        nn.init.normal_(self.classifier.weight, std=0.001)
+        nn.init.zeros_(self.classifier.bias)
+        self.logit_scale = 1.0 / cfg.model.temperature
+        if heads.mlm:
+            self.mlm_cross = CrossModal(width, heads.cross_heads, heads.cross_depth)
+            self.mlm_head = Head(width, encoders.spec.vocab_size, heads.cross_depth)
+        if heads.mim_target != "none":
+            if heads.mim_module == "own" or not heads.mlm:
+                self.mim_cross = CrossModal(width, heads.cross_heads, heads.mim_depth)
+            self.mim_head = Head(width, heads.mim_classes, heads.mim_depth)
+
+    # ------------------------------------------------------------------ encoders (test time)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Global image features [B, D] (CLS), not normalised."""
+        return self.encoders.encode_image(images)[:, 0].float()
+
+    def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
+        """Global text features [B, D] (EOT), not normalised."""
+        tokens = self.encoders.encode_text(ids)
+        return tokens[
+            torch.arange(len(ids), device=ids.device), self.encoders.eot_index(ids)
+        ].float()
+
+    def new_module_names(self) -> set[str]:
+        """Top-level modules that IRRA trains at the higher learning rate."""
+        return {
+            n
+            for n in ("classifier", "mlm_cross", "mlm_head", "mim_cross", "mim_head")
+            if hasattr(self, n)
+        }
+
+    # ------------------------------------------------------------------ training
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Loss parts of one batch (weighted by the config) and their weighted sum `loss`."""
+        cfg, spec = self.cfg, self.heads_spec
+        images, ids, pids = batch["images"], batch["caption_ids"], batch["pids"]
+        w = cfg.loss
+        out: dict[str, torch.Tensor] = {}
+
+        image_tokens = self.encoders.encode_image(images)
+        retrieval_ids = ids
+        if spec.mlm and cfg.mlm.masked_caption_for_retrieval:
+            retrieval_ids = batch["mlm_ids"]  # IRRA parity: its in-place mutation
+        text_tokens = self.encoders.encode_text(retrieval_ids)
+        rows = torch.arange(len(ids), device=ids.device)
+        v = image_tokens[:, 0].float()
+        t = text_tokens[rows, self.encoders.eot_index(retrieval_ids)].float()
+
+        if w.sdm_weight > 0:
+            out["sdm"] = w.sdm_weight * losses.sdm_loss(v, t, pids, self.logit_scale)
+        if w.id_weight > 0:
+            out["id"] = w.id_weight * losses.id_loss(self.classifier, v, t, pids)
+
+        if spec.mlm:
+            mlm_ids = batch["mlm_ids"]
+            masked_text = self.encoders.encode_text(mlm_ids)
+            x = self.mlm_cross(masked_text, image_tokens)
+            logits = self.mlm_head(x).float()
+            out["mlm"] = w.mlm_weight * losses.mlm_loss(logits, batch["mlm_labels"])
+
+        if spec.mim_target != "none":
+            out["mim"] = w.mim_weight * self._mim(images, ids, text_tokens, batch)
+
+        out["loss"] = sum(out.values())
+        return out
+
+    def _mim(
+        self,
+        images: torch.Tensor,
+        ids: torch.Tensor,
+        clean_text_tokens: torch.Tensor,
+        batch: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        cfg, spec = self.cfg, self.heads_spec
+        mask = random_patch_mask(
+            len(images),
+            self.encoders.spec.grid,
+            cfg.mim.mask_ratio,
+            cfg.mim.masking,
+            images.device,
+            batch.get("mim_generator"),
+        )
+        patches = self.encoders.encode_image(images, mask)[:, 1:]
+        if cfg.mim.caption == "masked" and "mlm_ids" in batch:
+            kv_ids = batch["mlm_ids"]
+            kv = self.encoders.encode_text(kv_ids)
+        else:
+            kv_ids, kv = ids, clean_text_tokens
+        # keys after EOT are padding
+        positions = torch.arange(kv_ids.shape[1], device=kv_ids.device)
+        pad = positions.unsqueeze(0) > self.encoders.eot_index(kv_ids).unsqueeze(1)
+        cross = self.mim_cross if hasattr(self, "mim_cross") else self.mlm_cross
+        pred = self.mim_head(cross(patches, kv, pad)).float()
+        if spec.mim_target == "semantic":
+            return losses.semmim_loss(pred, batch["patch_labels"], mask)
+        target = patchify(images.float(), self.encoders.spec.patch)
+        return losses.mim_pixel_loss(pred, target, mask, norm_pix=cfg.mim.norm_pixels)
+
+
+def build_model(cfg: Config, vocab_size: int, eot_id: int, num_ids: int) -> BiLMa:
+    """The model of a config: pretrained encoders from a local folder, or a named size."""
+    from bilma.model.clip import build_encoders, load_pretrained, spec_from_config
+
+    if cfg.model.pretrained:
+        encoders = load_pretrained(cfg.model.pretrained, cfg, vocab_size, eot_id)
+    else:
+        encoders = build_encoders(spec_from_config(cfg, vocab_size, eot_id))
+    return BiLMa(encoders, head_spec(cfg, num_ids, encoders.spec.patch), cfg)
+
+
+def model_signature(model: BiLMa) -> dict:
+    """Shapes-defining description saved with checkpoints and compared on load."""
+    from dataclasses import asdict
+
+    return {"encoders": model.encoders.spec.to_dict(), "heads": asdict(model.heads_spec)}
+
+
+def build_from_signature(signature: dict, cfg: Config) -> BiLMa:
+    """Rebuild a model (random weights) with exactly the shapes of a saved signature."""
+    enc = dict(signature["encoders"])
+    enc["grid"] = tuple(enc["grid"])
+    return BiLMa(CLIPEncoders(EncoderSpec(**enc)), HeadSpec(**signature["heads"]), cfg)
+
+
+def signature_mismatch(saved: dict, current: dict) -> list[str]:
+    """Human-readable differences between two model signatures, e.g. 'encoders.grid: [24, 8] != [12, 4]'."""
+    diffs = []
+    for part in ("encoders", "heads"):
+        a, b = saved.get(part, {}), current.get(part, {})
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                diffs.append(f"{part}.{key}: checkpoint {a.get(key)!r} != config {b.get(key)!r}")
+    return diffs

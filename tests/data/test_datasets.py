@@ -1,0 +1,136 @@
+"""Datasets: MLM masking, deterministic sampling and augmentation, samples, clear errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from bilma.config import load_config
+from bilma.data import datasets, synth
+from bilma.data.datasets import IGNORE, EpochSampler, TrainSet, load_data, mask_tokens, root_cause
+from bilma.data.records import DataError
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    synth.generate(root, ids=24, images_per_id=2, seed=3, height=128, width=64, progress=False)
+    return root
+
+
+def cfg_for(root, *extra):
+    return load_config(
+        None,
+        [
+            f"data.root={root}",
+            "data.image_size=[128,64]",
+            "data.text_length=48",
+            "data.num_workers=0",
+            *extra,
+        ],
+    )
+
+
+def test_mask_tokens_follows_irra():
+    rng = np.random.default_rng(0)
+    mask_id = 1000
+    ids = np.array([1001] + list(range(1, 60)) + [1002] + [0] * 4)
+    chosen_total, as_mask = 0, 0
+    for _ in range(300):
+        masked, labels = mask_tokens(ids, rng, 0.15, mask_id)
+        chosen = labels != IGNORE
+        # specials (SOT, EOT, pad) are never chosen, labels hold the original ids
+        assert not chosen[0] and not chosen[60] and not chosen[61:].any()
+        assert (labels[chosen] == ids[chosen]).all()
+        assert (masked[~chosen] == ids[~chosen]).all()
+        chosen_total += chosen.sum()
+        as_mask += (masked[chosen] == mask_id).sum()
+    rate = chosen_total / (300 * 59)
+    assert 0.13 < rate < 0.17
+    assert 0.75 < as_mask / chosen_total < 0.85
+
+
+def test_mask_tokens_masks_position_one_when_nothing_chosen():
+    masked, labels = mask_tokens(np.array([9, 5, 10, 0]), np.random.default_rng(0), 0.0, 8)
+    assert labels.tolist() == [IGNORE, 5, IGNORE, IGNORE]
+    assert masked[1] in (8, 5) or 1 <= masked[1] < 8
+
+
+def test_epoch_sampler_resume_and_shards():
+    s = EpochSampler(10, seed=1)
+    s.set_epoch(2)
+    full = list(s)
+    assert sorted(i for i, _ in full) == list(range(10)) and all(e == 2 for _, e in full)
+    s.set_epoch(2, start=4)
+    assert list(s) == full[4:]
+    s.set_epoch(3)
+    assert [i for i, _ in s] != [i for i, _ in full]
+    a, b = EpochSampler(10, 1, rank=0, world=3), EpochSampler(10, 1, rank=1, world=3)
+    assert len(list(a)) == len(list(b)) == 4
+
+
+def test_train_samples(synth_root):
+    cfg = cfg_for(synth_root)
+    data = load_data(cfg)
+    ts = TrainSet(data, cfg)
+    assert len(ts) == 2 * len(data.split("train")[0])  # two captions per image
+    s = ts[(5, 0)]
+    assert s["images"].shape == (3, 128, 64) and s["images"].dtype == torch.float32
+    assert s["caption_ids"].shape == (48,) and int(s["caption_ids"][0]) == data.tokenizer.sot_id
+    assert s["patch_labels"].shape == (8 * 4,) and int(s["patch_labels"].max()) < 20
+    assert (s["patch_labels"] > 0).any()  # the figure covers some patches
+    chosen = s["mlm_labels"] != IGNORE
+    assert chosen.any() and (s["mlm_labels"][chosen] == s["caption_ids"][chosen]).all()
+    assert 0 <= int(s["pids"]) < data.num_train_ids
+    # augmentation is a function of (seed, epoch, index)
+    again = ts[(5, 0)]
+    assert torch.equal(s["images"], again["images"]) and torch.equal(s["mlm_ids"], again["mlm_ids"])
+    other_epoch = ts[(5, 1)]
+    assert not torch.equal(s["mlm_ids"], other_epoch["mlm_ids"]) or not torch.equal(
+        s["images"], other_epoch["images"]
+    )
+
+
+def test_soft_labels_and_pixel_target(synth_root):
+    cfg = cfg_for(synth_root, "mim.label_rule=soft", "mim.labels=ppp7")
+    s = TrainSet(load_data(cfg), cfg)[(0, 0)]
+    assert s["patch_labels"].shape == (32, 7)
+    torch.testing.assert_close(s["patch_labels"].sum(1), torch.ones(32))
+    cfg = cfg_for(synth_root, "mim.target=pixel")
+    assert "patch_labels" not in TrainSet(load_data(cfg), cfg)[(0, 0)]
+
+
+def test_loader_batches(synth_root):
+    cfg = cfg_for(synth_root)
+    ts = TrainSet(load_data(cfg), cfg)
+    loader, sampler = datasets.train_loader(ts, 8, 0)
+    sampler.set_epoch(0)
+    batch = next(iter(loader))
+    assert batch["images"].shape == (8, 3, 128, 64) and batch["pids"].shape == (8,)
+
+
+def test_missing_parse_maps_are_named(synth_root, tmp_path):
+    cfg = cfg_for(synth_root, f"data.parsing_root={tmp_path}")
+    with pytest.raises(DataError, match=r"have no lip20 parse map .*mim.target=pixel"):
+        load_data(cfg)
+    assert load_data(cfg_for(synth_root, f"data.parsing_root={tmp_path}", "mim.target=none"))
+
+
+def test_unreadable_image_in_a_worker_gives_one_line(synth_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(synth_root, root)
+    data = load_data(cfg_for(root))
+    bad = data.image_dir / data.records[0].image_path
+    bad.write_bytes(b"not a jpeg")
+    cfg = cfg_for(root, "data.num_workers=1")
+    ts = TrainSet(load_data(cfg), cfg)
+    loader, sampler = datasets.train_loader(ts, len(ts), 1)
+    sampler.shuffle = False
+    with pytest.raises(Exception) as e:
+        next(iter(loader))
+    line = root_cause(e.value)
+    assert "\n" not in line and str(bad) in line and "data.skip_bad_images=true" in line
+    # with the option, the image is dropped with a warning and loading goes on
+    data = load_data(cfg_for(root, "data.skip_bad_images=true"))
+    assert data.records[0].image_path != bad.name and len(data.records) == 24 * 2 - 1
