@@ -38,7 +38,7 @@ _TOPK: tuple[int, ...] = (1, 5, 10)
 _COUNT_MAX_POSITIVES = 32
 # Rows compared at once in the counting path: small enough that a block of the similarity
 # stays in cache across the passes of its positives (a cache tiling, not a memory bound).
-_TILE_ROWS = 256
+_TILE_ROWS = 128
 
 
 def _as_pids(pids: Any, n: int, name: str, device: torch.device) -> torch.Tensor:

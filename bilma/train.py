@@ -214,6 +214,9 @@ class State:
     global_step: int = 0
     best: dict[str, Any] = field(default_factory=dict)  # {"epoch", "value", "metrics"}
     train_seconds: float = 0.0
+    # running loss sums of the epoch in progress, so a resumed epoch reports the same means
+    loss_sums: dict[str, float] = field(default_factory=dict)
+    loss_count: int = 0
 
 
 class _StopFlag:
@@ -343,7 +346,7 @@ def _resume(path: Path, model: BiLMa, optimizer, scaler, device) -> State:
         scaler.load_state_dict(ckpt["scaler"])
     checkpoint.set_rng_state(ckpt["rng"])
     s = ckpt["state"]
-    return State(s["epoch"], s["step_in_epoch"], s["global_step"], s["best"], s["train_seconds"])
+    return State(**s)
 
 
 def _save_last(trial: TrialDir, model: BiLMa, cfg: Config, optimizer, scaler, state: State) -> None:
@@ -405,6 +408,7 @@ def _fit(
             g["lr"] = g["initial_lr"] * factor
         sampler.set_epoch(epoch, start=state.step_in_epoch * cfg.train.batch_size)
         bar = Progress(epoch, cfg.train.epochs, steps, cfg.train.log_every, progress and d.main)
+        bar.sums, bar.count = dict(state.loss_sums), state.loss_count
         t_epoch = time.perf_counter()
         it = iter(loader)
         while state.step_in_epoch < steps:
@@ -433,6 +437,7 @@ def _fit(
             bar.update(state.step_in_epoch, parts, len(batch["pids"]) * d.world)
             if _should_stop(stop, d):
                 state.train_seconds += time.perf_counter() - t_epoch
+                state.loss_sums, state.loss_count = dict(bar.sums), bar.count
                 if d.main:
                     _save_last(trial, raw, cfg, optimizer, scaler, state)
                 raise Interrupted(
@@ -462,6 +467,7 @@ def _fit(
                 checkpoint.save(trial.best_ckpt, raw, cfg, epoch=epoch + 1, metrics=metrics)
         state.epoch += 1
         state.step_in_epoch = 0
+        state.loss_sums, state.loss_count = {}, 0
         if d.main:
             for record in records:
                 trial.append_metrics(record)
