@@ -16,8 +16,8 @@ import torch
 from conftest import tiny_overrides
 
 from bilma.config import load_config
-from bilma.train import lr_factor, param_groups
 from bilma.tracking import TrialDir
+from bilma.train import lr_factor, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -107,10 +107,11 @@ def test_kill_and_resume_is_exact(synth_small, tmp_path):
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
+
     # the per-epoch records agree too (losses and validation metrics)
-    strip = lambda recs: [
-        {k: v for k, v in r.items() if k not in ("time", "samples_per_s")} for r in recs
-    ]  # noqa: E731
+    def strip(recs):
+        return [{k: v for k, v in r.items() if k not in ("time", "samples_per_s")} for r in recs]
+
     assert strip(TrialDir(trial_a).read_metrics()) == strip(TrialDir(trial_b).read_metrics())
     assert TrialDir(trial_b).status()["attempts"] == 2
 
