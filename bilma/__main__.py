@@ -2,7 +2,7 @@
 
 Commands: train, eval, sync (mirror trial directories to MLflow), synth (generate the
 synthetic dataset), data-info (counts per split), config (show keys or a resolved config),
-demo (what `make demo` runs).
+demo (trains configs/synth_tiny.yaml: what `make demo` runs).
 """
 
 from __future__ import annotations
@@ -58,7 +58,9 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    """Train, then print the test metrics, the chance level and where the run lives."""
     from bilma.config import load_config
+    from bilma.data import formats
     from bilma.metrics import metrics_table
     from bilma.tracking import TrialDir
     from bilma.train import Interrupted, train
@@ -69,13 +71,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except Interrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)
         return e.exit_code
-    if result:
-        sel = result["selection"]
-        print(metrics_table({f"{cfg.data.dataset} test": result["metrics"]}))
-        print(
-            f"checkpoint of epoch {sel['epoch']} (selected by {sel['split']} {sel['metric']}); "
-            f"trial directory: {TrialDir.for_config(cfg).path}"
-        )
+    if not result:  # a non-zero rank of a distributed run
+        return 0
+    test_ids = {
+        r.pid
+        for r in formats.read_annotations(cfg.data.dataset, cfg.data.root)
+        if r.split == "test"
+    }
+    sel = result["selection"]
+    print(
+        f"\ntext-to-image retrieval on the {cfg.data.dataset} test split, {len(test_ids)} identities "
+        f"(chance R1 {100 / max(len(test_ids), 1):.2f}%):"
+    )
+    print(metrics_table({cfg.tracking.variant or cfg.model.name: result["metrics"]}))
+    print(f"checkpoint of epoch {sel['epoch']}, selected by {sel['split']} {sel['metric']}")
+    print(f"trial directory: {TrialDir.for_config(cfg).path}")
+    if cfg.tracking.enabled:
+        print(f"compare runs: mlflow ui --backend-store-uri {cfg.tracking.uri}")
     return 0
 
 
@@ -89,28 +101,6 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     from bilma.tracking import cmd_sync
 
     return cmd_sync(args)
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    """Generate the synthetic dataset if missing and show what it holds."""
-    from bilma.config import load_config
-    from bilma.data import datasets, formats
-    from bilma.data.info import format_table
-
-    cfg = load_config(None, [f"data.root={args.root}"])
-    datasets.ensure_synthetic(cfg.data)
-    records = formats.read_annotations("synth", cfg.data.root)
-    print(format_table(formats.dataset_stats(records)))
-    data = datasets.load_data(cfg)
-    lengths = (data.tokens > 0).sum(1)
-    print(
-        f"tokenizer: {data.tokenizer.vocab_size} tokens; captions are {lengths.mean():.1f} "
-        f"tokens on average (max {lengths.max()})"
-    )
-    example = data.records[0]
-    print(f"example: {example.image_path} (person {example.pid}): {example.captions[0]}")
-    print(f"parse maps: {data.parsing_root}/{{lip20,atr18,ppp7}}/<image path>.png")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,9 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.sub=value")
     p.set_defaults(func=_cmd_config)
 
-    p = sub.add_parser("demo", help="the default demo (make demo)")
-    p.add_argument("--root", default="data/synth")
-    p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("demo", help="train the tiny model on synthetic data (make demo)")
+    p.add_argument(
+        "--config", type=Path, default=Path(__file__).parent.parent / "configs" / "synth_tiny.yaml"
+    )
+    p.add_argument("overrides", nargs="*", help="key.sub=value")
+    p.set_defaults(func=_cmd_train)
     return parser
 
 

@@ -272,6 +272,12 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is int:
         return (isinstance(value, int) and not isinstance(value, bool)), value
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads `1e-5` (no dot) as a string: accept what Python reads as a number.
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False, value
         return True, float(value)

@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 from bilma import checkpoint
 from bilma.config import Config
-from bilma.data.datasets import TrainSet, load_data, train_loader
+from bilma.data.datasets import TrainSet, ensure_synthetic, load_data, train_loader
 from bilma.evaluate import amp_dtype, evaluate
 from bilma.metrics import format_metrics
 from bilma.model.bilma import BiLMa, build_model
@@ -223,6 +223,7 @@ class _StopFlag:
     def __init__(self) -> None:
         self.signum = 0
         self._old: dict[int, Any] = {}
+        self._owner = os.getpid()
 
     def install(self) -> None:
         for s in STOP_SIGNALS:
@@ -235,6 +236,12 @@ class _StopFlag:
             signal.signal(s, h)
 
     def _handle(self, signum: int, _frame: Any) -> None:
+        if os.getpid() != self._owner:
+            # A forked helper process (not a DataLoader worker, which ignores these signals)
+            # inherited this handler: behave as if it had none.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         if not self.signum:
             log.warning(
                 "%s received: stopping after this step and saving", signal.Signals(signum).name
@@ -262,10 +269,13 @@ def train(cfg: Config, parent_run_id: str | None = None, progress: bool = True) 
         log.info("trial %s, attempt %d, on %s", trial.path, attempt, device)
 
     stop = _StopFlag()
-    stop.install()
     mirror = None
     try:
         seed_everything(cfg.train.seed + d.rank, cfg.train.deterministic)
+        if cfg.data.dataset == "synth" and d.main:
+            ensure_synthetic(cfg.data)  # one process generates, the others wait for it
+        if d.world > 1:
+            dist.barrier()
         data = load_data(cfg)
         train_set = TrainSet(data, cfg)
         model = build_model(
@@ -291,6 +301,7 @@ def train(cfg: Config, parent_run_id: str | None = None, progress: bool = True) 
             ensure_experiment(cfg.tracking.uri, cfg.tracking.study)
             mirror = MlflowMirror(trial, cfg, parent_run_id)
             mirror.start()
+        stop.install()  # after data loading: its helper processes keep default handlers
         result = _fit(
             cfg,
             trial,

@@ -8,18 +8,23 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-SYNTH_KW = dict(ids=30, images_per_id=2, seed=5, height=128, width=64, progress=False)
+# 30 identities x 2 images at 128x64: 24 train, 3 val, 3 test identities.
+SYNTH_OVERRIDES = [
+    "data.synth_ids=30",
+    "data.synth_images_per_id=2",
+    "data.synth_seed=5",
+    "data.image_size=[128,64]",
+]
 
 
 @pytest.fixture(scope="session")
 def synth_small(tmp_path_factory):
     """30 identities x 2 images at 128x64 (24 train ids), with its tokenizer."""
     from bilma.config import load_config
-    from bilma.data import datasets, synth
+    from bilma.data import datasets
 
     root = tmp_path_factory.mktemp("synth_small")
-    synth.generate(root, **SYNTH_KW)
-    datasets.ensure_synthetic(load_config(None, [f"data.root={root}"]).data)
+    datasets.ensure_synthetic(load_config(None, [f"data.root={root}", *SYNTH_OVERRIDES]).data)
     return root
 
 
@@ -27,7 +32,7 @@ def tiny_overrides(root, runs, *extra: str) -> list[str]:
     """A tiny model on `synth_small` that trains in seconds on the CPU."""
     return [
         f"data.root={root}",
-        "data.image_size=[128,64]",
+        *SYNTH_OVERRIDES,
         "data.text_length=48",
         "data.num_workers=0",
         "model.name=tiny",

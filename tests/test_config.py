@@ -122,3 +122,11 @@ def test_describe_keys_lists_every_key():
     text = config.describe_keys()
     for key in config.VALID_KEYS:
         assert key in text
+
+
+def test_exponent_without_dot_is_a_number(tmp_path):
+    # YAML 1.1 reads 4e-5 as a string; a researcher means a number
+    cfg = load_config(write(tmp_path / "e.yaml", "optim:\n  lr: 4e-5\n"), ["optim.eps=1e-8"])
+    assert cfg.optim.lr == 4e-5 and cfg.optim.eps == 1e-8
+    with pytest.raises(ConfigError, match="is not a number"):
+        load_config(None, ["optim.lr=fast"])

@@ -213,3 +213,36 @@ def test_format_and_table():
     assert lines[3].startswith("BiLMa (SemMIM)")
     assert lines[3].split()[-5:] == ["74.03", "-", "-", "66.57", "-"]
     assert len({len(line) for line in lines}) == 1  # aligned
+
+
+def irra_rank(similarity, q_pids, g_pids, max_rank=10):
+    """IRRA's `rank` (utils/metrics.py), copied, with a stable argsort for deterministic ties."""
+    indices = torch.sort(similarity, dim=1, descending=True, stable=True).indices
+    pred_labels = g_pids[indices]
+    matches = pred_labels.eq(q_pids.view(-1, 1))
+    all_cmc = matches[:, :max_rank].cumsum(1)
+    all_cmc[all_cmc > 1] = 1
+    all_cmc = all_cmc.float().mean(0) * 100
+    num_rel = matches.sum(1)
+    tmp_cmc = matches.cumsum(1)
+    inp = [
+        tmp_cmc[i][match_row.nonzero()[-1]] / (match_row.nonzero()[-1] + 1.0)
+        for i, match_row in enumerate(matches)
+    ]
+    m_inp = torch.cat(inp).mean() * 100
+    tmp_cmc = [tmp_cmc[:, i] / (i + 1.0) for i in range(tmp_cmc.shape[1])]
+    tmp_cmc = torch.stack(tmp_cmc, 1) * matches
+    ap = tmp_cmc.sum(1) / num_rel
+    return all_cmc, ap.mean() * 100, m_inp
+
+
+def test_agrees_with_irra_rank():
+    sim, q, g = random_problem(8, n_query=300, n_gallery=200, n_ids=60, ties=False)
+    sim, q, g = torch.from_numpy(sim).float(), torch.from_numpy(q), torch.from_numpy(g)
+    cmc, m_ap, m_inp = irra_rank(sim, q, g)
+    got = retrieval_metrics(sim, q, g, chunk=64)
+    assert got["R1"] == pytest.approx(cmc[0].item(), abs=1e-4)
+    assert got["R5"] == pytest.approx(cmc[4].item(), abs=1e-4)
+    assert got["R10"] == pytest.approx(cmc[9].item(), abs=1e-4)
+    assert got["mAP"] == pytest.approx(m_ap.item(), abs=1e-4)
+    assert got["mINP"] == pytest.approx(m_inp.item(), abs=1e-4)

@@ -141,3 +141,68 @@ def test_bad_config_is_one_line(tmp_path):
         out.strip()
         == "error: command line: unknown key 'mim.mask_ratoi'; did you mean 'mim.mask_ratio'?"
     )
+
+
+@pytest.mark.slow
+def test_distributed_two_cpu_processes(synth_small, tmp_path):
+    """DistributedDataParallel over gloo with two processes started by torchrun."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "bilma",
+        "train",
+        "--config",
+        "/dev/null",
+        *tiny_overrides(synth_small, tmp_path / "runs", "train.epochs=1"),
+    ]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "batch 8 x 2 process(es)" in out
+    trial = next((tmp_path / "runs").glob("*/*"))
+    result = json.loads((trial / "result.json").read_text())
+    assert set(result["metrics"]) == {"R1", "R5", "R10", "mAP", "mINP"}
+    # each process trains on its own half: 6 steps of 8 per process cover 96 pairs
+    train_records = [r for r in TrialDir(trial).read_metrics() if r["split"] == "train"]
+    assert len(train_records) == 1 and train_records[0]["step"] == 6
+
+
+def test_mlflow_shows_the_run(synth_small, tmp_path, monkeypatch):
+    """Params, per-epoch metrics, final metrics and tags of a trained run in MLflow's store."""
+    import mlflow
+
+    from bilma.train import train
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            synth_small,
+            tmp_path / "runs",
+            "tracking.enabled=true",
+            f"tracking.uri={uri}",
+            "tracking.study=demo-study",
+            "tracking.variant=BiLMa",
+        ),
+    )
+    result = train(cfg, progress=False)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("demo-study")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert tags["study"] == "demo-study" and tags["variant"] == "BiLMa" and tags["seed"] == "1"
+    assert tags["trial_id"] == TrialDir.for_config(cfg).trial_id and tags["dataset"] == "synth"
+    assert run.data.params["mim.target"] == "semantic" and run.data.params["train.epochs"] == "2"
+    val = client.get_metric_history(run.info.run_id, "val/R1")
+    assert [m.step for m in val] == [1, 2]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2]
+    assert run.data.metrics["test/R1"] == pytest.approx(result["metrics"]["R1"])

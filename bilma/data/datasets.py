@@ -11,8 +11,11 @@ worker processes, and a run resumed mid-epoch sees exactly what an uninterrupted
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +30,12 @@ from bilma.data import formats, parsing, synth
 from bilma.data.records import DataError, Record
 from bilma.data.tokenizer import CaptionTokenizer, encode_cached, load_tokenizer, train_tokenizer
 from bilma.data.transforms import TestTransform, TrainTransform
+from bilma.losses import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
 PATCH = 16
-IGNORE = -100  # label of positions that a loss skips
+IGNORE = IGNORE_INDEX  # label of positions that a loss skips
 
 
 # ----------------------------------------------------------------------------- the dataset on disk
@@ -67,17 +71,46 @@ class PedesData:
 
 
 def ensure_synthetic(cfg: DataConfig) -> None:
-    """Generate the synthetic dataset (and its tokenizer) if `data.root` does not hold one."""
+    """Generate the synthetic dataset (and its tokenizer) if `data.root` does not hold one.
+
+    Images are drawn at `data.image_size`, so the loader never resizes them. A dataset made
+    with other parameters is refused rather than silently reused.
+    """
     root = Path(cfg.root)
-    if not synth.is_complete(root):
+    h, w = cfg.image_size
+    wanted = {
+        "ids": cfg.synth_ids,
+        "images_per_id": cfg.synth_images_per_id,
+        "seed": cfg.synth_seed,
+        "height": h,
+        "width": w,
+    }
+    if synth.is_complete(root):
+        made = json.loads((root / synth.SYNTH_MARKER).read_text())
+        diff = {k: (made.get(k), v) for k, v in wanted.items() if made.get(k) != v}
+        if diff:
+            what = ", ".join(f"{k} {a} (config: {b})" for k, (a, b) in diff.items())
+            raise DataError(
+                f"{root} holds a synthetic dataset made with {what}; point data.root to another "
+                "folder (it is generated there), or delete this one"
+            )
+    else:
         log.info(
-            "generating the synthetic pedestrian dataset in %s (%d identities x %d images)",
+            "generating the synthetic pedestrian dataset in %s (%d identities x %d images, %dx%d)",
             root,
             cfg.synth_ids,
             cfg.synth_images_per_id,
+            h,
+            w,
         )
         synth.generate(
-            root, ids=cfg.synth_ids, images_per_id=cfg.synth_images_per_id, seed=cfg.synth_seed
+            root,
+            ids=cfg.synth_ids,
+            images_per_id=cfg.synth_images_per_id,
+            seed=cfg.synth_seed,
+            height=h,
+            width=w,
+            workers=min(2, os.cpu_count() or 1),
         )
     tok_dir = root / "tokenizer"
     if not (tok_dir / "vocab.json").exists():
@@ -340,6 +373,10 @@ class EpochSampler(Sampler):
 def _worker_init(_: int) -> None:
     # Each worker is one core's worth of work; torch threads inside it only contend.
     torch.set_num_threads(1)
+    # SLURM signals every process of a job step on preemption; the main process saves and
+    # stops, and a worker that died of the signal first would turn that into a crash.
+    for sig in (signal.SIGTERM, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def train_loader(

@@ -3,18 +3,17 @@
 import numpy as np
 import pytest
 import torch
+from conftest import SYNTH_OVERRIDES
 
 from bilma.config import load_config
-from bilma.data import datasets, synth
+from bilma.data import datasets
 from bilma.data.datasets import IGNORE, EpochSampler, TrainSet, load_data, mask_tokens, root_cause
 from bilma.data.records import DataError
 
 
 @pytest.fixture(scope="module")
-def synth_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    synth.generate(root, ids=24, images_per_id=2, seed=3, height=128, width=64, progress=False)
-    return root
+def synth_root(synth_small):
+    return synth_small
 
 
 def cfg_for(root, *extra):
@@ -22,7 +21,7 @@ def cfg_for(root, *extra):
         None,
         [
             f"data.root={root}",
-            "data.image_size=[128,64]",
+            *SYNTH_OVERRIDES,
             "data.text_length=48",
             "data.num_workers=0",
             *extra,
@@ -133,4 +132,10 @@ def test_unreadable_image_in_a_worker_gives_one_line(synth_root, tmp_path):
     assert "\n" not in line and str(bad) in line and "data.skip_bad_images=true" in line
     # with the option, the image is dropped with a warning and loading goes on
     data = load_data(cfg_for(root, "data.skip_bad_images=true"))
-    assert data.records[0].image_path != bad.name and len(data.records) == 24 * 2 - 1
+    assert data.records[0].image_path != bad.name and len(data.records) == 30 * 2 - 1
+
+
+def test_synthetic_dataset_of_other_parameters_is_refused(synth_root):
+    cfg = load_config(None, [f"data.root={synth_root}", *SYNTH_OVERRIDES, "data.synth_ids=40"])
+    with pytest.raises(DataError, match=r"made with ids 30 \(config: 40\); point data.root"):
+        datasets.ensure_synthetic(cfg.data)

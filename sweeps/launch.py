@@ -1,0 +1,125 @@
+"""`python sweeps/launch.py --grid ablation.yaml`: run a grid of trials.
+
+    --backend local   submitit's LocalExecutor on this machine, at most --max-parallel at once,
+                      with a live progress view; waits for the end (default)
+    --backend debug   in this process, one trial after another (for pdb)
+    --backend slurm   submitit job arrays on SLURM (--profile); submits, prints the job ids, exits
+    --status          the study's trials as their directories say
+    --dry-run         what would run; nothing runs and nothing is written
+
+Relaunching the same command skips finished trials, resumes interrupted ones from their
+checkpoints and never starts a trial that is already running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python sweeps/launch.py", description=__doc__.splitlines()[0])
+    p.add_argument("--grid", required=True, help="grid YAML, or a name in sweeps/grids/")
+    p.add_argument("--backend", choices=("local", "slurm", "ray", "debug"), default="local")
+    p.add_argument(
+        "--profile", default="default", help="SLURM profile in cluster/profiles/ (slurm backend)"
+    )
+    p.add_argument(
+        "--max-parallel", type=int, default=None, help="local: trials at once (default: cores / 2)"
+    )
+    p.add_argument(
+        "--timeout-min", type=float, default=7 * 24 * 60, help="local: time limit per trial"
+    )
+    p.add_argument("--dry-run", action="store_true", help="show what would run; write nothing")
+    p.add_argument("--status", action="store_true", help="table of the study's trials")
+    p.add_argument("--retry-failed", action="store_true", help="run failed trials again")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override for every trial"
+    )
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    from bilma.config import ConfigError
+    from bilma.data.records import DataError
+    from cluster.profiles import ProfileError
+    from sweeps.grid import GridError
+
+    try:
+        return _run(args)
+    except (GridError, ConfigError, DataError, ProfileError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sweeps import launcher, report
+    from sweeps.grid import expand_report, load_grid
+
+    grid = load_grid(args.grid, args.set)
+    trials, dropped = expand_report(grid)  # validates every trial before anything runs
+    planned = launcher.plan(trials, retry_failed=args.retry_failed)
+    if args.status:
+        print(report.status_table(planned))
+        return 0
+    header = f"{grid.study}: {len(trials)} trials" + (
+        f" ({dropped} duplicates merged)" if dropped else ""
+    )
+    if args.dry_run:
+        print(header + " (dry run: nothing runs, nothing is written)")
+        print(report.plan_table(planned))
+        print(launcher.summary(planned))
+        if args.backend == "slurm":
+            from sweeps.slurm import sbatch_script
+
+            print("\nsbatch script of the array:\n")
+            print(sbatch_script(planned, args.profile))
+        return 0
+    print(header + ": " + launcher.summary(planned), flush=True)
+    if not any(p.action in launcher.TO_RUN + (launcher.SKIP_RUNNING,) for p in planned):
+        print(
+            "nothing to submit: every trial is done"
+            + (" or failed" if any(p.action == launcher.SKIP_FAILED for p in planned) else "")
+        )
+        return 1 if any(p.action == launcher.SKIP_FAILED for p in planned) else 0
+    if args.backend == "ray":
+        print(
+            "error: the Ray Tune backend is not built yet; use --backend local or slurm",
+            file=sys.stderr,
+        )
+        return 2
+    if args.backend == "slurm":
+        from sweeps.slurm import submit
+
+        parent = launcher.prepare(grid, planned)
+        return submit(planned, args.profile, grid, parent)
+    parent = launcher.prepare(grid, planned)
+    if args.backend == "debug":
+        code = launcher.run_debug(planned)
+    else:
+        max_parallel = args.max_parallel or max(1, (os.cpu_count() or 1) // 2)
+        code = launcher.run_local(planned, max_parallel, args.timeout_min)
+    if code != 130:
+        launcher.finish_parent(trials[0].config, parent, failed=code != 0)
+    print(report.status_table(launcher.plan(trials)))
+    if trials[0].config.tracking.enabled:
+        print(f"\ncompare runs: mlflow ui --backend-store-uri {trials[0].config.tracking.uri}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

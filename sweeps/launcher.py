@@ -1,0 +1,361 @@
+"""Launch a grid of trials: plan from the trial directories, prepare, submit, follow.
+
+The trial directory is the truth. Before anything is submitted, each trial is classified from
+its directory: done (result.json), running (its process or SLURM job is alive), interrupted or
+half-trained (resumes from ckpt/last.pt), failed (re-run only with --retry-failed) or new.
+Relaunching the same command therefore submits only what is missing, and a trial never runs
+twice at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from bilma.tracking import TrialDir, atomic_write_json
+from sweeps.grid import Grid, Trial
+from sweeps.job import LAUNCH_FILE, TrialJob
+
+log = logging.getLogger(__name__)
+
+# Actions of a launch, per trial.
+SUBMIT, RESUME, RETRY, SKIP_DONE, SKIP_RUNNING, SKIP_FAILED = (
+    "submit",
+    "resume",
+    "retry",
+    "done",
+    "running",
+    "failed",
+)
+TO_RUN = (SUBMIT, RESUME, RETRY)
+
+
+@dataclass
+class Planned:
+    trial: Trial
+    dir: TrialDir
+    action: str
+    note: str = ""
+
+
+def trial_dir(trial: Trial) -> TrialDir:
+    return TrialDir.for_config(trial.config)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) is not alive.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _slurm_alive(job_id: str) -> bool:
+    if not shutil.which("squeue"):
+        return False
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+    return out.returncode == 0 and bool(out.stdout.strip())
+
+
+def is_alive(status: dict[str, Any]) -> bool:
+    """Whether the process or job recorded in a trial's status still runs."""
+    job = status.get("job_id")
+    if status.get("backend") == "slurm" and job:
+        return _slurm_alive(str(job))
+    if status.get("host") not in (None, socket.gethostname()):
+        return False  # another machine's process: unknown, treated as gone
+    pids = [status.get("pid"), status.get("job_pid")]
+    return any(isinstance(p, int) and _pid_alive(p) for p in pids)
+
+
+def classify(d: TrialDir, retry_failed: bool) -> tuple[str, str]:
+    """(action, note) for one trial directory."""
+    if d.read_result() is not None:
+        return SKIP_DONE, ""
+    status = d.status()
+    state = status.get("state")
+    if state in ("running", "pending") and is_alive(status):
+        return SKIP_RUNNING, f"pid {status.get('pid') or status.get('job_pid')}"
+    if state == "failed":
+        if retry_failed:
+            return RETRY, status.get("error", "")
+        return SKIP_FAILED, status.get("error", "")
+    if d.last_ckpt.exists():
+        return RESUME, f"from epoch {_ckpt_epoch(d)}"
+    return SUBMIT, ""
+
+
+def _ckpt_epoch(d: TrialDir) -> str:
+    recs = [r for r in d.read_metrics() if r.get("split") == "train"]
+    return str(recs[-1]["epoch"]) if recs else "?"
+
+
+def plan(trials: list[Trial], retry_failed: bool = False) -> list[Planned]:
+    out = []
+    for t in trials:
+        d = trial_dir(t)
+        action, note = classify(d, retry_failed)
+        out.append(Planned(t, d, action, note))
+    return out
+
+
+def summary(planned: list[Planned]) -> str:
+    c = Counter(p.action for p in planned)
+    parts = [
+        f"{c[SKIP_DONE]} done (skipped)",
+        f"{c[SKIP_RUNNING]} already running",
+        f"{c[RESUME]} to resume",
+        f"{c[SUBMIT] + c[RETRY]} to start" + (f" ({c[RETRY]} retried)" if c[RETRY] else ""),
+    ]
+    if c[SKIP_FAILED]:
+        parts.append(f"{c[SKIP_FAILED]} failed (use --retry-failed)")
+    return ", ".join(parts)
+
+
+# ----------------------------------------------------------------------------- preparing
+
+
+def prepare(grid: Grid, planned: list[Planned], tracking: bool = True) -> str | None:
+    """Shared data, the MLflow experiment and parent run, each trial's directory. Returns the
+    parent run id (None without MLflow)."""
+    from bilma.data.datasets import ensure_synthetic
+
+    to_run = [p for p in planned if p.action in TO_RUN]
+    # Several trials reading one missing synthetic dataset would all generate it: do it here.
+    seen = set()
+    for p in to_run:
+        data = p.trial.config.data
+        if data.dataset == "synth" and data.root not in seen:
+            seen.add(data.root)
+            ensure_synthetic(data)
+    parent = None
+    cfg0 = planned[0].trial.config if planned else None
+    if tracking and cfg0 is not None and cfg0.tracking.enabled:
+        parent = _parent_run(grid, cfg0)
+    for p in to_run:
+        p.dir.init(p.trial.config)
+        atomic_write_json(
+            p.dir.path / LAUNCH_FILE,
+            {
+                "study": grid.study,
+                "grid": str(grid.path),
+                "variant": p.trial.variant,
+                "seed": p.trial.seed,
+                "parent_run_id": parent,
+                "launched": time.time(),
+            },
+        )
+    return parent
+
+
+def _parent_run(grid: Grid, cfg) -> str | None:
+    from bilma.tracking import ensure_experiment, ensure_parent_run
+
+    try:
+        # The experiment exists before any trial starts: concurrent creation of a fresh
+        # SQLite store or experiment corrupts it or files runs under "Default" (STACK.md).
+        ensure_experiment(cfg.tracking.uri, grid.study)
+        return ensure_parent_run(
+            cfg.tracking.uri, grid.study, grid.path.stem, {"grid": str(grid.path)}
+        )
+    except Exception as e:  # MLflow down: trials still run; `python -m bilma sync` later
+        log.warning(
+            "MLflow unavailable (%s): trials run without a parent run", str(e).splitlines()[0]
+        )
+        return None
+
+
+def finish_parent(cfg, parent: str | None, failed: bool) -> None:
+    if not parent:
+        return
+    from bilma.tracking import resolve_uri
+
+    with contextlib.suppress(Exception):
+        import mlflow
+
+        mlflow.MlflowClient(resolve_uri(cfg.tracking.uri)).set_terminated(
+            parent, "FAILED" if failed else "FINISHED"
+        )
+
+
+# ----------------------------------------------------------------------------- following
+
+
+@dataclass
+class Snapshot:
+    counts: Counter
+    best: tuple[float, str] | None
+
+
+def snapshot(planned: list[Planned]) -> Snapshot:
+    counts: Counter = Counter()
+    best = None
+    for p in planned:
+        result = p.dir.read_result()
+        if result is not None:
+            counts["done"] += 1
+            r1 = result["metrics"]["R1"]
+            if best is None or r1 > best[0]:
+                best = (r1, f"{p.trial.variant} seed={p.trial.seed}")
+            continue
+        state = p.dir.status().get("state", "pending")
+        counts[
+            {"running": "running", "failed": "failed", "interrupted": "interrupted"}.get(
+                state, "pending"
+            )
+        ] += 1
+    return Snapshot(counts, best)
+
+
+def progress_line(study: str, snap: Snapshot) -> str:
+    c = snap.counts
+    line = (
+        f"{time.strftime('%H:%M:%S')} {study}: {c['done']} done, {c['running']} running, "
+        f"{c['failed']} failed, {c['pending'] + c['interrupted']} pending"
+    )
+    if snap.best:
+        line += f" | best test R1 {snap.best[0]:.2f} ({snap.best[1]})"
+    return line
+
+
+# ----------------------------------------------------------------------------- local backend
+
+
+def _mark_submitted(d: TrialDir, backend: str, job_id: str, job_pid: int | None = None) -> None:
+    d.set_status(
+        "pending", backend=backend, job_id=job_id, job_pid=job_pid, host=socket.gethostname()
+    )
+
+
+def run_local(
+    planned: list[Planned], max_parallel: int, timeout_min: float, follow_every: float = 10.0
+) -> int:
+    """Run the trials as local submitit jobs, at most `max_parallel` at once; wait for all.
+
+    Ctrl-C: the jobs ignore the terminal's SIGINT (so a trial is never killed mid-save); the
+    launcher sends each running trial SIGTERM, which it answers by saving and stopping.
+    """
+    import submitit
+
+    queue = [p for p in planned if p.action in TO_RUN]
+    watch = [p for p in planned if p.action == SKIP_RUNNING]  # started by an earlier launch
+    threads = max(1, (os.cpu_count() or 1) // max_parallel)
+    running: dict[str, tuple[Planned, Any]] = {}
+    last_line, last_time = "", 0.0
+    study = planned[0].trial.study if planned else ""
+    try:
+        while queue or running or any(is_alive(p.dir.status()) for p in watch):
+            while queue and len(running) + _alive_count(watch) < max_parallel:
+                p = queue.pop(0)
+                ex = submitit.LocalExecutor(folder=p.dir.path / "logs")
+                # `trap '' INT`: the job and the trainer inherit an ignored SIGINT.
+                ex.update_parameters(timeout_min=timeout_min, local_setup=["trap '' INT"])
+                env = {"OMP_NUM_THREADS": str(threads)}
+                with _environ(env):
+                    job = ex.submit(TrialJob(p.dir.path))
+                _mark_submitted(p.dir, "local", job.job_id, int(job.job_id))
+                running[str(p.dir.path)] = (p, job)
+                log.info(
+                    "started %s seed=%s (%s), log %s",
+                    p.trial.variant,
+                    p.trial.seed,
+                    p.dir.trial_id,
+                    job.paths.stderr,
+                )
+            for key, (p, job) in list(running.items()):
+                if job.done():
+                    running.pop(key)
+                    _report_end(p, job)
+            snap = snapshot(planned)
+            line = progress_line(study, snap)
+            if line[9:] != last_line[9:] or time.time() - last_time > follow_every:
+                print(line, flush=True)
+                last_line, last_time = line, time.time()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\nstopping: asking running trials to save and stop (SIGTERM) ...", flush=True)
+        for _p, job in running.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(
+                    int(job.job_id), signal.SIGTERM
+                )  # the controller forwards it to the trainer
+        deadline = time.time() + 120
+        while any(not job.done() for _, job in running.values()) and time.time() < deadline:
+            time.sleep(0.5)
+        print("stopped; run the same command to resume", flush=True)
+        return 130
+    snap = snapshot(planned)
+    print(progress_line(study, snap), flush=True)
+    return 1 if snap.counts["failed"] or snap.counts["interrupted"] else 0
+
+
+def _alive_count(watch: list[Planned]) -> int:
+    return sum(1 for p in watch if is_alive(p.dir.status()))
+
+
+def _report_end(p: Planned, job) -> None:
+    result = p.dir.read_result()
+    name = f"{p.trial.variant} seed={p.trial.seed}"
+    if result is not None:
+        m = result["metrics"]
+        print(f"  finished {name}: R1 {m['R1']:.2f} mAP {m['mAP']:.2f}", flush=True)
+        return
+    status = p.dir.status()
+    if status.get("state") in ("running", "pending"):
+        # Died without the trainer recording why (killed, out of memory): say so.
+        p.dir.set_status("failed", error=f"job {job.job_id} ended without a result ({job.state})")
+        status = p.dir.status()
+    log_path = job.paths.stderr
+    print(
+        f"  {status.get('state', 'failed').upper()} {name}: {status.get('error', '')}\n    log: {log_path}",
+        flush=True,
+    )
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# ----------------------------------------------------------------------------- debug backend
+
+
+def run_debug(planned: list[Planned]) -> int:
+    """In this process, one trial after another (breakpoints and pdb work)."""
+    failed = 0
+    for p in planned:
+        if p.action not in TO_RUN:
+            continue
+        print(f"== {p.trial.variant} seed={p.trial.seed} ({p.dir.trial_id})", flush=True)
+        try:
+            TrialJob(p.dir.path)()
+        except Exception as e:  # report and go on with the other trials
+            failed += 1
+            print(f"  FAILED: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,55 @@
+"""Tables of a sweep's trials, read from their directories."""
+
+from __future__ import annotations
+
+from sweeps.launcher import Planned
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
+    fmt = "  ".join(f"{{:{w}}}" for w in widths)
+    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*r) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _log_path(p: Planned) -> str:
+    status = p.dir.status()
+    job = status.get("job_id")
+    if status.get("backend") == "local" and job:
+        return str(p.dir.path / "logs" / f"{job}_0_log.err")
+    if status.get("backend") == "slurm" and status.get("log"):
+        return str(status["log"])
+    return str(p.dir.path)
+
+
+def status_table(planned: list[Planned]) -> str:
+    """Variant, seed, trial id, state, attempts, test R1 and where the log is."""
+    rows = []
+    for p in planned:
+        status = p.dir.status()
+        result = p.dir.read_result()
+        state = "done" if result else status.get("state", "new")
+        if p.action == "running":
+            state = "running"
+        r1 = f"{result['metrics']['R1']:.2f}" if result else ""
+        rows.append(
+            [
+                p.trial.variant,
+                str(p.trial.seed),
+                p.dir.trial_id,
+                state,
+                str(status.get("attempts", 0)),
+                r1,
+                _log_path(p),
+            ]
+        )
+    return _table(["variant", "seed", "trial", "state", "attempts", "R1", "log"], rows)
+
+
+def plan_table(planned: list[Planned]) -> str:
+    """What a launch would do with each trial."""
+    rows = [[p.trial.variant, str(p.trial.seed), p.dir.trial_id, p.action, p.note] for p in planned]
+    return _table(["variant", "seed", "trial", "action", "note"], rows)

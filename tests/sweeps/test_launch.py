@@ -1,0 +1,179 @@
+"""The launcher end to end on the local backend: real subprocesses, real MLflow store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_overrides
+
+from bilma.config import parse_override
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_grid(
+    tmp_path: Path, root: Path, seeds: list[int], variants: dict | None = None, name="g.yaml"
+) -> Path:
+    overrides = tiny_overrides(
+        root,
+        tmp_path / "runs",
+        "train.epochs=1",
+        "train.max_steps_per_epoch=2",
+        "tracking.enabled=true",
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+    )
+    settings = dict(parse_override(o) for o in overrides)
+    settings["data.root"] = str(root)
+    settings["paths.runs"] = str(tmp_path / "runs")
+    grid = {
+        "study": "launch-test",
+        "base": str(REPO / "configs" / "synth_tiny.yaml"),
+        "seeds": seeds,
+        "set": settings,
+        "variants": variants or {"IRRA": {"loss.mim_weight": 0}, "BiLMa": {}},
+    }
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    return path
+
+
+def launch(*args: str, cwd: Path, **kw) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "sweeps" / "launch.py"), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
+
+
+def mlflow_runs(tmp_path: Path):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("launch-test")
+    return client.search_runs([exp.experiment_id])
+
+
+def results(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "runs" / "launch-test").glob("*/result.json"))
+
+
+def test_local_sweep_then_relaunch_submits_nothing(synth_small, tmp_path):
+    grid = write_grid(tmp_path, synth_small, seeds=[1])
+    proc = launch("--grid", str(grid), "--max-parallel", "2", cwd=tmp_path)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert "0 done (skipped), 0 already running, 0 to resume, 2 to start" in out
+    assert "2 done, 0 running, 0 failed, 0 pending" in out
+    assert len(results(tmp_path)) == 2
+    runs = mlflow_runs(tmp_path)
+    parents = [r for r in runs if r.data.tags.get("kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("kind") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 2
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.data.tags["variant"] in ("IRRA", "BiLMa") and "test/R1" in run.data.metrics
+
+    again = launch("--grid", str(grid), cwd=tmp_path)
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, out
+    assert "2 done (skipped)" in out and "nothing to submit" in out
+    assert len(mlflow_runs(tmp_path)) == 3
+
+
+def test_sigkill_mid_sweep_and_relaunch_loses_nothing(synth_small, tmp_path):
+    grid = write_grid(tmp_path, synth_small, seeds=[1, 2])
+    proc = launch("--grid", str(grid), "--max-parallel", "1", cwd=tmp_path, start_new_session=False)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(results(tmp_path)) < 1:
+        time.sleep(0.5)
+    assert results(tmp_path), "no trial finished"
+    proc.send_signal(signal.SIGKILL)  # the launcher only: its running trial carries on
+    proc.communicate()
+    again = launch("--grid", str(grid), "--max-parallel", "1", cwd=tmp_path)
+    out, _ = again.communicate(timeout=600)
+    assert again.returncode == 0, out
+    assert "done (skipped)" in out
+    assert len(results(tmp_path)) == 4
+    children = [r for r in mlflow_runs(tmp_path) if r.data.tags.get("kind") == "trial"]
+    assert len(children) == 4 and len({r.data.tags["trial_id"] for r in children}) == 4
+    assert all(r.info.status == "FINISHED" for r in children)
+
+
+def test_failing_trial_is_reported_and_others_finish(synth_small, tmp_path):
+    variants = {
+        "ok": {},
+        "broken": {"data.dataset": "rstpreid", "data.root": str(tmp_path / "nowhere")},
+    }
+    grid = write_grid(tmp_path, synth_small, seeds=[1], variants=variants)
+    proc = launch("--grid", str(grid), "--max-parallel", "2", cwd=tmp_path)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 1, out
+    assert "FAILED broken seed=1" in out and "data_captions.json" in out and "log: " in out
+    assert "1 done, 0 running, 1 failed" in out
+    assert len(results(tmp_path)) == 1
+    # a relaunch leaves the failed trial alone unless asked
+    again = launch("--grid", str(grid), "--dry-run", cwd=tmp_path)
+    out, _ = again.communicate(timeout=300)
+    assert "1 failed (use --retry-failed)" in out
+
+
+def test_typo_is_refused_before_anything_runs(tmp_path):
+    grid = tmp_path / "typo.yaml"
+    grid.write_text(
+        f"study: t\nbase: {REPO / 'configs' / 'synth_tiny.yaml'}\nvariants:\n  a: {{mim.mask_ration: 0.3}}\n"
+        f"set: {{paths.runs: {tmp_path / 'runs'}}}\n"
+    )
+    proc = launch("--grid", str(grid), cwd=tmp_path)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert (
+        "typo.yaml" in out and "mim.mask_ration" in out and "did you mean 'mim.mask_ratio'" in out
+    )
+    assert len(out.strip().splitlines()) <= 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["typo.yaml"]
+
+
+def test_dry_run_and_status_write_nothing(synth_small, tmp_path):
+    grid = write_grid(tmp_path, synth_small, seeds=[1, 2])
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out, _ = launch(
+        "--grid",
+        str(grid),
+        "--dry-run",
+        "--backend",
+        "slurm",
+        "--profile",
+        "local-slurm",
+        cwd=tmp_path,
+    ).communicate(timeout=120)
+    assert (
+        "4 to start" in out
+        and "#SBATCH --array=0-3%2" in out
+        and "#SBATCH --partition=debug" in out
+    )
+    out, _ = launch("--grid", str(grid), "--status", cwd=tmp_path).communicate(timeout=120)
+    assert out.count("new") == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("backend", ["debug"])
+def test_debug_backend_runs_in_process(synth_small, tmp_path, backend):
+    grid = write_grid(tmp_path, synth_small, seeds=[1], variants={"only": {}})
+    out, _ = launch("--grid", str(grid), "--backend", backend, cwd=tmp_path).communicate(
+        timeout=600
+    )
+    assert "== only seed=1" in out and len(results(tmp_path)) == 1

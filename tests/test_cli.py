@@ -1,0 +1,53 @@
+"""The command line end to end: synth then data-info, config, bad input messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+
+def bilma(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "bilma", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_synth_then_data_info_json(tmp_path):
+    out = tmp_path / "synth"
+    made = bilma("synth", "--out", str(out), "--ids", "200", "--height", "128", "--width", "64")
+    assert made.returncode == 0, made.stderr
+    info = bilma("data-info", "--dataset", "cuhk-pedes", "--root", str(out), "--json")
+    assert info.returncode == 0, info.stderr
+    # 200 identities: 10% val, 10% test, 4 images each, 2 captions per image
+    assert json.loads(info.stdout) == {
+        "train": {"ids": 160, "images": 640, "captions": 1280},
+        "val": {"ids": 20, "images": 80, "captions": 160},
+        "test": {"ids": 20, "images": 80, "captions": 160},
+    }
+
+
+def test_data_info_missing_annotations_is_one_line(tmp_path):
+    res = bilma("data-info", "--dataset", "rstpreid", "--root", str(tmp_path))
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "data_captions.json" in lines[0] and lines[0].startswith("error: ")
+
+
+def test_config_command_prints_trial_id(tmp_path):
+    res = bilma(
+        "config",
+        "--config",
+        "configs/synth_tiny.yaml",
+        "train.seed=7",
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
+    assert res.returncode == 0, res.stderr
+    assert "seed: 7" in res.stdout and "# trial id: " in res.stdout
