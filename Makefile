@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@touch $(STAMP)
 
+# The smoke sweep on synthetic data (IRRA vs BiLMa, 2 seeds), tracked in sqlite:///mlflow.db.
 demo: setup
-	$(BIN)/python -m bilma demo
+	$(BIN)/python sweeps/launch.py --grid smoke
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not slow"

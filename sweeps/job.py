@@ -12,6 +12,7 @@ to submitit's own handler, which checkpoints this object and requeues the job.
 from __future__ import annotations
 
 import json
+import logging
 import signal
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,12 @@ class TrialJob(submitit.helpers.Checkpointable):
         from bilma.tracking import TrialDir
         from bilma.train import Interrupted, train
 
+        if not logging.getLogger().handlers:  # a fresh job process: log like the CLI does
+            logging.basicConfig(
+                level=logging.INFO,
+                format="%(asctime)s %(levelname)s %(message)s",
+                datefmt="%H:%M:%S",
+            )
         trial = TrialDir(Path(self.trial_dir))
         cfg = trial.read_config()
         launch = read_launch(trial.path)

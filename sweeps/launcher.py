@@ -20,6 +20,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bilma.tracking import TrialDir, atomic_write_json
@@ -245,7 +246,11 @@ def _mark_submitted(d: TrialDir, backend: str, job_id: str, job_pid: int | None 
 
 
 def run_local(
-    planned: list[Planned], max_parallel: int, timeout_min: float, follow_every: float = 10.0
+    planned: list[Planned],
+    max_parallel: int,
+    timeout_min: float,
+    follow_every: float = 10.0,
+    signal_delay_s: int = 60,
 ) -> int:
     """Run the trials as local submitit jobs, at most `max_parallel` at once; wait for all.
 
@@ -264,9 +269,15 @@ def run_local(
         while queue or running or any(is_alive(p.dir.status()) for p in watch):
             while queue and len(running) + _alive_count(watch) < max_parallel:
                 p = queue.pop(0)
-                ex = submitit.LocalExecutor(folder=p.dir.path / "logs")
+                # Each timeout requeues and resumes; only a trial that makes no progress
+                # at all would need more than 30 slots.
+                ex = submitit.LocalExecutor(folder=p.dir.path / "logs", max_num_timeout=30)
                 # `trap '' INT`: the job and the trainer inherit an ignored SIGINT.
-                ex.update_parameters(timeout_min=timeout_min, local_setup=["trap '' INT"])
+                ex.update_parameters(
+                    timeout_min=timeout_min,
+                    signal_delay_s=min(signal_delay_s, int(timeout_min * 30)),
+                    setup=["trap '' INT"],
+                )
                 env = {"OMP_NUM_THREADS": str(threads)}
                 with _environ(env):
                     job = ex.submit(TrialJob(p.dir.path))
@@ -291,11 +302,8 @@ def run_local(
             time.sleep(0.5)
     except KeyboardInterrupt:
         print("\nstopping: asking running trials to save and stop (SIGTERM) ...", flush=True)
-        for _p, job in running.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(
-                    int(job.job_id), signal.SIGTERM
-                )  # the controller forwards it to the trainer
+        for p, job in running.values():
+            _terminate(p, job)
         deadline = time.time() + 120
         while any(not job.done() for _, job in running.values()) and time.time() < deadline:
             time.sleep(0.5)
@@ -304,6 +312,32 @@ def run_local(
     snap = snapshot(planned)
     print(progress_line(study, snap), flush=True)
     return 1 if snap.counts["failed"] or snap.counts["interrupted"] else 0
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+    return out
+
+
+def _terminate(p: Planned, job) -> None:
+    """SIGTERM to the trainer (it saves and stops), or to the job's controller if the trainer
+    has not started yet. The job's pid is a shell (`trap '' INT && controller`), which would
+    die alone, so its children are signalled."""
+    status = p.dir.status()
+    pid = status.get("pid")
+    targets = (
+        [pid]
+        if status.get("state") == "running" and isinstance(pid, int) and _pid_alive(pid)
+        else []
+    )
+    targets = targets or _children(int(job.job_id)) or [int(job.job_id)]
+    for target in targets:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(target, signal.SIGTERM)
 
 
 def _alive_count(watch: list[Planned]) -> int:

@@ -423,6 +423,7 @@ def test_shipped_grid_contents():
     assert (c.train.epochs, c.train.max_steps_per_epoch, c.data.synth_ids) == (2, 15, 300)
     assert (c.data.root, c.eval.every, c.tracking.study) == ("data/synth-smoke", 1, "smoke")
     assert (c.loss.mim_weight, smoke[2].config.loss.mim_weight) == (0.0, 1.0)
+    assert c.loss.mlm_weight == smoke[2].config.loss.mlm_weight == 1.0
 
     abl = expand(load_grid("ablation"))
     assert abl[0].study == "ablation-cuhk" and abl[0].config.data.dataset == "cuhk-pedes"

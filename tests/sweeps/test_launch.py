@@ -177,3 +177,68 @@ def test_debug_backend_runs_in_process(synth_small, tmp_path, backend):
         timeout=600
     )
     assert "== only seed=1" in out and len(results(tmp_path)) == 1
+
+
+def test_preempted_trial_is_requeued_and_resumes(synth_small, tmp_path):
+    """SIGUSR2 (SLURM's preemption and time-limit signal) mid-trial: the trainer saves, submitit
+    requeues the job, and the next attempt resumes from the checkpoint."""
+    import json
+
+    grid_path = write_grid(tmp_path, synth_small, seeds=[1], variants={"long": {}})
+    text = grid_path.read_text().replace(
+        "train.max_steps_per_epoch: 2", "train.max_steps_per_epoch: 12"
+    )
+    grid_path.write_text(text.replace("train.epochs: 1", "train.epochs: 3"))
+    proc = launch("--grid", str(grid_path), "--max-parallel", "1", cwd=tmp_path)
+    trial = None
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait for the first epoch's record, then preempt
+        found = list((tmp_path / "runs" / "launch-test").glob("*/metrics.jsonl"))
+        if found and found[0].read_text().strip():
+            trial = found[0].parent
+            break
+        time.sleep(0.2)
+    assert trial is not None, "the trial never finished an epoch"
+    pid = json.loads((trial / "status.json").read_text())["pid"]
+    os.kill(pid, signal.SIGUSR2)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    status = json.loads((trial / "status.json").read_text())
+    assert status["state"] == "done" and status["attempts"] == 2
+    log = "".join(p.read_text() for p in (trial / "logs").glob("*_log.err"))
+    assert "SIGUSR2 received" in log and "resuming from" in log
+    assert (trial / "result.json").exists()
+
+
+def test_ctrl_c_stops_trials_cleanly_and_relaunch_resumes(synth_small, tmp_path):
+    """Ctrl-C in the terminal (SIGINT to the whole foreground group): trials save and stop,
+    the launcher exits 130, and the same command later finishes them."""
+    import json
+
+    grid_path = write_grid(tmp_path, synth_small, seeds=[1], variants={"long": {}})
+    text = grid_path.read_text().replace(
+        "train.max_steps_per_epoch: 2", "train.max_steps_per_epoch: 12"
+    )
+    grid_path.write_text(text.replace("train.epochs: 1", "train.epochs: 4"))
+    proc = launch(
+        "--grid", str(grid_path), "--max-parallel", "1", cwd=tmp_path, start_new_session=True
+    )
+    deadline = time.time() + 300
+    trial = None
+    while time.time() < deadline:
+        found = list((tmp_path / "runs" / "launch-test").glob("*/metrics.jsonl"))
+        if found and found[0].read_text().strip():
+            trial = found[0].parent
+            break
+        time.sleep(0.2)
+    assert trial is not None
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out
+    assert "stopped; run the same command to resume" in out
+    status = json.loads((trial / "status.json").read_text())
+    assert status["state"] == "interrupted" and (trial / "ckpt" / "last.pt").exists()
+    again = launch("--grid", str(grid_path), cwd=tmp_path)
+    out, _ = again.communicate(timeout=600)
+    assert again.returncode == 0, out
+    assert "1 to resume" in out and (trial / "result.json").exists()
