@@ -37,7 +37,11 @@ def write_grid(
         "base": str(REPO / "configs" / "synth_tiny.yaml"),
         "seeds": seeds,
         "set": settings,
-        "variants": variants or {"IRRA": {"loss.mim_weight": 0}, "BiLMa": {}},
+        "variants": variants
+        or {
+            "IRRA": {"loss.mlm_weight": 1.0, "loss.mim_weight": 0},
+            "BiLMa": {"loss.mlm_weight": 1.0, "loss.mim_weight": 1.0},
+        },
     }
     path = tmp_path / name
     path.write_text(yaml.safe_dump(grid, sort_keys=False))
