@@ -60,13 +60,17 @@ def main() -> None:
         # data and MLflow stores made once, outside the timings
         warm = trial_overrides(tmp / "synth", tmp / "warm", tmp / "warm.db")
         cmd = [sys.executable, "-m", "bilma", "train", "--config", str(base)]
-        subprocess.run(cmd + [f"{k}={v}" for k, v in warm.items()], check=True, env=env, capture_output=True)
+        subprocess.run(
+            cmd + [f"{k}={v}" for k, v in warm.items()], check=True, env=env, capture_output=True
+        )
 
         o = trial_overrides(tmp / "synth", tmp / "runs_a", tmp / "a.db")
         t0 = time.perf_counter()
         for s in seeds:
             subprocess.run(
-                cmd + [f"{k}={v}" for k, v in o.items()] + [f"train.seed={s}", "tracking.study=bench"],
+                cmd
+                + [f"{k}={v}" for k, v in o.items()]
+                + [f"train.seed={s}", "tracking.study=bench"],
                 check=True,
                 env=env,
                 capture_output=True,
@@ -77,12 +81,23 @@ def main() -> None:
         grid = {"study": "bench", "base": str(base), "seeds": seeds, "set": o}
         (tmp / "grid.yaml").write_text(yaml.safe_dump(grid))
         t0 = time.perf_counter()
-        launch = [sys.executable, str(REPO / "sweeps" / "launch.py"), "--grid", str(tmp / "grid.yaml"), "--max-parallel", "1"]
+        launch = [
+            sys.executable,
+            str(REPO / "sweeps" / "launch.py"),
+            "--grid",
+            str(tmp / "grid.yaml"),
+            "--max-parallel",
+            "1",
+        ]
         subprocess.run(launch, check=True, env=env, capture_output=True)
         swept = time.perf_counter() - t0
 
-    print(f"# orchestration overhead, {datetime.date.today()}, {platform.platform()}, nproc={os.cpu_count()}")
-    print("| trials | sequential `bilma train` s | launcher (local, 1 at a time) s | overhead per trial s |")
+    print(
+        f"# orchestration overhead, {datetime.date.today()}, {platform.platform()}, nproc={os.cpu_count()}"
+    )
+    print(
+        "| trials | sequential `bilma train` s | launcher (local, 1 at a time) s | overhead per trial s |"
+    )
     print("|---|---|---|---|")
     print(f"| {n} | {baseline:.1f} | {swept:.1f} | {(swept - baseline) / n:.2f} |")
 

@@ -45,7 +45,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         synth.generate(tmp, ids=args.ids, images_per_id=4, seed=0, workers=2, progress=False)
         cfg = load_config(
-            None, [f"data.root={tmp}", "data.image_size=[384,128]", "train.batch_size=64"]
+            None,
+            [
+                f"data.root={tmp}",
+                f"data.synth_ids={args.ids}",
+                "data.image_size=[384,128]",
+                "train.batch_size=64",
+            ],
         )
         print(
             f"# loader throughput, {datetime.date.today()}, {platform.platform()}, nproc={os.cpu_count()}, "

@@ -143,7 +143,6 @@ def test_bad_config_is_one_line(tmp_path):
     )
 
 
-@pytest.mark.slow
 def test_distributed_two_cpu_processes(synth_small, tmp_path):
     """DistributedDataParallel over gloo with two processes started by torchrun."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
