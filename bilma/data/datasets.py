@@ -373,10 +373,11 @@ class EpochSampler(Sampler):
 def _worker_init(_: int) -> None:
     # Each worker is one core's worth of work; torch threads inside it only contend.
     torch.set_num_threads(1)
-    # SLURM signals every process of a job step on preemption; the main process saves and
-    # stops, and a worker that died of the signal first would turn that into a crash.
-    for sig in (signal.SIGTERM, signal.SIGUSR2):
-        signal.signal(sig, signal.SIG_IGN)
+    # SLURM sends its time-limit signal (SIGUSR2, by submitit's --signal) to every process of
+    # the job step: the main process saves and requeues, and a worker dying of the signal
+    # first would turn that into a crash. SIGTERM keeps its default: shutting a worker down
+    # (torch, multiprocessing at exit) relies on it.
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
 def train_loader(

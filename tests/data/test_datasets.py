@@ -139,3 +139,39 @@ def test_synthetic_dataset_of_other_parameters_is_refused(synth_root):
     cfg = load_config(None, [f"data.root={synth_root}", *SYNTH_OVERRIDES, "data.synth_ids=40"])
     with pytest.raises(DataError, match=r"made with ids 30 \(config: 40\); point data.root"):
         datasets.ensure_synthetic(cfg.data)
+
+
+def test_process_holding_a_live_loader_still_exits(synth_root, tmp_path):
+    """Interpreter exit terminates DataLoader workers (SIGTERM); a worker that ignored it
+    would hang the process forever (as a pytest run holding a failed loader did)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    overrides = [f"data.root={synth_root}", *SYNTH_OVERRIDES, "data.text_length=48"]
+    script = (
+        "from bilma.config import load_config\n"
+        "from bilma.data.datasets import TrainSet, load_data, train_loader\n"
+        f"cfg = load_config(None, {overrides!r})\n"
+        "ts = TrainSet(load_data(cfg), cfg)\n"
+        "loader, sampler = train_loader(ts, 4, 1)\n"
+        "it = iter(loader)\n"
+        "next(it)\n"
+        "KEEP = it  # still referenced at exit, as a kept traceback would\n"
+        "print('ok')\n"
+    )
+    out = tmp_path / "out.txt"
+    with out.open("w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            code = proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the process and its stuck worker
+            pytest.fail("the process did not exit: a DataLoader worker survived SIGTERM")
+    assert code == 0 and out.read_text().strip().endswith("ok"), out.read_text()
