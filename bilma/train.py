@@ -262,8 +262,8 @@ def train(cfg: Config, parent_run_id: str | None = None, progress: bool = True) 
 
     d = init_distributed()
     device = _device(d)
-    trial.init(cfg) if d.main else None
     if d.main:
+        trial.init(cfg)
         attempt = trial.start_attempt()
         trial.write_provenance()
         log.info("trial %s, attempt %d, on %s", trial.path, attempt, device)

@@ -239,7 +239,7 @@ def progress_line(study: str, snap: Snapshot) -> str:
 # ----------------------------------------------------------------------------- local backend
 
 
-def _mark_submitted(d: TrialDir, backend: str, job_id: str, job_pid: int | None = None) -> None:
+def mark_submitted(d: TrialDir, backend: str, job_id: str, job_pid: int | None = None) -> None:
     d.set_status(
         "pending", backend=backend, job_id=job_id, job_pid=job_pid, host=socket.gethostname()
     )
@@ -281,7 +281,7 @@ def run_local(
                 env = {"OMP_NUM_THREADS": str(threads)}
                 with _environ(env):
                     job = ex.submit(TrialJob(p.dir.path))
-                _mark_submitted(p.dir, "local", job.job_id, int(job.job_id))
+                mark_submitted(p.dir, "local", job.job_id, int(job.job_id))
                 running[str(p.dir.path)] = (p, job)
                 log.info(
                     "started %s seed=%s (%s), log %s",

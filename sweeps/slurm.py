@@ -9,7 +9,7 @@ from pathlib import Path
 from cluster.profiles import load_profile
 from sweeps.grid import Grid
 from sweeps.job import TrialJob
-from sweeps.launcher import TO_RUN, Planned, _mark_submitted
+from sweeps.launcher import TO_RUN, Planned, mark_submitted
 
 
 def _folder(planned: list[Planned]) -> Path:
@@ -52,7 +52,7 @@ def submit(planned: list[Planned], profile_name: str, grid: Grid, parent: str | 
     with ex.batch():
         jobs = [ex.submit(TrialJob(p.dir.path)) for p in to_run]
     for p, job in zip(to_run, jobs, strict=True):
-        _mark_submitted(p.dir, "slurm", str(job.job_id))
+        mark_submitted(p.dir, "slurm", str(job.job_id))
         p.dir.set_status("pending", log=str(job.paths.stderr))
         print(f"  {job.job_id}  {p.trial.variant} seed={p.trial.seed}  ({p.dir.trial_id})")
     array = str(jobs[0].job_id).split("_")[0]

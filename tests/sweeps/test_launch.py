@@ -69,6 +69,17 @@ def mlflow_runs(tmp_path: Path):
     return client.search_runs([exp.experiment_id])
 
 
+def first_epoch_done(tmp_path: Path, timeout: float = 300) -> Path:
+    """The directory of the first trial that wrote an epoch record."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = list((tmp_path / "runs" / "launch-test").glob("*/metrics.jsonl"))
+        if found and found[0].read_text().strip():
+            return found[0].parent
+        time.sleep(0.2)
+    raise AssertionError("no trial finished an epoch")
+
+
 def results(tmp_path: Path) -> list[Path]:
     return sorted((tmp_path / "runs" / "launch-test").glob("*/result.json"))
 
@@ -194,15 +205,7 @@ def test_preempted_trial_is_requeued_and_resumes(synth_small, tmp_path):
     )
     grid_path.write_text(text.replace("train.epochs: 1", "train.epochs: 3"))
     proc = launch("--grid", str(grid_path), "--max-parallel", "1", cwd=tmp_path)
-    trial = None
-    deadline = time.time() + 300
-    while time.time() < deadline:  # wait for the first epoch's record, then preempt
-        found = list((tmp_path / "runs" / "launch-test").glob("*/metrics.jsonl"))
-        if found and found[0].read_text().strip():
-            trial = found[0].parent
-            break
-        time.sleep(0.2)
-    assert trial is not None, "the trial never finished an epoch"
+    trial = first_epoch_done(tmp_path)  # then preempt
     pid = json.loads((trial / "status.json").read_text())["pid"]
     os.kill(pid, signal.SIGUSR2)
     out, _ = proc.communicate(timeout=600)
@@ -227,15 +230,7 @@ def test_ctrl_c_stops_trials_cleanly_and_relaunch_resumes(synth_small, tmp_path)
     proc = launch(
         "--grid", str(grid_path), "--max-parallel", "1", cwd=tmp_path, start_new_session=True
     )
-    deadline = time.time() + 300
-    trial = None
-    while time.time() < deadline:
-        found = list((tmp_path / "runs" / "launch-test").glob("*/metrics.jsonl"))
-        if found and found[0].read_text().strip():
-            trial = found[0].parent
-            break
-        time.sleep(0.2)
-    assert trial is not None
+    trial = first_epoch_done(tmp_path)
     os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 130, out
