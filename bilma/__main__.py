@@ -18,6 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bilma.config import ConfigError  # noqa: E402
 from bilma.data.records import DataError  # noqa: E402
+from bilma.logs import configure as configure_logging  # noqa: E402
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -160,11 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args)
     except (ConfigError, DataError) as e:

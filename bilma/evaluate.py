@@ -28,7 +28,7 @@ def encode_split(
     """(text features, text pids, image features, image pids), features L2-normalised."""
     texts, images = TextSet(data, split), ImageSet(data, split, cfg.data.image_size)
     bs, workers = cfg.eval.batch_size, cfg.data.num_workers
-    amp = _autocast(cfg, device)
+    amp = autocast_for(cfg, device)
     text_feats = []
     for ids, _ in eval_loader(texts, bs, 0):
         with amp:
@@ -64,7 +64,8 @@ def evaluate(
     return metrics
 
 
-def _autocast(cfg: Config, device: torch.device):
+def autocast_for(cfg: Config, device: torch.device):
+    """The autocast context of `train.amp` on `device` (disabled when amp is off)."""
     dtype = amp_dtype(cfg, device)
     if dtype is None:
         return torch.autocast(device.type, enabled=False)

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from bilma import checkpoint
 from bilma.config import Config
 from bilma.data.datasets import TrainSet, ensure_synthetic, load_data, train_loader
-from bilma.evaluate import amp_dtype, evaluate
+from bilma.evaluate import amp_dtype, autocast_for, evaluate
 from bilma.metrics import format_metrics
 from bilma.model.bilma import BiLMa, build_model
 from bilma.tracking import MlflowMirror, TrialDir, ensure_experiment, make_result
@@ -398,7 +398,6 @@ def _fit(
             "%s has no %s split: selecting checkpoints on test", cfg.data.dataset, select_split
         )
         select_split = "test"
-    dtype = amp_dtype(cfg, device)
     if d.main:
         log.info(
             "training %s on %s: %d pairs, %d ids, %d steps/epoch x %d epochs, batch %d x %d process(es)",
@@ -426,9 +425,7 @@ def _fit(
             batch = next(it)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             batch["mim_generator"] = mim_generator(cfg.train.seed, state.global_step, d.rank)
-            with torch.autocast(
-                device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None
-            ):
+            with autocast_for(cfg, device):
                 out = model(batch)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(out["loss"]).backward()

@@ -12,12 +12,13 @@ to submitit's own handler, which checkpoints this object and requeues the job.
 from __future__ import annotations
 
 import json
-import logging
 import signal
 from pathlib import Path
 from typing import Any
 
 import submitit
+
+from bilma.logs import configure as configure_logging
 
 LAUNCH_FILE = "launch.json"
 
@@ -37,12 +38,7 @@ class TrialJob(submitit.helpers.Checkpointable):
         from bilma.tracking import TrialDir
         from bilma.train import Interrupted, train
 
-        if not logging.getLogger().handlers:  # a fresh job process: log like the CLI does
-            logging.basicConfig(
-                level=logging.INFO,
-                format="%(asctime)s %(levelname)s %(message)s",
-                datefmt="%H:%M:%S",
-            )
+        configure_logging()  # a fresh job process logs like the command line
         trial = TrialDir(Path(self.trial_dir))
         cfg = trial.read_config()
         launch = read_launch(trial.path)

@@ -49,11 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    from bilma.logs import configure
+
+    configure(logging.DEBUG if args.verbose else logging.WARNING)
     from bilma.config import ConfigError
     from bilma.data.records import DataError
     from cluster.profiles import ProfileError
