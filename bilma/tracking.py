@@ -37,20 +37,18 @@ FINISHED / FAILED / KILLED (interrupted) / RUNNING / SCHEDULED (pending).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import math
 import numbers
 import os
 import platform
-import secrets
 import shlex
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -66,6 +64,7 @@ from bilma.config import (
     to_dict,
     trial_id,
 )
+from bilma.fileio import atomic_torch_save, atomic_write_json, atomic_write_text, json_default
 
 log = logging.getLogger(__name__)
 
@@ -95,69 +94,7 @@ class TrialConflictError(ConfigError):
     """A trial directory holds a different experiment than the config being run."""
 
 
-# ----------------------------------------------------------------------------- atomic files
-
-
-def _tmp_path(path: Path) -> Path:
-    # Same folder (os.replace is atomic only within a filesystem); a unique name so two
-    # writers never share a temporary file; a dot prefix so it never looks like the real one.
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (best effort: not every filesystem allows it)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def _atomic(path: str | Path) -> Iterator[Any]:
-    """Open a temporary binary file next to `path`; on success fsync it and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        with open(tmp, "xb") as f:  # "x": respects the umask, unlike mkstemp's 0600
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write text so that readers see the old file or the new one, never a torn one."""
-    with _atomic(path) as f:
-        f.write(text.encode("utf-8"))
-
-
-def _json_default(obj: Any) -> Any:
-    # numpy / torch scalars and arrays, Paths: whatever a trainer hands us.
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if hasattr(obj, "item"):
-        return obj.item()
-    return str(obj)
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temporary file, then os.replace: a kill never leaves a torn checkpoint."""
-    import torch  # lazily: the analysis side reads trial directories without torch
-
-    with _atomic(path) as f:
-        torch.save(obj, f)
+# ----------------------------------------------------------------------------- files
 
 
 def _read_json(path: Path) -> Any:
@@ -356,7 +293,7 @@ class TrialDir:
         """Append one record as a JSON line, flushed and fsync'd; adds "time" if missing."""
         rec = dict(record)
         rec.setdefault("time", time.time())
-        line = json.dumps(rec, default=_json_default).encode("utf-8") + b"\n"
+        line = json.dumps(rec, default=json_default).encode("utf-8") + b"\n"
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.metrics_path, "a+b") as f:
             # A kill mid-write leaves a line with no newline: end it first, or this record

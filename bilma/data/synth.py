@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
-import os
 import re
 import sys
 import time
@@ -45,6 +44,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from bilma.fileio import atomic_write_text
 
 __all__ = [
     "LABEL_NAMES",
@@ -790,12 +791,6 @@ def _write_identity(job: tuple[str, int, int, Identity, str, int, int, int]) -> 
     return images
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def is_complete(root: str | Path) -> bool:
     """Whether `root` holds a finished synthetic dataset (its marker and annotations exist)."""
     root = Path(root)
@@ -889,7 +884,7 @@ def generate(
             for n_images in pool.imap_unordered(_write_identity, jobs, chunksize=chunk):
                 report(n_images)
 
-    _write_atomic(root / "reid_raw.json", json.dumps(entries))
+    atomic_write_text(root / "reid_raw.json", json.dumps(entries))
     counts = {
         split: {
             "ids": sizes[split],
@@ -912,7 +907,7 @@ def generate(
         "counts": counts,
     }
     # Last, atomically: its presence means every file above is complete.
-    _write_atomic(root / SYNTH_MARKER, json.dumps(params, indent=2) + "\n")
+    atomic_write_text(root / SYNTH_MARKER, json.dumps(params, indent=2) + "\n")
     seconds = time.perf_counter() - start
     return {
         "out": str(root),

@@ -16,14 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from bilma.data.records import DataError
+from bilma.fileio import atomic_numpy_save, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -154,16 +153,11 @@ def train_tokenizer(captions: Sequence[str], out: str | Path, vocab_size: int = 
         vocab[special] = len(vocab)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "merges.txt", "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges))
-    _atomic_write(out / "vocab.json", json.dumps(vocab, ensure_ascii=False))
+    atomic_write_text(
+        out / "merges.txt", "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges)
+    )
+    atomic_write_text(out / "vocab.json", json.dumps(vocab, ensure_ascii=False))
     return out
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def encode_cached(
@@ -186,11 +180,7 @@ def encode_cached(
             log.warning("ignoring unreadable token cache %s", path)
     arr = tokenizer.encode(captions, length)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy")
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr)
-        os.replace(tmp, path)
+        atomic_numpy_save(path, arr)
     except OSError as e:  # a read-only dataset folder only costs the cache
         log.warning("could not write token cache %s: %s", path, e)
     return arr

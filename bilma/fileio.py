@@ -1,0 +1,128 @@
+"""Atomic file writes: the one helper the whole project uses.
+
+A reader (another process, a relaunch after a kill) sees the old file or the new one, never a
+torn one. Files are created with `open(..., "x")`, so they respect the umask (colleagues on a
+shared cluster can read them), unlike `tempfile.mkstemp`'s 0600. Temporary files carry a dot
+prefix and a `.tmp` suffix (`TMP_GLOB`) so that a kill's leftovers can be found and removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+TMP_GLOB = ".*.tmp"
+
+
+def tmp_path(path: Path) -> Path:
+    """A unique temporary name beside `path` (same filesystem, so os.replace is atomic)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename durable (best effort: not every filesystem allows it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path) -> Iterator[IO[bytes]]:
+    """Yield a temporary binary file beside `path`; on success fsync it and os.replace it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path(path)
+    try:
+        with open(tmp, "xb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_open(path) as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def json_default(obj: Any) -> Any:
+    # numpy / torch scalars and arrays, Paths: whatever a trainer hands us.
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    return str(obj)
+
+
+def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
+    text = json.dumps(obj, indent=indent, default=json_default, ensure_ascii=False)
+    atomic_write_text(path, text + ("\n" if indent is not None else ""))
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """torch.save through `atomic_open`: a kill never leaves a torn checkpoint."""
+    import torch  # lazily: the analysis side reads trial directories without torch
+
+    with atomic_open(path) as f:
+        torch.save(obj, f)
+
+
+def atomic_numpy_save(path: str | Path, array: Any) -> None:
+    import numpy as np
+
+    with atomic_open(path) as f:
+        np.save(f, array)
+
+
+def remove_stale_tmp(folder: str | Path, older_than_s: float = 0.0) -> list[Path]:
+    """Delete temporary files that a killed writer left in `folder` (not recursive).
+
+    Only files of this module's naming (`TMP_GLOB`) whose writer pid is gone, or that are older
+    than `older_than_s`, are removed, so a live writer's file is never pulled from under it.
+    """
+    removed = []
+    now = time.time()
+    for p in Path(folder).glob(TMP_GLOB):
+        parts = p.name.split(".")  # ['', name..., pid, token, 'tmp']
+        try:
+            pid = int(parts[-3])
+        except (ValueError, IndexError):
+            continue
+        alive = pid != os.getpid() and _pid_alive(pid)
+        try:
+            old = now - p.stat().st_mtime > older_than_s if older_than_s > 0 else False
+        except OSError:
+            continue
+        if pid == os.getpid() or not alive or old:
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
