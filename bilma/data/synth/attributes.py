@@ -1,0 +1,150 @@
+"""What a synthetic person is: the attribute tables, `Identity`, and drawing identities.
+
+Also the parse-map label sets (`LABEL_NAMES`), since every drawn part names its class there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+LABEL_NAMES: dict[str, tuple[str, ...]] = {
+    "lip20": (
+        "background", "hat", "hair", "glove", "sunglasses", "upper-clothes", "dress", "coat",
+        "socks", "pants", "jumpsuits", "scarf", "skirt", "face", "left-arm", "right-arm",
+        "left-leg", "right-leg", "left-shoe", "right-shoe",
+    ),
+    "atr18": (
+        "background", "hat", "hair", "sunglasses", "upper-clothes", "skirt", "pants", "dress",
+        "belt", "left-shoe", "right-shoe", "face", "left-leg", "right-leg", "left-arm",
+        "right-arm", "bag", "scarf",
+    ),
+    "ppp7": (
+        "background", "head", "torso", "upper-arms", "lower-arms", "upper-legs", "lower-legs",
+    ),
+}  # fmt: skip
+"""Class names of each parse-map label set, index = label id (SCHP's LIP, ATR, Pascal-Person-Part)."""
+
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "black": (28, 28, 32),
+    "white": (236, 236, 232),
+    "grey": (128, 128, 128),
+    "red": (200, 32, 36),
+    "blue": (42, 92, 212),
+    "navy": (24, 36, 104),
+    "green": (40, 150, 62),
+    "yellow": (236, 210, 42),
+    "orange": (240, 130, 30),
+    "purple": (122, 52, 160),
+    "pink": (242, 142, 182),
+    "brown": (122, 76, 40),
+}
+"""The 12 garment colours (upper, lower, scarf) and their RGB."""
+
+HAIR_COLOURS: dict[str, tuple[int, int, int]] = {
+    "black": (22, 20, 20),
+    "brown": (102, 62, 30),
+    "blonde": (226, 196, 122),
+    "grey": (162, 162, 162),
+    "red": (168, 62, 30),
+}
+SHOE_COLOURS = ("black", "white", "brown", "grey", "red")
+BAG_COLOURS = ("black", "brown", "red", "blue", "green")
+HAT_COLOURS = ("black", "white", "red", "blue")
+SKIN_TONES: tuple[tuple[int, int, int], ...] = (
+    (242, 206, 178),
+    (222, 178, 142),
+    (186, 134, 96),
+    (128, 86, 58),
+)
+
+UPPER_TYPES = ("t-shirt", "shirt", "coat", "dress")
+LOWER_TYPES = ("pants", "shorts", "skirt")
+BAG_TYPES = ("backpack", "handbag")
+HAIR_LENGTHS = ("short", "long")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """One synthetic person: the attributes its captions describe, plus an undescribed skin tone.
+
+    ``lower`` is None with a dress; ``bag``/``hat_colour``/``scarf_colour`` are None when absent.
+    """
+
+    upper: str
+    upper_colour: str
+    lower: str | None
+    lower_colour: str | None
+    hair_colour: str
+    hair_length: str
+    shoe_colour: str
+    bag: str | None
+    bag_colour: str | None
+    hat_colour: str | None
+    scarf_colour: str | None
+    skin: int = 0
+
+    def key(self) -> tuple[str | None, ...]:
+        """The described attributes: two identities with equal keys would be indistinguishable."""
+        return (
+            self.upper,
+            self.upper_colour,
+            self.lower,
+            self.lower_colour,
+            self.hair_colour,
+            self.hair_length,
+            self.shoe_colour,
+            self.bag,
+            self.bag_colour,
+            self.hat_colour,
+            self.scarf_colour,
+        )
+
+
+def choice(rng: np.random.Generator, options: tuple[str, ...] | list[str]) -> str:
+    """One of `options`, uniformly (one ``rng.integers`` draw)."""
+    return options[int(rng.integers(len(options)))]
+
+
+def _sample_identity(rng: np.random.Generator) -> Identity:
+    colours = tuple(COLOURS)
+    upper = UPPER_TYPES[int(rng.choice(4, p=[0.3, 0.25, 0.25, 0.2]))]
+    upper_colour = choice(rng, colours)
+    others = tuple(c for c in colours if c != upper_colour)
+    lower = None if upper == "dress" else LOWER_TYPES[int(rng.choice(3, p=[0.5, 0.25, 0.25]))]
+    lower_colour = None if lower is None else choice(rng, others)
+    hair_colour = choice(rng, tuple(HAIR_COLOURS))
+    hair_length = choice(rng, HAIR_LENGTHS)
+    shoe_colour = choice(rng, SHOE_COLOURS)
+    bag_kind = int(rng.integers(3))
+    bag = None if bag_kind == 0 else BAG_TYPES[bag_kind - 1]
+    bag_colour = None if bag is None else choice(rng, BAG_COLOURS)
+    hat_colour = choice(rng, HAT_COLOURS) if rng.random() < 0.3 else None
+    # A scarf of the shirt's colour would vanish into it.
+    scarf_colour = choice(rng, others) if rng.random() < 0.2 else None
+    skin = int(rng.integers(len(SKIN_TONES)))
+    return Identity(
+        upper, upper_colour, lower, lower_colour, hair_colour, hair_length, shoe_colour,
+        bag, bag_colour, hat_colour, scarf_colour, skin,
+    )  # fmt: skip
+
+
+def sample_identities(n: int, seed: int = 0) -> list[Identity]:
+    """Draw `n` identities with distinct described attributes, deterministically per seed."""
+    rng = np.random.default_rng(seed)
+    seen: set[tuple[str | None, ...]] = set()
+    out: list[Identity] = []
+    misses = 0
+    while len(out) < n:
+        ident = _sample_identity(rng)
+        if ident.key() in seen:
+            misses += 1
+            # Millions of combinations exist; this only trips on absurd requests.
+            if misses > 100 * n + 1000:
+                raise ValueError(f"cannot draw {n} distinct identities; ask for fewer")
+            continue
+        seen.add(ident.key())
+        out.append(ident)
+    return out
