@@ -19,7 +19,7 @@ import itertools
 import logging
 import re
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 GRIDS_DIR = Path(__file__).parent / "grids"
 REPO_ROOT = Path(__file__).parents[1]
 
-TOP_KEYS = ("study", "base", "seeds", "set", "variants", "grid", "zip", "exclude")
 DEFAULT_VARIANT = "default"
 # Keys the grid sets itself from `study:`, the variant label and `seeds:`.
 _STUDY_KEY, _VARIANT_KEY, _SEED_KEY = "tracking.study", "tracking.variant", "train.seed"
@@ -278,84 +277,101 @@ def _axes(raw: Any, where: str) -> dict[str, list[Any]]:
     return flat
 
 
-def load_grid(name_or_path: str | Path, extra_set: Sequence[str] = ()) -> Grid:
-    """Read and check a grid file: structure, every key, the base config. Writes nothing.
+@dataclass
+class _Parsing:
+    """What a section parser sees besides its own value: the file and the sections before it."""
 
-    `extra_set` are the launcher's `--set key=value` strings, applied after `set:`.
-    Values are checked by `expand`, which builds every trial's config.
-    """
-    path = resolve_grid_path(name_or_path)
-    gf = _display(path)
-    tree = _read_grid_yaml(path, gf)
+    path: Path
+    gf: str  # the grid file as messages name it
+    extra_set: Sequence[str]  # the launcher's --set strings
+    fields: dict[str, Any] = field(default_factory=dict)  # Grid fields parsed so far
 
-    for key in tree:
-        if key not in TOP_KEYS:
-            hint = difflib.get_close_matches(str(key), TOP_KEYS, n=1, cutoff=0.5)
-            fix = f"did you mean '{hint[0]}'?" if hint else f"valid keys: {', '.join(TOP_KEYS)}"
-            raise GridError(f"{gf}: unknown top-level key '{key}'; {fix}")
+    def owned(self) -> dict[str, str]:
+        """Config keys the grid sets itself -> what sets them (no section may set them)."""
+        owned = {_STUDY_KEY: "`study:`", _VARIANT_KEY: "variant label"}
+        if self.fields.get("seeds"):
+            owned[_SEED_KEY] = "`seeds:`"
+        return owned
 
-    study = tree.get("study")
-    if study is None:
-        raise GridError(f"{gf}: `study:` is missing; add e.g. `study: {path.stem}`")
+
+def _parse_study(raw: Any, p: _Parsing) -> dict[str, Any]:
+    if raw is None:
+        raise GridError(f"{p.gf}: `study:` is missing; add e.g. `study: {p.path.stem}`")
     if (
-        not isinstance(study, str)
-        or not _SIMPLE_NAME.fullmatch(study)
-        or not study.strip(".")  # "." and ".." are not folder names
+        not isinstance(raw, str)
+        or not _SIMPLE_NAME.fullmatch(raw)
+        or not raw.strip(".")  # "." and ".." are not folder names
     ):
         raise GridError(
-            f"{gf}: study {study!r} must be a simple name (letters, digits, '-', '_', '.'), "
+            f"{p.gf}: study {raw!r} must be a simple name (letters, digits, '-', '_', '.'), "
             "it names runs/<study>/"
         )
+    return {"study": raw}
 
-    base = None if tree.get("base") is None else _resolve_base(tree["base"], path, f"{gf}: base")
-    seeds = _seeds(tree.get("seeds"), gf)
-    owned = {_STUDY_KEY: "`study:`", _VARIANT_KEY: "variant label"}
-    if seeds:
-        owned[_SEED_KEY] = "`seeds:`"
 
-    set_ = _flat(tree.get("set"), f"{gf}: set")
-    _check_keys(set_, f"{gf}: set", owned)
+def _parse_base(raw: Any, p: _Parsing) -> dict[str, Any]:
+    return {"base": None if raw is None else _resolve_base(raw, p.path, f"{p.gf}: base")}
 
+
+def _parse_seeds(raw: Any, p: _Parsing) -> dict[str, Any]:
+    return {"seeds": _seeds(raw, p.gf)}
+
+
+def _parse_set(raw: Any, p: _Parsing) -> dict[str, Any]:
+    """The file's `set:`, then the launcher's `--set key=value` extras (which win)."""
+    set_ = _flat(raw, f"{p.gf}: set")
+    _check_keys(set_, f"{p.gf}: set", p.owned())
     extras: dict[str, Any] = {}
-    for text in extra_set:
+    for text in p.extra_set:
         try:
             key, value = parse_override(text)
         except ConfigError:
             raise GridError(
-                f"{gf}: --set '{text}': expected key=value, e.g. train.epochs=10"
+                f"{p.gf}: --set '{text}': expected key=value, e.g. train.epochs=10"
             ) from None
         extras[key] = value
-    _check_keys(extras, f"{gf}: --set", owned)
+    _check_keys(extras, f"{p.gf}: --set", p.owned())
+    return {"set": set_, "extra_set": extras}
 
-    raw_variants = tree.get("variants")
-    variants: dict[str, dict[str, Any]] = {}
-    if raw_variants is None:
-        variants[DEFAULT_VARIANT] = {}
-    elif not isinstance(raw_variants, dict) or not raw_variants:
+
+def _parse_variants(raw: Any, p: _Parsing) -> dict[str, Any]:
+    if raw is None:
+        return {"variants": {DEFAULT_VARIANT: {}}}
+    if not isinstance(raw, dict) or not raw:
         raise GridError(
-            f'{gf}: variants must be a mapping of name -> overrides, e.g. "+MIM pixel": '
+            f'{p.gf}: variants must be a mapping of name -> overrides, e.g. "+MIM pixel": '
             "{mim.target: pixel} (omit it for one default variant)"
         )
-    else:
-        for name, body in raw_variants.items():
-            if not isinstance(name, str) or not name.strip():
-                raise GridError(f"{gf}: variant name {name!r} must be a non-empty string; quote it")
-            where = f'{gf}: variant "{name}"'
-            variants[name] = _flat(body, where, "a mapping of overrides")
-            _check_keys(variants[name], where, owned)
+    variants: dict[str, dict[str, Any]] = {}
+    for name, body in raw.items():
+        if not isinstance(name, str) or not name.strip():
+            raise GridError(f"{p.gf}: variant name {name!r} must be a non-empty string; quote it")
+        where = f'{p.gf}: variant "{name}"'
+        variants[name] = _flat(body, where, "a mapping of overrides")
+        _check_keys(variants[name], where, p.owned())
+    return {"variants": variants}
 
-    grid = _axes(tree.get("grid"), f"{gf}: grid")
-    raw_zip = tree.get("zip")
-    if raw_zip is None:
-        raw_zip = []
-    if not isinstance(raw_zip, list):
+
+def _parse_grid(raw: Any, p: _Parsing) -> dict[str, Any]:
+    where = f"{p.gf}: grid"
+    grid = _axes(raw, where)
+    _check_keys(grid, where, p.owned())
+    return {"grid": grid}
+
+
+def _parse_zip(raw: Any, p: _Parsing) -> dict[str, Any]:
+    """Groups of axes that move together; no axis may repeat one of `grid:` or another group."""
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list):
         raise GridError(
-            f"{gf}: zip must be a list of groups, e.g. [{{loss.mlm_weight: [0.5, 1], "
+            f"{p.gf}: zip must be a list of groups, e.g. [{{loss.mlm_weight: [0.5, 1], "
             "loss.mim_weight: [0.5, 1]}]"
         )
+    seen = set(p.fields["grid"])
     zips = []
-    for i, group in enumerate(raw_zip, 1):
-        where = f"{gf}: zip group {i}"
+    for i, group in enumerate(raw, 1):
+        where = f"{p.gf}: zip group {i}"
         flat = _axes(group, where)
         if not flat:
             raise GridError(f"{where}: is empty; give it two or more keys or remove it")
@@ -363,26 +379,27 @@ def load_grid(name_or_path: str | Path, extra_set: Sequence[str] = ()) -> Grid:
         if len(set(lengths.values())) > 1:
             sizes = ", ".join(f"{k}: {n}" for k, n in lengths.items())
             raise GridError(f"{where}: lists must have equal lengths ({sizes})")
-        zips.append(flat)
-    seen: set[str] = set()
-    for where, keys in [(f"{gf}: grid", grid)] + [
-        (f"{gf}: zip group {i}", g) for i, g in enumerate(zips, 1)
-    ]:
-        _check_keys(keys, where, owned)
-        for key in keys:
+        _check_keys(flat, where, p.owned())
+        for key in flat:
             if key in seen:
                 raise GridError(f"{where}: {key} is already an axis; give each axis once")
             seen.add(key)
+        zips.append(flat)
+    return {"zip": zips}
 
-    raw_exclude = tree.get("exclude")
-    if raw_exclude is None:
-        raw_exclude = []
-    if not isinstance(raw_exclude, list):
-        raise GridError(f'{gf}: exclude must be a list of rules, e.g. [{{variant: "x"}}]')
-    axis_names = set(_short_names([*grid, *(k for g in zips for k in g)]).values())
+
+def _parse_exclude(raw: Any, p: _Parsing) -> dict[str, Any]:
+    """Rules naming a variant, config keys or axes (by their label name) and a value each."""
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list):
+        raise GridError(f'{p.gf}: exclude must be a list of rules, e.g. [{{variant: "x"}}]')
+    variants = p.fields["variants"]
+    axes = [*p.fields["grid"], *(k for g in p.fields["zip"] for k in g)]
+    axis_names = set(_short_names(axes).values())
     exclude = []
-    for i, rule in enumerate(raw_exclude, 1):
-        where = f"{gf}: exclude rule {i}"
+    for i, rule in enumerate(raw, 1):
+        where = f"{p.gf}: exclude rule {i}"
         flat = _flat(rule, where, "a mapping of key -> value")
         if not flat:
             raise GridError(f"{where}: is empty (it would drop every trial); remove it")
@@ -396,10 +413,48 @@ def load_grid(name_or_path: str | Path, extra_set: Sequence[str] = ()) -> Grid:
                 fix = _fix_for(key, ["variant", *sorted(axis_names), *VALID_KEYS])
                 raise GridError(f"{where}: unknown key '{key}'; {fix}")
         exclude.append(flat)
+    return {"exclude": exclude}
 
-    grid_obj = Grid(path, study, base, seeds, set_, variants, grid, zips, exclude, extras)
-    _base_config(grid_obj)  # a broken base file is an error of this grid, found now
-    return grid_obj
+
+_SectionParser = Callable[[Any, _Parsing], dict[str, Any]]
+
+SECTIONS: dict[str, _SectionParser] = {
+    "study": _parse_study,
+    "base": _parse_base,
+    "seeds": _parse_seeds,
+    "set": _parse_set,
+    "variants": _parse_variants,
+    "grid": _parse_grid,
+    "zip": _parse_zip,
+    "exclude": _parse_exclude,
+}
+"""Top-level key -> its parser, in parsing order: a parser gets the key's value (None when
+absent) and returns the `Grid` fields it fills; it may read the fields of the sections
+before it (`_Parsing.fields`). A new section is a `Grid` field, a parser and one entry here."""
+
+TOP_KEYS = tuple(SECTIONS)
+
+
+def load_grid(name_or_path: str | Path, extra_set: Sequence[str] = ()) -> Grid:
+    """Read and check a grid file: structure, every key, the base config. Writes nothing.
+
+    `extra_set` are the launcher's `--set key=value` strings, applied after `set:`.
+    Values are checked by `expand`, which builds every trial's config.
+    """
+    path = resolve_grid_path(name_or_path)
+    gf = _display(path)
+    tree = _read_grid_yaml(path, gf)
+    for key in tree:
+        if key not in SECTIONS:
+            hint = difflib.get_close_matches(str(key), TOP_KEYS, n=1, cutoff=0.5)
+            fix = f"did you mean '{hint[0]}'?" if hint else f"valid keys: {', '.join(TOP_KEYS)}"
+            raise GridError(f"{gf}: unknown top-level key '{key}'; {fix}")
+    parsing = _Parsing(path, gf, extra_set)
+    for key, parse in SECTIONS.items():
+        parsing.fields.update(parse(tree.get(key), parsing))
+    grid = Grid(path=path, **parsing.fields)
+    _base_config(grid)  # a broken base file is an error of this grid, found now
+    return grid
 
 
 def _base_config(grid: Grid) -> Config:

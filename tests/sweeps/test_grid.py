@@ -12,6 +12,8 @@ from bilma.config import load_config, trial_id
 from sweeps.grid import (
     GRIDS_DIR,
     REPO_ROOT,
+    SECTIONS,
+    TOP_KEYS,
     GridError,
     expand,
     expand_report,
@@ -442,3 +444,13 @@ def test_shipped_grid_contents():
         ("ppp7", "majority"),
         ("ppp7", "soft"),
     ]
+
+
+def test_sections_parse_in_table_order_whatever_the_file_order(tmp_path):
+    # Two errors: the one of the section parsed first (set, before variants) is reported,
+    # though the file writes variants first.
+    text = HEAD + "variants: {a: {mim.targte: pixel}}\nset: {train.epoch: 2}\n"
+    msg = error_of(tmp_path, text)
+    assert "set: unknown key 'train.epoch'" in msg and "variant" not in msg
+    assert tuple(SECTIONS) == TOP_KEYS
+    assert TOP_KEYS == ("study", "base", "seeds", "set", "variants", "grid", "zip", "exclude")
