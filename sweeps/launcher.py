@@ -278,8 +278,13 @@ def run_local(
                     signal_delay_s=min(signal_delay_s, int(timeout_min * 30)),
                     setup=["trap '' INT"],
                 )
-                env = {"OMP_NUM_THREADS": str(threads)}
-                with _environ(env):
+                # The job's environment is the launcher's, less what marks a process as a
+                # task of a SLURM job or torchrun (the launcher may run inside one; a local
+                # trial seeing SLURM_NTASKS=4 would wait for ranks that never come).
+                with (
+                    submitit.helpers.clean_env(),
+                    submitit.helpers.environment_variables(OMP_NUM_THREADS=threads),
+                ):
                     job = ex.submit(TrialJob(p.dir.path))
                 mark_submitted(p.dir, "local", job.job_id, int(job.job_id))
                 running[str(p.dir.path)] = (p, job)
@@ -361,20 +366,6 @@ def _report_end(p: Planned, job) -> None:
         f"  {status.get('state', 'failed').upper()} {name}: {status.get('error', '')}\n    log: {log_path}",
         flush=True,
     )
-
-
-@contextlib.contextmanager
-def _environ(values: dict[str, str]):
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 # ----------------------------------------------------------------------------- debug backend
