@@ -7,6 +7,9 @@ from pathlib import Path
 
 # The dataset writers of tests/data (the three formats), importable from here.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+from fixtures import make_cuhk, make_icfg, make_rstpreid  # noqa: E402
+
+__all__ = ["ATR18_NAMES", "make_cuhk", "make_icfg", "make_parser", "make_rstpreid"]
 
 ATR18_NAMES = [
     "Background",
