@@ -86,13 +86,15 @@ def forward_rate(folder: Path, device: str, dtype: str, batch: int, batches: int
     step()
     if device == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(batches):
         step()
     if device == "cuda":
         torch.cuda.synchronize()
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    return batch * batches / (time.perf_counter() - t0), params
+    n = batch * batches
+    # CPU seconds per image (all threads): a figure that other load on the cores barely moves.
+    return n / (time.perf_counter() - t0), (time.process_time() - c0) / n, params
 
 
 def end_to_end_rate(folder: Path, device: str, batch: int, images: int, workers: int, tmp: Path):
@@ -130,7 +132,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = b2_parser(Path(tmp) / "b2", args.size)
-        fwd, params = forward_rate(
+        fwd, cpu_s, params = forward_rate(
             folder, args.device, args.dtype, args.batch_size, args.batches, args.size
         )
         e2e, n = end_to_end_rate(
@@ -145,7 +147,7 @@ def main() -> None:
     print(f"SegFormer-B2 parser, {params:.1f}M parameters, input {args.size}x{args.size}")
     print(
         f"forward  {args.device} {args.dtype} batch {args.batch_size} x {args.batches}: "
-        f"{fwd:.2f} images/s"
+        f"{fwd:.2f} images/s, {cpu_s:.2f} CPU s/image"
     )
     print(
         f"end to end (python -m bilma parse, {n} images 384x128, workers {args.workers}"
