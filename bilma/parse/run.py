@@ -26,7 +26,13 @@ from PIL import Image
 from bilma.data import formats, parsing
 from bilma.data.records import DataError
 from bilma.fileio import atomic_open
-from bilma.parse.labelmaps import LabelMap, LabelMapError, build_label_map, id2label_names
+from bilma.parse.labelmaps import (
+    LabelMap,
+    LabelMapError,
+    build_label_map,
+    exact_label_set,
+    id2label_names,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +116,6 @@ def label_map_for(model: Any, labels: str | None, folder: Path) -> LabelMap:
     try:
         if labels is None:
             names = id2label_names(model.config.id2label, where)
-            from bilma.parse.labelmaps import exact_label_set
-
             labels = exact_label_set(names)
             if labels is None:
                 raise LabelMapError(
