@@ -45,10 +45,11 @@ class ParseShardJob(submitit.helpers.Checkpointable):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bilma.data.formats import ALL_DATASETS
     from bilma.parse.cli import LABEL_SET_NAMES
 
     p = argparse.ArgumentParser(prog="python sweeps/parse.py", description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--dataset", required=True, choices=ALL_DATASETS)
     p.add_argument("--root", required=True, type=Path)
     p.add_argument("--model", required=True, type=Path, help="local parser folder")
     p.add_argument("--labels", choices=LABEL_SET_NAMES)
