@@ -2,7 +2,8 @@
 
 Commands: train, eval, sync (mirror trial directories to MLflow), synth (generate the
 synthetic dataset), data-info (counts per split), config (show keys or a resolved config),
-demo (trains configs/synth_tiny.yaml: what `make demo` runs).
+demo (trains configs/synth_tiny.yaml: what `make demo` runs), parse (human-parsing maps for
+SemMIM with a local transformers parser), parse-report (what a set of maps holds).
 """
 
 from __future__ import annotations
@@ -149,6 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", action="store_true", help="list every key with its default")
     p.add_argument("overrides", nargs="*", help="key.sub=value")
     p.set_defaults(func=_cmd_config)
+
+    from bilma.parse.cli import add_parse_args, add_report_args, cmd_parse, cmd_report
+
+    p = sub.add_parser("parse", help="write SemMIM parse maps with a local transformers parser")
+    add_parse_args(p)
+    p.set_defaults(func=cmd_parse)
+
+    p = sub.add_parser("parse-report", help="class shares of parse maps; IoU against others")
+    add_report_args(p)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="train the tiny model on synthetic data (make demo)")
     p.add_argument(
