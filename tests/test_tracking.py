@@ -9,22 +9,16 @@ from pathlib import Path
 import pytest
 
 from bilma.config import Config, load_config, trial_id
-from bilma.tracking import (
+from bilma.fileio import atomic_torch_save, atomic_write_json, atomic_write_text
+from bilma.mirror import MlflowMirror, config_params, record_metrics
+from bilma.mlflow_store import TrackingError, ensure_experiment, ensure_parent_run
+from bilma.sync import sync
+from bilma.trial import (
     RESULT_METRICS,
-    MlflowMirror,
-    TrackingError,
     TrialConflictError,
     TrialDir,
-    atomic_torch_save,
-    atomic_write_json,
-    atomic_write_text,
-    config_params,
-    ensure_experiment,
-    ensure_parent_run,
     find_trials,
     make_result,
-    record_metrics,
-    sync,
 )
 
 # MLflow's own SQLAlchemy usage, not ours.
@@ -183,7 +177,7 @@ def test_metrics_survive_a_torn_last_line(tmp_path: Path, caplog) -> None:
     recs = write_records(trial, range(1, 3))
     with open(trial.metrics_path, "a") as f:  # a kill in the middle of a write
         f.write('{"epoch": 3, "split": "tr')
-    with caplog.at_level(logging.WARNING, logger="bilma.tracking"):
+    with caplog.at_level(logging.WARNING, logger="bilma.trial"):
         assert trial.read_metrics() == recs
     assert "torn" in caplog.text and "metrics.jsonl:5" in caplog.text
     # The resumed run appends after the torn line, not onto it.
@@ -206,6 +200,8 @@ def test_result_exists_only_after_write_result(tmp_path: Path) -> None:
         "variant",
         "seed",
         "dataset",
+        "variant_base",
+        "grid_point",
         "metrics",
         "selection",
         "val_metrics",
@@ -356,12 +352,12 @@ def test_unreachable_server_warns_once_and_goes_on(tmp_path: Path, monkeypatch, 
     trial = TrialDir.for_config(cfg)
     trial.init(cfg)
     mirror = MlflowMirror(trial, cfg)
-    with caplog.at_level(logging.WARNING, logger="bilma.tracking"):
+    with caplog.at_level(logging.WARNING, logger="bilma.mirror"):
         assert mirror.start() is None
         mirror.log_metrics({"train/loss": 1.0}, step=1)
         mirror.log_record({"epoch": 1, "split": "val", "R1": 1.0})
         mirror.finish("FAILED")
-    warnings = [r for r in caplog.records if r.name == "bilma.tracking"]
+    warnings = [r for r in caplog.records if r.name == "bilma.mirror"]
     assert len(warnings) == 1 and "bilma sync --runs" in warnings[0].getMessage()
     assert not mirror.active and not trial.mlflow_path.exists()
 

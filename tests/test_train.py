@@ -16,8 +16,8 @@ import torch
 from conftest import tiny_overrides
 
 from bilma.config import load_config
-from bilma.tracking import TrialDir
 from bilma.train import lr_factor, param_groups
+from bilma.trial import TrialDir
 
 REPO = Path(__file__).resolve().parents[1]
 
