@@ -8,16 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from bilma.config import Config, load_config, trial_id
+from bilma.config import Config, ConfigError, load_config, trial_id
 from bilma.fileio import atomic_torch_save, atomic_write_json, atomic_write_text
 from bilma.mirror import MlflowMirror, config_params, record_metrics
 from bilma.mlflow_store import TrackingError, ensure_experiment, ensure_parent_run
+from bilma.sinks import FanOutSink, MlflowSink, TrialSink
 from bilma.sync import sync
 from bilma.trial import (
     RESULT_METRICS,
     TrialConflictError,
     TrialDir,
     find_trials,
+    grid_point,
     make_result,
 )
 
@@ -445,3 +447,83 @@ def test_sync_to_an_unreachable_server_fails_clearly(tmp_path: Path, monkeypatch
     trial.init(cfg)
     with pytest.raises(TrackingError, match=r"http://127\.0\.0\.1:9.*run sync again"):
         sync(tmp_path / "runs", "http://127.0.0.1:9")
+
+
+# ----------------------------------------------------------------------------- grid, sinks
+
+
+def test_grid_point_and_variant_base_in_result_and_tags(tmp_path: Path, store: str) -> None:
+    point = '{"mim.mask_ratio": 0.3, "data.image_size": [256, 128]}'
+    cfg = make_cfg(
+        tmp_path,
+        store,
+        study="grid",
+        **{"tracking.variant_base": "BiLMa", "tracking.grid_point": point},
+    )
+    assert trial_id(cfg) == trial_id(make_cfg(tmp_path, store, study="grid"))  # not identity
+    trial = TrialDir.for_config(cfg)
+    trial.init(cfg)
+    assert trial.read_config().tracking.grid_point == point
+    result = finish_trial(trial, cfg, epochs=1)
+    assert result["variant_base"] == "BiLMa"
+    assert result["grid_point"] == {"mim.mask_ratio": 0.3, "data.image_size": [256, 128]}
+    run_id = MlflowMirror(trial, cfg).start()
+    tags = client(store).get_run(run_id).data.tags
+    assert tags["variant_base"] == "BiLMa" and tags["grid.mim.mask_ratio"] == "0.3"
+    assert tags["grid.data.image_size"] == "[256, 128]"
+    # Defaults: not from a grid.
+    plain = make_result(make_cfg(tmp_path), result["metrics"], result["selection"], None, 1, 1)
+    assert plain["variant_base"] == "" and plain["grid_point"] == {}
+
+
+@pytest.mark.parametrize("bad", ["[1, 2]", "{axis: 1}"])
+def test_bad_grid_point_names_the_key(tmp_path: Path, bad: str) -> None:
+    cfg = make_cfg(tmp_path, **{"tracking.grid_point": bad})
+    with pytest.raises(ConfigError, match=r"tracking\.grid_point = .*axis -> value"):
+        grid_point(cfg)
+
+
+def test_sinks_write_each_record_once_to_dir_and_mlflow(tmp_path: Path, store: str) -> None:
+    cfg = make_cfg(tmp_path, store, study="sinks")
+    trial = TrialDir.for_config(cfg)
+    trial.init(cfg)
+    sinks = FanOutSink([TrialSink(trial), MlflowSink.start(trial, cfg)])
+    run_id = sinks.sinks[1].mirror.run_id
+    rec = {"epoch": 1, "step": 10, "split": "val", "R1": 12.5}
+    sinks.log_record(rec)
+    (on_disk,) = trial.read_metrics()
+    assert on_disk == rec and isinstance(rec["time"], float)  # one time, stamped once
+    (point,) = client(store).get_metric_history(run_id, "val/R1")
+    assert (point.step, point.value, point.timestamp) == (1, 12.5, int(rec["time"] * 1000))
+    metrics = {"R1": 55.5, "R5": 75.0, "R10": 82.25, "mAP": 50.0, "mINP": 33.0}
+    sel = {"split": "val", "metric": "R1", "epoch": 1, "value": 12.5}
+    result = make_result(cfg, metrics, sel, {"R1": 12.5}, 1, 3.0)
+    sinks.log_result(result)
+    assert trial.read_result() == result
+    sinks.close("done")
+    run = client(store).get_run(run_id)
+    assert trial.status()["state"] == "done" and run.info.status == "FINISHED"
+    assert run.data.metrics["test/R1"] == 55.5 and "stopped_early" not in run.data.tags
+
+
+def test_a_stopped_trial_is_killed_and_tagged_live_and_by_sync(tmp_path: Path, store: str) -> None:
+    live_cfg = make_cfg(tmp_path / "live", store, study="stopped")
+    trial = TrialDir.for_config(live_cfg)
+    trial.init(live_cfg)
+    sinks = FanOutSink([TrialSink(trial), MlflowSink.start(trial, live_cfg)])
+    sinks.log_record({"epoch": 1, "step": 10, "split": "val", "R1": 3.0})
+    sinks.close("stopped", stopped_epoch=1, stop_reason="ASHA")
+    assert trial.status()["state"] == "stopped" and trial.is_finished()
+    assert not trial.is_done()
+    run = client(store).get_run(sinks.sinks[1].mirror.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["stopped_early"] == "true"
+
+    # The same trial written without MLflow: sync shows it the same way.
+    cfg = make_cfg(tmp_path / "off", store, study="stopped-sync", **{"tracking.enabled": False})
+    other = TrialDir.for_config(cfg)
+    other.init(cfg)
+    write_records(other, range(1, 2))
+    other.set_status("stopped", stopped_epoch=1)
+    assert sync(tmp_path / "off" / "runs", store)["trials"] == 1
+    (run,) = runs_of(store, "stopped-sync")
+    assert run.info.status == "KILLED" and run.data.tags["stopped_early"] == "true"
