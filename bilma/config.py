@@ -159,9 +159,7 @@ class TrackingConfig:
     study: str = _f("default", "MLflow experiment and runs/<study>/", hash=False)
     variant: str = _f("", "row label in ablation tables", hash=False)
     variant_base: str = _f("", "the grid's variant name, without axis values", hash=False)
-    grid_point: str = _f(
-        "{}", 'the grid axes\' values, a JSON object: {"mim.mask_ratio": 0.3}', hash=False
-    )
+    grid_point: str = _f("{}", 'grid axes\' values, JSON: {"mim.mask_ratio": 0.3}', hash=False)
 
 
 @dataclass
