@@ -7,7 +7,7 @@ mirror of it (`bilma.mirror`) that `python -m bilma sync` can always rebuild. A 
     status.json       {"state": pending|running|done|failed|interrupted|stopped, "attempts",
                        "updated" (unix time), "host", "pid", "slurm_job_id",
                        "slurm_array_job_id", "slurm_array_task_id", "started", "error",
-                       "traceback"}
+                       "traceback", "stopped_epoch", "stop_reason"}
     metrics.jsonl     append-only, one JSON object per line: {"epoch", "step", "split", "time"
                        (unix time, added if missing), <metric>: number, ...}
     result.json       exists only when the trial is done (schema below)
@@ -19,7 +19,8 @@ mirror of it (`bilma.mirror`) that `python -m bilma sync` can always rebuild. A 
 States: pending (submitted), running, done (result.json written), failed (an exception;
 "error" and "traceback" say which), interrupted (a stop signal; ckpt/last.pt resumes it),
 stopped (ended early on purpose, e.g. by an ASHA scheduler through `train(on_eval=...)`:
-ckpt/last.pt holds its last evaluated epoch, there is no result.json, and it is not run again).
+ckpt/last.pt holds its last evaluated epoch ("stopped_epoch"), there is no result.json, and
+neither `train` nor a relaunch runs it again: `TrialDir.is_finished()`).
 
 result.json (what the analysis code reads)::
 
