@@ -64,8 +64,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from bilma.config import load_config
     from bilma.data import formats
     from bilma.metrics import metrics_table
-    from bilma.tracking import TrialDir
     from bilma.train import Interrupted, train
+    from bilma.trial import TrialDir
 
     cfg = load_config(args.config, args.overrides)
     try:
@@ -100,7 +100,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
-    from bilma.tracking import cmd_sync
+    from bilma.sync import cmd_sync
 
     return cmd_sync(args)
 
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("sync", help="mirror trial directories into MLflow (idempotent)")
-    from bilma.tracking import add_sync_args
+    from bilma.sync import add_sync_args
 
     add_sync_args(p)
     p.set_defaults(func=_cmd_sync)

@@ -17,8 +17,8 @@ import torch
 
 from bilma.config import Config, from_dict, to_dict
 from bilma.data.records import DataError
+from bilma.fileio import atomic_torch_save
 from bilma.model.bilma import BiLMa, build_from_signature, model_signature, signature_mismatch
-from bilma.tracking import atomic_torch_save
 
 FORMAT = 1
 

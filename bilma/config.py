@@ -158,6 +158,8 @@ class TrackingConfig:
     enabled: bool = _f(True, "mirror the trial directory to MLflow", hash=False)
     study: str = _f("default", "MLflow experiment and runs/<study>/", hash=False)
     variant: str = _f("", "row label in ablation tables", hash=False)
+    variant_base: str = _f("", "the grid's variant name, without axis values", hash=False)
+    grid_point: str = _f("{}", 'grid axes\' values, JSON: {"mim.mask_ratio": 0.3}', hash=False)
 
 
 @dataclass

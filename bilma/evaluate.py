@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from bilma.config import Config
 from bilma.data.datasets import ImageSet, PedesData, TextSet, eval_loader
+from bilma.device import autocast_for
 from bilma.metrics import retrieval_metrics
 
 log = logging.getLogger(__name__)
@@ -62,24 +63,6 @@ def evaluate(
         time.perf_counter() - t0,
     )
     return metrics
-
-
-def autocast_for(cfg: Config, device: torch.device):
-    """The autocast context of `train.amp` on `device` (disabled when amp is off)."""
-    dtype = amp_dtype(cfg, device)
-    if dtype is None:
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
-    """bf16 on GPU for `auto`; off on CPU, where autocast only slows a small model down."""
-    mode = cfg.train.amp
-    if mode == "off" or (mode == "auto" and device.type != "cuda"):
-        return None
-    if mode == "fp16":
-        return torch.float16
-    return torch.bfloat16
 
 
 def main_eval(checkpoint: Path, split: str, device_name: str | None = None) -> int:

@@ -35,8 +35,8 @@ class TrialJob(submitit.helpers.Checkpointable):
         return f"TrialJob({self.trial_dir!r})"
 
     def __call__(self) -> dict[str, Any]:
-        from bilma.tracking import TrialDir
         from bilma.train import Interrupted, train
+        from bilma.trial import TrialDir
 
         configure_logging()  # a fresh job process logs like the command line
         trial = TrialDir(Path(self.trial_dir))

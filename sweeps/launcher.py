@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bilma.tracking import TrialDir, atomic_write_json
+from bilma.fileio import atomic_write_json
+from bilma.trial import TrialDir
 from sweeps.grid import Grid, Trial
 from sweeps.job import LAUNCH_FILE, TrialJob
 
@@ -167,7 +168,7 @@ def prepare(grid: Grid, planned: list[Planned], tracking: bool = True) -> str | 
 
 
 def _parent_run(grid: Grid, cfg) -> str | None:
-    from bilma.tracking import ensure_experiment, ensure_parent_run
+    from bilma.mlflow_store import ensure_experiment, ensure_parent_run
 
     try:
         # The experiment exists before any trial starts: concurrent creation of a fresh
@@ -186,7 +187,7 @@ def _parent_run(grid: Grid, cfg) -> str | None:
 def finish_parent(cfg, parent: str | None, failed: bool) -> None:
     if not parent:
         return
-    from bilma.tracking import resolve_uri
+    from bilma.mlflow_store import resolve_uri
 
     with contextlib.suppress(Exception):
         import mlflow

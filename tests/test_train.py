@@ -16,8 +16,8 @@ import torch
 from conftest import tiny_overrides
 
 from bilma.config import load_config
-from bilma.tracking import TrialDir
 from bilma.train import lr_factor, param_groups
+from bilma.trial import TrialDir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -188,6 +188,8 @@ def test_mlflow_shows_the_run(synth_small, tmp_path, monkeypatch):
             f"tracking.uri={uri}",
             "tracking.study=demo-study",
             "tracking.variant=BiLMa",
+            "tracking.variant_base=BiLMa",
+            """tracking.grid_point='{"mim.mask_ratio": 0.3, "mim.target": "semantic"}'""",
         ),
     )
     result = train(cfg, progress=False)
@@ -205,3 +207,72 @@ def test_mlflow_shows_the_run(synth_small, tmp_path, monkeypatch):
     assert [m.step for m in val] == [1, 2]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2]
     assert run.data.metrics["test/R1"] == pytest.approx(result["metrics"]["R1"])
+    assert tags["variant_base"] == "BiLMa"
+    assert (tags["grid.mim.mask_ratio"], tags["grid.mim.target"]) == ("0.3", "semantic")
+    assert result["variant_base"] == "BiLMa"
+    assert result["grid_point"] == {"mim.mask_ratio": 0.3, "mim.target": "semantic"}
+
+
+def test_on_eval_sees_committed_records_and_stop_trial_stops(synth_small, tmp_path, monkeypatch):
+    """on_eval runs after each evaluation is on disk; StopTrial ends the trial as "stopped"."""
+    import mlflow
+
+    from bilma.train import StopTrial, train
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            synth_small,
+            tmp_path / "runs",
+            "train.epochs=3",
+            "tracking.enabled=true",
+            f"tracking.uri={uri}",
+            "tracking.study=asha",
+        ),
+    )
+    seen = []
+
+    def on_eval(record, trial):
+        ckpt = torch.load(trial.last_ckpt, weights_only=True)
+        on_disk = trial.read_metrics()
+        seen.append((record["epoch"], record["split"], ckpt["state"]["epoch"], on_disk[-1]))
+        if record["epoch"] == 2:
+            raise StopTrial("ASHA: below the rung's cut-off")
+
+    assert train(cfg, progress=False, on_eval=on_eval) == {}
+    trial = TrialDir.for_config(cfg)
+    # called after epochs 1 and 2, each time with the record already appended and last.pt saved
+    assert [s[:3] for s in seen] == [(1, "val", 1), (2, "val", 2)]
+    assert all(s[3]["split"] == "val" and s[3]["epoch"] == s[0] for s in seen)
+    assert "time" in seen[0][3]
+    status = trial.status()
+    assert status["state"] == "stopped" and status["stopped_epoch"] == 2
+    assert status["stop_reason"] == "ASHA: below the rung's cut-off"
+    assert not trial.result_path.exists() and trial.is_finished()
+    assert [r["epoch"] for r in trial.read_metrics()] == [1, 1, 2, 2]
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("asha").experiment_id])
+    assert run.info.status == "KILLED" and run.data.tags["stopped_early"] == "true"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/R1")] == [1, 2]
+
+    # Running it again does not train it again.
+    assert train(cfg, progress=False) == {}
+    assert trial.status()["attempts"] == 1
+    assert len(trial.read_metrics()) == 4
+
+
+def test_stop_trial_after_the_last_epoch_finishes(synth_small, tmp_path):
+    from bilma.train import StopTrial, train
+
+    cfg = load_config(None, tiny_overrides(synth_small, tmp_path / "runs", "train.epochs=1"))
+
+    def on_eval(record, trial):
+        raise StopTrial("too late")
+
+    result = train(cfg, progress=False, on_eval=on_eval)
+    trial = TrialDir.for_config(cfg)
+    assert trial.status()["state"] == "done" and trial.read_result() == result
+    assert result["selection"]["epoch"] == 1
