@@ -93,6 +93,8 @@ def classify(d: TrialDir, retry_failed: bool) -> tuple[str, str]:
         return SKIP_DONE, ""
     status = d.status()
     state = status.get("state")
+    if state == "stopped":  # stopped early (ASHA): finished, never rerun
+        return SKIP_DONE, f"stopped early at epoch {status.get('stopped_epoch', '?')}"
     if state in ("running", "pending") and is_alive(status):
         return SKIP_RUNNING, f"pid {status.get('pid') or status.get('job_pid')}"
     if state == "failed":
@@ -219,9 +221,12 @@ def snapshot(planned: list[Planned]) -> Snapshot:
             continue
         state = p.dir.status().get("state", "pending")
         counts[
-            {"running": "running", "failed": "failed", "interrupted": "interrupted"}.get(
-                state, "pending"
-            )
+            {
+                "running": "running",
+                "failed": "failed",
+                "interrupted": "interrupted",
+                "stopped": "stopped",
+            }.get(state, "pending")
         ] += 1
     return Snapshot(counts, best)
 
@@ -232,6 +237,8 @@ def progress_line(study: str, snap: Snapshot) -> str:
         f"{time.strftime('%H:%M:%S')} {study}: {c['done']} done, {c['running']} running, "
         f"{c['failed']} failed, {c['pending'] + c['interrupted']} pending"
     )
+    if c["stopped"]:
+        line += f", {c['stopped']} stopped early"
     if snap.best:
         line += f" | best test R1 {snap.best[0]:.2f} ({snap.best[1]})"
     return line

@@ -142,8 +142,8 @@ def test_unmappable_parser_is_refused_with_its_classes(tmp_path, capsys):
 def test_training_runs_on_parsed_ppp7_maps(synth_small, tmp_path, parser_dir):
     """The synthetic images parsed into ppp7 (mapped from ATR-18) train SemMIM."""
     from bilma.config import load_config
-    from bilma.tracking import TrialDir
     from bilma.train import train
+    from bilma.trial import TrialDir
 
     parsed = tmp_path / "parsed"
     assert (

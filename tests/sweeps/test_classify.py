@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bilma.tracking import TrialDir
+from bilma.trial import TrialDir
 from sweeps import launcher
 from sweeps.launcher import RESUME, RETRY, SKIP_DONE, SKIP_FAILED, SKIP_RUNNING, SUBMIT, classify
 
@@ -130,3 +130,15 @@ def test_slurm_job_is_asked_to_the_queue(tmp_path, monkeypatch, queued, expected
     d = make(tmp_path, "pending", ckpt=True, epochs=1, backend="slurm", job_id=4242, pid=ALIVE)
     action, _note = classify(d, False)
     assert (action, asked) == (expected, ["4242"])
+
+
+def test_stopped_early_trial_is_finished_and_not_rerun(tmp_path):
+    d = TrialDir(tmp_path / "t")
+    d.path.mkdir()
+    d.set_status("stopped", stopped_epoch=3, stop_reason="ASHA")
+    d.ckpt_dir.mkdir()
+    d.last_ckpt.write_bytes(b"x")
+    for retry in (False, True):
+        action, note = classify(d, retry_failed=retry)
+        assert action == SKIP_DONE
+        assert note == "stopped early at epoch 3"

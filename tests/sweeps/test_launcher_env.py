@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import submitit
 
-from bilma.tracking import TrialDir
+from bilma.trial import TrialDir
 from sweeps import launcher
 from sweeps.launcher import SUBMIT, Planned
 
