@@ -30,11 +30,11 @@ from bilma.data import formats, parsing, synth
 from bilma.data.records import DataError, Record
 from bilma.data.tokenizer import CaptionTokenizer, encode_cached, load_tokenizer, train_tokenizer
 from bilma.data.transforms import TestTransform, TrainTransform
-from bilma.losses import IGNORE_INDEX
+from bilma.labels import IGNORE_INDEX
+from bilma.patches import PATCH
 
 log = logging.getLogger(__name__)
 
-PATCH = 16
 IGNORE = IGNORE_INDEX  # label of positions that a loss skips
 
 

@@ -21,10 +21,10 @@ from torch import nn
 
 from bilma import losses
 from bilma.config import Config
-from bilma.data.parsing import get_label_set
-from bilma.data.transforms import patchify
+from bilma.labels import IGNORE_INDEX, get_label_set
 from bilma.model.clip import CLIPEncoders, EncoderSpec
 from bilma.model.cross import CrossModal, Head
+from bilma.patches import patchify
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ class BiLMa(nn.Module):
             # The head runs only where a token was chosen (~15%): same loss, far less work
             # than IRRA's full [B, L, vocab] logits.
             labels = batch["mlm_labels"]
-            chosen = labels != losses.IGNORE_INDEX
+            chosen = labels != IGNORE_INDEX
             logits = self.mlm_head(x[chosen]).float()
             out["mlm"] = w.mlm_weight * losses.mlm_loss(logits[None], labels[chosen][None])
 

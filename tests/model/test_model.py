@@ -165,3 +165,26 @@ def test_pretrained_folder_round_trip(tmp_path):
     assert torch.equal(
         enc.text.embeddings.token_embedding.weight, hf.text_model.embeddings.token_embedding.weight
     )
+
+
+def test_imports_point_down():
+    """The model does not import the data pipeline for shared facts, nor data the losses."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, importlib; importlib.import_module(sys.argv[1]); "
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('bilma'))))"
+    )
+
+    def loaded(module):
+        out = subprocess.run(
+            [sys.executable, "-c", code, module], capture_output=True, text=True, check=True
+        )
+        return set(out.stdout.split())
+
+    model = loaded("bilma.model.bilma")
+    assert {"bilma.labels", "bilma.patches"} <= model
+    assert not {m for m in model if m.startswith("bilma.data.") and m != "bilma.data.records"}
+    data = loaded("bilma.data.datasets")
+    assert "bilma.labels" in data and "bilma.losses" not in data and "bilma.model" not in data
