@@ -223,16 +223,19 @@ def mask_tokens(
 
     Ordinary tokens are ids in [1, mask_id) (pad 0 and the mask, SOT, EOT ids above it are
     never chosen). A chosen token becomes the mask with p 0.8, a random ordinary token with
-    p 0.1, stays with p 0.1. If no token is chosen, position 1 is masked.
+    p 0.1, stays with p 0.1. If no token is chosen, position 1 always becomes the mask
+    (label: its original id), without the 80/10/10 draw, as IRRA's `at least mask 1`.
     """
     ids = ids.astype(np.int64)
     masked = ids.copy()
     labels = np.full_like(ids, IGNORE)
     ordinary = (ids > 0) & (ids < mask_id)
     chosen = ordinary & (rng.random(ids.shape) < probability)
-    if not chosen.any():
-        chosen[1] = True
     action = rng.random(ids.shape)
+    if not chosen.any():
+        labels[1] = ids[1]
+        masked[1] = mask_id
+        return masked, labels
     labels[chosen] = ids[chosen]
     to_mask = chosen & (action < 0.8)
     to_random = chosen & (action >= 0.8) & (action < 0.9)
