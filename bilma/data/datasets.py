@@ -347,10 +347,24 @@ class EpochSampler(Sampler):
 
     The order depends only on (seed, epoch); `start` skips the samples already trained on in
     this epoch, so a resumed run continues the same sequence.
+
+    With `drop_last=False` (IRRA keeps each epoch's last partial batch) the length counts that
+    batch as a whole one (a multiple of `batch_size`), so the trainer's steps per epoch,
+    `len(sampler) // batch_size`, include it; iteration yields only the real samples.
     """
 
-    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True):
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        shuffle: bool = True,
+        batch_size: int = 1,
+        drop_last: bool = True,
+    ):
         self.n, self.seed, self.rank, self.world, self.shuffle = n, seed, rank, world, shuffle
+        self.batch_size, self.drop_last = batch_size, drop_last
         self.epoch = 0
         self.start = 0
         self.per_rank = math.ceil(n / world)
@@ -359,7 +373,10 @@ class EpochSampler(Sampler):
         self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
-        return max(0, self.per_rank - self.start)
+        left = max(0, self.per_rank - self.start)
+        if self.drop_last:
+            return left
+        return math.ceil(left / self.batch_size) * self.batch_size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.shuffle:
@@ -384,16 +401,26 @@ def _worker_init(_: int) -> None:
 
 
 def train_loader(
-    dataset: TrainSet, batch_size: int, num_workers: int, rank: int = 0, world: int = 1
+    dataset: TrainSet,
+    batch_size: int,
+    num_workers: int,
+    rank: int = 0,
+    world: int = 1,
+    drop_last: bool | None = None,
 ) -> tuple[DataLoader, EpochSampler]:
-    """A loader that drops the last partial batch (SDM needs full batches) and its sampler."""
-    sampler = EpochSampler(len(dataset), dataset.seed, rank, world)
+    """The training loader and its sampler. `drop_last` (default: `train.drop_last`, true)
+    drops each epoch's last partial batch, so that every SDM batch is full; IRRA keeps it."""
+    if drop_last is None:
+        drop_last = dataset.cfg.train.drop_last
+    sampler = EpochSampler(
+        len(dataset), dataset.seed, rank, world, batch_size=batch_size, drop_last=drop_last
+    )
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        drop_last=True,
+        drop_last=drop_last,
         pin_memory=torch.cuda.is_available(),
         worker_init_fn=_worker_init,
         persistent_workers=False,

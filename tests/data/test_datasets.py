@@ -187,3 +187,22 @@ def test_process_holding_a_live_loader_still_exits(synth_root, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)  # the process and its stuck worker
             pytest.fail("the process did not exit: a DataLoader worker survived SIGTERM")
     assert code == 0 and out.read_text().strip().endswith("ok"), out.read_text()
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_train_loader_keeps_the_last_partial_batch_on_request(synth_root, world):
+    """train.drop_last=false (IRRA): the last partial batch is trained on and counted as a step."""
+    cfg = cfg_for(synth_root, "loss.mim_weight=0", "loss.mlm_weight=0")
+    ts = TrainSet(load_data(cfg), cfg)
+    n = len(ts)  # 96 pairs
+    per_rank = n // world
+    keep, sampler = datasets.train_loader(ts, 10, 0, 0, world, drop_last=False)
+    sizes = [len(b["pids"]) for b in keep]
+    assert sizes == [10] * (per_rank // 10) + [per_rank % 10]
+    assert len(sampler) // 10 == len(sizes) == len(keep)  # the trainer's steps per epoch
+    assert sorted(i for b in keep for i in b["index"].tolist()) == sorted(i for i, _ in sampler)
+    sampler.set_epoch(0, start=10 * (len(sizes) - 1))  # resumed before the last batch
+    assert len(sampler) // 10 == 1 and len(list(sampler)) == per_rank % 10
+    drop, sampler = datasets.train_loader(ts, 10, 0, 0, world)  # the default: drop it
+    assert cfg.train.drop_last and [len(b["pids"]) for b in drop] == [10] * (per_rank // 10)
+    assert len(sampler) // 10 == per_rank // 10
