@@ -9,6 +9,11 @@ memory of one call in a fresh process (VmHWM after malloc_trim and resetting it 
 128 KiB (the peak of live tensor memory) and once with glibc's defaults.
 For reference it also times one full stable sort of the 6,156 x 3,074 matrix (what a
 sort-based `rank` needs before any metric).
+
+`--load` times only the 6,156 x 3,074 problem with 1 and 2 torch threads, on the machine as
+it is ("idle") and with one busy-loop process per core ("loaded"), 1 warm-up then 5 runs each.
+It also runs against an older `retrieval_metrics` without a `threads` argument (then the
+threads are set with `torch.set_num_threads`), for a before/after comparison.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import contextlib
 import ctypes
 import datetime
 import gc
+import inspect
 import os
 import platform
 import resource
@@ -179,6 +185,52 @@ def memory_main(factor: int, chunk: int) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def busy_cores(n: int):
+    """`n` processes that each keep one core busy, for the duration."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        time.sleep(1.0)  # let them reach the run queue
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def metrics_with_threads(sim, q, g, threads: int) -> dict[str, float]:
+    """retrieval_metrics on `threads` torch threads (also for versions without the argument)."""
+    if "threads" in inspect.signature(retrieval_metrics).parameters:
+        return retrieval_metrics(sim, q, g, threads=threads)
+    torch.set_num_threads(threads)
+    return retrieval_metrics(sim, q, g)
+
+
+def load_main() -> None:
+    """Median and min seconds of the CUHK-sized call with 1 and 2 threads, idle and loaded."""
+    sim, q, g = cuhk_like(1)
+    print(
+        f"{'load':>6}  {'threads':>7}  {'median s':>8}  {'min s':>6}  {'loadavg 1 min':>13}  metrics"
+    )
+    for load in ("idle", "loaded"):
+        ctx = busy_cores(os.cpu_count() or 1) if load == "loaded" else contextlib.nullcontext()
+        with ctx:
+            for threads in (1, 2):
+                result = metrics_with_threads(sim, q, g, threads)  # warm-up
+                times = []
+                for _ in range(RUNS):
+                    t0 = time.perf_counter()
+                    metrics_with_threads(sim, q, g, threads)
+                    times.append(time.perf_counter() - t0)
+                torch.set_num_threads(2)
+                avg = os.getloadavg()[0]
+                print(
+                    f"{load:>6}  {threads:>7}  {statistics.median(times):>8.3f}  "
+                    f"{min(times):>6.3f}  {avg:>13.1f}  {format_metrics(result)}",
+                    flush=True,
+                )
+
+
 def main() -> int:
     if len(sys.argv) == 4 and sys.argv[1] == "--memory":
         return memory_main(int(sys.argv[2]), int(sys.argv[3]))
@@ -189,6 +241,9 @@ def main() -> int:
         f"python {platform.python_version()}, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), numpy {np.__version__}"
     )
+    if sys.argv[1:] == ["--load"]:
+        load_main()
+        return 0
     print(f"# median of {RUNS} runs after a warm-up; memory: peak extra RSS of one call in a fresh")
     print("# process; 'live': glibc mmaps blocks > 128 KiB (= live tensors); 'rss': glibc default")
     print(

@@ -87,6 +87,7 @@ class MLMConfig:
     masked_caption_for_retrieval: bool = _f(
         False, "IRRA parity: SDM and ID also see the masked caption (IRRA's in-place mutation)"
     )
+    attend_padding: bool = _f(False, "IRRA parity: MLM attends over all positions, padding too")
 
 
 @dataclass
@@ -129,6 +130,9 @@ class OptimConfig:
     warmup_factor: float = _f(0.1, "learning-rate factor at the first epoch", range=(0.0, 1.0))
     schedule: Literal["cosine", "constant"] = _f("cosine")
     grad_clip: float | None = _f(None, "clip the gradient norm to this", range=(0.0, None))
+    cross_norms_lr: Literal["base", "factor"] = _f(
+        "base", "lr of the cross-modal modules' ln_q, ln_kv, ln_post: base (IRRA) or x lr_factor"
+    )
 
 
 @dataclass
@@ -140,6 +144,7 @@ class TrainConfig:
     amp: Literal["auto", "bf16", "fp16", "off"] = _f("auto", "autocast: auto = bf16 on GPU")
     log_every: int = _f(20, "steps between progress lines", range=(1, None), hash=False)
     max_steps_per_epoch: int | None = _f(None, "cap steps per epoch (smoke runs)", range=(1, None))
+    drop_last: bool = _f(True, "drop each epoch's last partial batch (IRRA: false)")
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-IGNORE_INDEX = -100
+from bilma.labels import IGNORE_INDEX
 
 
 def _no_autocast(x: Tensor) -> AbstractContextManager:

@@ -21,10 +21,19 @@ positive j is `1 + #{k: s_k > s_j} + #{k < j: s_k == s_j}`, which is one compari
 the row per positive. Queries are processed `chunk` at a time (rows of the similarity are
 sliced, converted and compared per chunk, so the extra memory is O(chunk x gallery)); a chunk
 whose queries have more than `_COUNT_MAX_POSITIVES` positives falls back to a stable sort.
+
+A busy machine: on CPU the work is a few hundred passes of a few milliseconds, and with
+several torch threads each pass is a parallel region that waits for its slowest thread; with
+other processes on the cores a waiting thread loses its time slice, and the same call took
+10-50x longer with 2 threads than with 1 (BENCHMARKS.md). So the counting compares all the
+positives of a tile in one pass (fewer, larger operations), and the CPU work runs with
+`threads` torch threads (1 by default), restored afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -37,8 +46,24 @@ _TOPK: tuple[int, ...] = (1, 5, 10)
 # comparison pass per positive (a sort costs roughly 60-80 passes on CPU).
 _COUNT_MAX_POSITIVES = 32
 # Rows compared at once in the counting path: small enough that a block of the similarity
-# stays in cache across the passes of its positives (a cache tiling, not a memory bound).
+# stays in cache while all its positives are compared with it (a cache tiling) ...
 _TILE_ROWS = 128
+# ... and at most this many comparisons (bytes of the boolean [rows, positives, gallery]).
+_TILE_ELEMENTS = 1 << 22
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `n` inside, restored after (None: unchanged)."""
+    old = torch.get_num_threads()
+    if n is None or n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _as_pids(pids: Any, n: int, name: str, device: torch.device) -> torch.Tensor:
@@ -83,29 +108,31 @@ def _ranks_by_count(sim: torch.Tensor, pos_idx: torch.Tensor, valid: torch.Tenso
     """1-based ranks of the positives `pos_idx` [c, P] in each row of `sim` [c, G].
 
     Rank = 1 + #greater + #equal earlier in the gallery (a stable descending sort). Padding
-    slots (`valid` False) get rank G + 1.
+    slots (`valid` False) get rank G + 1. Each tile of rows is compared with all its
+    positives at once ([rows, P, G] booleans).
     """
     c, g = sim.shape
-    tile_rows = _TILE_ROWS if sim.device.type == "cpu" else c  # GPUs: one tile, fewer syncs
+    p = pos_idx.shape[1]
+    if sim.device.type == "cpu":
+        tile_rows = max(1, min(_TILE_ROWS, _TILE_ELEMENTS // (p * g)))
+    else:
+        tile_rows = c  # GPUs: one tile, fewer syncs
     ranks = torch.empty(pos_idx.shape, dtype=torch.int64, device=sim.device)
-    arange = None
     for r0 in range(0, c, tile_rows):
         tile = sim[r0 : r0 + tile_rows]
         pos_tile = pos_idx[r0 : r0 + tile_rows]
         pos_sims = tile.gather(1, pos_tile)
-        for m in range(pos_idx.shape[1]):
-            p = pos_sims[:, m : m + 1]
-            greater = (tile > p).sum(1)
-            at_least = (tile >= p).sum(1)
-            rank = greater + 1
-            tied = (at_least - greater) > 1  # an item other than the positive has its score
-            if bool(tied.any()):
-                if arange is None:
-                    arange = torch.arange(g, device=sim.device)
-                rows = tied.nonzero().squeeze(1)
-                earlier = (tile[rows] == p[rows]) & (arange < pos_tile[rows, m : m + 1])
-                rank[rows] += earlier.sum(1)
-            ranks[r0 : r0 + tile_rows, m] = rank
+        row, score = tile.unsqueeze(1), pos_sims.unsqueeze(2)  # [r, 1, G], [r, P, 1]
+        greater = (row > score).sum(2)
+        equal = (row == score).sum(2)  # the positive itself included
+        rank = greater + 1
+        tied = equal > 1  # another item has the positive's score: rare with real scores
+        if bool(tied.any()):
+            rr, mm = tied.nonzero(as_tuple=True)
+            arange = torch.arange(g, device=sim.device)
+            earlier = (tile[rr] == pos_sims[rr, mm, None]) & (arange < pos_tile[rr, mm, None])
+            rank[rr, mm] += earlier.sum(1)
+        ranks[r0 : r0 + tile_rows] = rank
     return ranks.masked_fill_(~valid, g + 1)
 
 
@@ -123,46 +150,18 @@ def _ranks_by_sort(sim: torch.Tensor, matches_of: torch.Tensor, p: int) -> torch
     return torch.topk(rank, p, dim=1, largest=False, sorted=True).values
 
 
-@torch.no_grad()
-def retrieval_metrics(
+def _metric_sums(
     similarity: torch.Tensor | np.ndarray,
-    query_pids: torch.Tensor | np.ndarray,
-    gallery_pids: torch.Tensor | np.ndarray,
-    chunk: int = 1024,
-) -> dict[str, float]:
-    """R1, R5, R10, mAP and mINP (percent) of a [queries, gallery] similarity matrix.
-
-    Accepts torch tensors (computed on the similarity's device) or numpy arrays of any float
-    dtype; pids of any integer dtype. Ties rank in gallery order (stable sort). Raises
-    ValueError if a query has no positive in the gallery or a similarity is NaN.
-    """
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1, got {chunk}")
-    if similarity.ndim != 2:
-        raise ValueError(
-            f"similarity must be 2-D [queries, gallery], got {tuple(similarity.shape)}"
-        )
-    if isinstance(similarity, torch.Tensor):
-        floating = similarity.dtype.is_floating_point
-    else:
-        floating = np.issubdtype(similarity.dtype, np.floating)
-    if not floating:
-        raise TypeError(f"similarity must be floating point, got dtype {similarity.dtype}")
-    n_query, n_gallery = (int(s) for s in similarity.shape)
-    if n_query == 0 or n_gallery == 0:
-        raise ValueError(f"empty similarity {tuple(similarity.shape)}")
-    device = similarity.device if isinstance(similarity, torch.Tensor) else torch.device("cpu")
-
-    q_pids = _as_pids(query_pids, n_query, "query_pids", device)
-    g_pids = _as_pids(gallery_pids, n_gallery, "gallery_pids", device)
-    order, starts, n_pos = _positive_index(q_pids, g_pids)
-    missing = int((n_pos == 0).sum())
-    if missing:
-        raise ValueError(
-            f"{missing} of {n_query} queries have no positive (same pid) in the gallery; "
-            "every query needs at least one"
-        )
-
+    q_pids: torch.Tensor,
+    g_pids: torch.Tensor,
+    positives: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    chunk: int,
+) -> torch.Tensor:
+    """[hits@1, hits@5, hits@10, sum of AP, sum of INP] over all queries, float64;
+    `positives` is `_positive_index(q_pids, g_pids)`."""
+    device = q_pids.device
+    n_query, n_gallery = len(q_pids), len(g_pids)
+    order, starts, n_pos = positives
     totals = torch.zeros(len(_TOPK) + 2, dtype=torch.float64, device=device)
     for q0 in range(0, n_query, chunk):
         q1 = min(q0 + chunk, n_query)
@@ -186,7 +185,55 @@ def retrieval_metrics(
         inp = nd / last
         hits = [(first <= k).double().sum() for k in _TOPK]
         totals += torch.stack([*hits, ap.sum(), inp.sum()])
+    return totals
 
+
+@torch.no_grad()
+def retrieval_metrics(
+    similarity: torch.Tensor | np.ndarray,
+    query_pids: torch.Tensor | np.ndarray,
+    gallery_pids: torch.Tensor | np.ndarray,
+    chunk: int = 1024,
+    threads: int | None = 1,
+) -> dict[str, float]:
+    """R1, R5, R10, mAP and mINP (percent) of a [queries, gallery] similarity matrix.
+
+    Accepts torch tensors (computed on the similarity's device) or numpy arrays of any float
+    dtype; pids of any integer dtype. Ties rank in gallery order (stable sort). Raises
+    ValueError if a query has no positive in the gallery or a similarity is NaN. On CPU the
+    work runs with `threads` torch threads (None: torch's current setting), see above.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1 or None, got {threads}")
+    if similarity.ndim != 2:
+        raise ValueError(
+            f"similarity must be 2-D [queries, gallery], got {tuple(similarity.shape)}"
+        )
+    if isinstance(similarity, torch.Tensor):
+        floating = similarity.dtype.is_floating_point
+    else:
+        floating = np.issubdtype(similarity.dtype, np.floating)
+    if not floating:
+        raise TypeError(f"similarity must be floating point, got dtype {similarity.dtype}")
+    n_query, n_gallery = (int(s) for s in similarity.shape)
+    if n_query == 0 or n_gallery == 0:
+        raise ValueError(f"empty similarity {tuple(similarity.shape)}")
+    device = similarity.device if isinstance(similarity, torch.Tensor) else torch.device("cpu")
+
+    q_pids = _as_pids(query_pids, n_query, "query_pids", device)
+    g_pids = _as_pids(gallery_pids, n_gallery, "gallery_pids", device)
+    positives = _positive_index(q_pids, g_pids)
+    missing = int((positives[2] == 0).sum())
+    if missing:
+        raise ValueError(
+            f"{missing} of {n_query} queries have no positive (same pid) in the gallery; "
+            "every query needs at least one"
+        )
+
+    with _torch_threads(threads if device.type == "cpu" else None):
+        totals = _metric_sums(similarity, q_pids, g_pids, positives, chunk)
     values = (totals * (100.0 / n_query)).tolist()
     return {key: float(v) for key, v in zip(METRIC_KEYS, values, strict=True)}
 

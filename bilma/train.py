@@ -44,7 +44,8 @@ from bilma.device import (
 )
 from bilma.evaluate import evaluate
 from bilma.metrics import format_metrics
-from bilma.model.bilma import BiLMa, build_model
+from bilma.model.bilma import build_model
+from bilma.optim import lr_factor, param_groups
 from bilma.progress import Progress
 from bilma.signals import StopFlag
 from bilma.sinks import FanOutSink, MlflowSink, TrialSink
@@ -94,39 +95,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
-
-
-def param_groups(model: BiLMa, cfg: Config) -> list[dict[str, Any]]:
-    """IRRA's groups: new modules and heads at lr x lr_factor, biases at lr x bias_lr_factor
-    without weight decay (bias rule applied after the cross-module rule, as in IRRA)."""
-    o = cfg.optim
-    new = model.new_module_names() | {"encoders.mask_token"}
-    groups = []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        top = name.split(".")[0]
-        is_new = top in new or name in new
-        lr, wd = o.lr, o.weight_decay
-        if is_new and "cross" in name:
-            lr = o.lr * o.lr_factor
-        if name.endswith("bias"):
-            lr, wd = o.lr * o.bias_lr_factor, o.weight_decay_bias
-        if is_new and "cross" not in name:  # classifier, heads, mask token
-            lr = o.lr * o.lr_factor
-        groups.append({"params": [p], "lr": lr, "weight_decay": wd, "name": name})
-    return groups
-
-
-def lr_factor(epoch: int, cfg: Config) -> float:
-    """IRRA's per-epoch schedule: linear warm-up from warmup_factor, then cosine to 0."""
-    o, total = cfg.optim, cfg.train.epochs
-    if epoch < o.warmup_epochs:
-        alpha = epoch / o.warmup_epochs
-        return o.warmup_factor * (1 - alpha) + alpha
-    if o.schedule == "constant" or total <= o.warmup_epochs:
-        return 1.0
-    return 0.5 * (1 + math.cos(math.pi * (epoch - o.warmup_epochs) / (total - o.warmup_epochs)))
 
 
 def mim_generator(seed: int, step: int, rank: int) -> torch.Generator:

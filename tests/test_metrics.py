@@ -64,13 +64,16 @@ def random_problem(seed: int, n_query: int = 50, n_gallery: int = 40, n_ids: int
     return sim, query_pids, gallery_pids
 
 
-@pytest.fixture(params=["count", "sort"])
+@pytest.fixture(params=["count", "count-1-row", "sort"])
 def path(request, monkeypatch):
-    """Run each test through the counting path (small tiles) and through the sort fallback."""
+    """Run each test through the counting path (small tiles; one-row tiles from the element
+    cap) and through the sort fallback."""
     if request.param == "sort":
         monkeypatch.setattr(metrics_mod, "_COUNT_MAX_POSITIVES", 0)
-    else:
+    elif request.param == "count":
         monkeypatch.setattr(metrics_mod, "_TILE_ROWS", 3)
+    else:
+        monkeypatch.setattr(metrics_mod, "_TILE_ELEMENTS", 1)
     return request.param
 
 
@@ -246,3 +249,23 @@ def test_agrees_with_irra_rank():
     assert got["R10"] == pytest.approx(cmc[9].item(), abs=1e-4)
     assert got["mAP"] == pytest.approx(m_ap.item(), abs=1e-4)
     assert got["mINP"] == pytest.approx(m_inp.item(), abs=1e-4)
+
+
+def test_threads_do_not_change_results_and_are_restored():
+    sim, q, g = random_problem(3, n_query=300, n_gallery=120, n_ids=30)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        results = [retrieval_metrics(sim, q, g, threads=t) for t in (1, 2, None)]
+        assert results[0] == results[1] == results[2]
+        assert_close(results[0], reference_metrics(sim, q, g))
+        assert torch.get_num_threads() == 2
+        bad = sim.copy()
+        bad[250, 3] = np.nan
+        with pytest.raises(ValueError, match="NaN in query rows"):
+            retrieval_metrics(bad, q, g, chunk=64, threads=1)
+        assert torch.get_num_threads() == 2  # restored after an error too
+        with pytest.raises(ValueError, match="threads must be >= 1"):
+            retrieval_metrics(sim, q, g, threads=0)
+    finally:
+        torch.set_num_threads(before)

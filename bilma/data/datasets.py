@@ -30,11 +30,11 @@ from bilma.data import formats, parsing, synth
 from bilma.data.records import DataError, Record
 from bilma.data.tokenizer import CaptionTokenizer, encode_cached, load_tokenizer, train_tokenizer
 from bilma.data.transforms import TestTransform, TrainTransform
-from bilma.losses import IGNORE_INDEX
+from bilma.labels import IGNORE_INDEX
+from bilma.patches import PATCH
 
 log = logging.getLogger(__name__)
 
-PATCH = 16
 IGNORE = IGNORE_INDEX  # label of positions that a loss skips
 
 
@@ -223,16 +223,19 @@ def mask_tokens(
 
     Ordinary tokens are ids in [1, mask_id) (pad 0 and the mask, SOT, EOT ids above it are
     never chosen). A chosen token becomes the mask with p 0.8, a random ordinary token with
-    p 0.1, stays with p 0.1. If no token is chosen, position 1 is masked.
+    p 0.1, stays with p 0.1. If no token is chosen, position 1 always becomes the mask
+    (label: its original id), without the 80/10/10 draw, as IRRA's `at least mask 1`.
     """
     ids = ids.astype(np.int64)
     masked = ids.copy()
     labels = np.full_like(ids, IGNORE)
     ordinary = (ids > 0) & (ids < mask_id)
     chosen = ordinary & (rng.random(ids.shape) < probability)
-    if not chosen.any():
-        chosen[1] = True
     action = rng.random(ids.shape)
+    if not chosen.any():
+        labels[1] = ids[1]
+        masked[1] = mask_id
+        return masked, labels
     labels[chosen] = ids[chosen]
     to_mask = chosen & (action < 0.8)
     to_random = chosen & (action >= 0.8) & (action < 0.9)
@@ -344,10 +347,24 @@ class EpochSampler(Sampler):
 
     The order depends only on (seed, epoch); `start` skips the samples already trained on in
     this epoch, so a resumed run continues the same sequence.
+
+    With `drop_last=False` (IRRA keeps each epoch's last partial batch) the length counts that
+    batch as a whole one (a multiple of `batch_size`), so the trainer's steps per epoch,
+    `len(sampler) // batch_size`, include it; iteration yields only the real samples.
     """
 
-    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1, shuffle: bool = True):
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        shuffle: bool = True,
+        batch_size: int = 1,
+        drop_last: bool = True,
+    ):
         self.n, self.seed, self.rank, self.world, self.shuffle = n, seed, rank, world, shuffle
+        self.batch_size, self.drop_last = batch_size, drop_last
         self.epoch = 0
         self.start = 0
         self.per_rank = math.ceil(n / world)
@@ -356,7 +373,10 @@ class EpochSampler(Sampler):
         self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
-        return max(0, self.per_rank - self.start)
+        left = max(0, self.per_rank - self.start)
+        if self.drop_last:
+            return left
+        return math.ceil(left / self.batch_size) * self.batch_size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.shuffle:
@@ -381,16 +401,26 @@ def _worker_init(_: int) -> None:
 
 
 def train_loader(
-    dataset: TrainSet, batch_size: int, num_workers: int, rank: int = 0, world: int = 1
+    dataset: TrainSet,
+    batch_size: int,
+    num_workers: int,
+    rank: int = 0,
+    world: int = 1,
+    drop_last: bool | None = None,
 ) -> tuple[DataLoader, EpochSampler]:
-    """A loader that drops the last partial batch (SDM needs full batches) and its sampler."""
-    sampler = EpochSampler(len(dataset), dataset.seed, rank, world)
+    """The training loader and its sampler. `drop_last` (default: `train.drop_last`, true)
+    drops each epoch's last partial batch, so that every SDM batch is full; IRRA keeps it."""
+    if drop_last is None:
+        drop_last = dataset.cfg.train.drop_last
+    sampler = EpochSampler(
+        len(dataset), dataset.seed, rank, world, batch_size=batch_size, drop_last=drop_last
+    )
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        drop_last=True,
+        drop_last=drop_last,
         pin_memory=torch.cuda.is_available(),
         worker_init_fn=_worker_init,
         persistent_workers=False,

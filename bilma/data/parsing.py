@@ -1,9 +1,9 @@
 """Human-parsing label sets, parse-map loading and SemMIM patch labels.
 
 SemMIM (METHOD.md, "SemMIM") predicts, for every masked image patch, the body-part class that
-an offline human parser gave it. This module holds the parsers' label sets (SCHP conventions),
-reads the parse maps from disk with actionable errors, and reduces a (transformed) parse map
-to one label per patch.
+an offline human parser gave it. This module reads the parse maps from disk with actionable
+errors and reduces a (transformed) parse map to one label per patch. The parsers' label sets
+(SCHP conventions) live in `bilma.labels` (shared with the model) and are re-exported here.
 
 Where parse maps live (the user-facing contract)
 -------------------------------------------------
@@ -22,7 +22,6 @@ its image, and holds class ids ``0..num_classes-1`` of its label set (0 = backgr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -32,6 +31,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from bilma.data.records import DataError
+from bilma.labels import LABEL_SETS, LabelSet, get_label_set
 
 __all__ = [
     "LABEL_SETS",
@@ -41,76 +41,6 @@ __all__ = [
     "parse_map_path",
     "patch_labels",
 ]
-
-
-@dataclass(frozen=True)
-class LabelSet:
-    """A parser's classes and its left/right pairs.
-
-    ``flip_lut`` (derived, read-only uint8 ``[256]``) maps every id to its mirror-image
-    counterpart (``left-arm`` <-> ``right-arm``) and every other id to itself, so a
-    horizontally flipped map is fixed with one lookup: ``flip_lut[map[:, ::-1]]``.
-    """
-
-    name: str
-    classes: tuple[str, ...]
-    flip_pairs: tuple[tuple[int, int], ...] = ()
-    flip_lut: np.ndarray = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        n = len(self.classes)
-        if not 1 <= n <= 256:
-            raise ValueError(f"label set {self.name!r}: needs 1..256 classes (uint8 maps), got {n}")
-        lut = np.arange(256, dtype=np.uint8)
-        seen: set[int] = set()
-        for a, b in self.flip_pairs:
-            if not (0 <= a < n and 0 <= b < n) or a == b or {a, b} & seen:
-                raise ValueError(
-                    f"label set {self.name!r}: bad flip pair ({a}, {b}); ids must be distinct, "
-                    f"in 0..{n - 1} and appear in one pair at most"
-                )
-            seen |= {a, b}
-            lut[a], lut[b] = b, a
-        lut.setflags(write=False)
-        # Frozen dataclass: the derived field is set once, here.
-        object.__setattr__(self, "flip_lut", lut)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-
-# Class ids are positions in these strings (SCHP's orders); names are lowercase with '-'.
-_LIP20 = (
-    "background hat hair glove sunglasses upper-clothes dress coat socks pants jumpsuits "
-    "scarf skirt face left-arm right-arm left-leg right-leg left-shoe right-shoe"
-)
-_ATR18 = (
-    "background hat hair sunglasses upper-clothes skirt pants dress belt left-shoe "
-    "right-shoe face left-leg right-leg left-arm right-arm bag scarf"
-)
-_PPP7 = "background head torso upper-arms lower-arms upper-legs lower-legs"
-
-LABEL_SETS: dict[str, LabelSet] = {
-    s.name: s
-    for s in (
-        LabelSet("lip20", tuple(_LIP20.split()), ((14, 15), (16, 17), (18, 19))),
-        LabelSet("atr18", tuple(_ATR18.split()), ((9, 10), (12, 13), (14, 15))),
-        LabelSet("ppp7", tuple(_PPP7.split())),
-    )
-}
-
-
-def get_label_set(name: str | LabelSet) -> LabelSet:
-    """Look a label set up by name (a `LabelSet` passes through)."""
-    if isinstance(name, LabelSet):
-        return name
-    try:
-        return LABEL_SETS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown parsing label set {name!r}; valid names: {', '.join(LABEL_SETS)}"
-        ) from None
 
 
 def parse_map_path(

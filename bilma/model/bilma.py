@@ -3,28 +3,34 @@
 At training time:
 - the clean image and the clean caption give global features (CLS, EOT) for SDM and ID;
 - MLM: the masked caption's tokens query the clean image's tokens through the image->text
-  cross-modal module, and the MLM head predicts the chosen tokens (IRRA);
+  cross-modal module, and the MLM head predicts the chosen tokens (IRRA). The module's
+  self-attention masks the caption's padding (`mlm.attend_padding=true`: IRRA's attention over
+  all `data.text_length` positions);
 - MIM: a second pass of the image encoder on the image with masked patches (mask token at the
   ViT input); its patch tokens query the caption's tokens through the text->image module (own
   or shared with MLM), and a head predicts each masked patch's parser class (SemMIM) or its
   normalised pixels. Every open choice of METHOD.md is a config key (`mim.*`).
 At test time only the two encoders run.
+
+Only the parts that a config's losses use are built (no ID classifier at `loss.id_weight=0`,
+no mask token without MIM): a parameter without a gradient makes DistributedDataParallel
+fail at the second step.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 
 import torch
 from torch import nn
 
 from bilma import losses
 from bilma.config import Config
-from bilma.data.parsing import get_label_set
-from bilma.data.transforms import patchify
+from bilma.labels import IGNORE_INDEX, get_label_set
 from bilma.model.clip import CLIPEncoders, EncoderSpec
 from bilma.model.cross import CrossModal, Head
+from bilma.patches import patchify
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,9 @@ class HeadSpec:
     mim_classes: int  # parser classes for semantic, patch*patch*3 for pixel, 0 for none
     mim_module: str  # own | shared
     mim_depth: int
+    # Defaults: what checkpoints written before these fields existed always had.
+    classifier: bool = True  # the ID classifier
+    mask_token: bool = True  # MIM's mask token in the image encoder
 
 
 def head_spec(cfg: Config, num_ids: int, patch: int) -> HeadSpec:
@@ -57,6 +66,8 @@ def head_spec(cfg: Config, num_ids: int, patch: int) -> HeadSpec:
         mim_classes=classes,
         mim_module=cfg.mim.cross_module,
         mim_depth=cfg.mim.depth,
+        classifier=cfg.loss.id_weight > 0,
+        mask_token=target != "none",
     )
 
 
@@ -110,13 +121,22 @@ def trim_padding(ids: torch.Tensor) -> torch.Tensor:
     return ids[:, :length]
 
 
-def trim_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def trim_batch(batch: dict[str, torch.Tensor], keep_mlm: bool = False) -> dict[str, torch.Tensor]:
+    """Captions cut to the batch's longest; `keep_mlm`: the MLM ids and labels keep every
+    position (IRRA's MLM attends over the padding too)."""
     length = trim_padding(batch["caption_ids"]).shape[1]
     out = dict(batch)
-    for key in ("caption_ids", "mlm_ids", "mlm_labels"):
+    keys = ("caption_ids",) if keep_mlm else ("caption_ids", "mlm_ids", "mlm_labels")
+    for key in keys:
         if key in out:
             out[key] = out[key][:, :length]
     return out
+
+
+def padding_mask(ids: torch.Tensor) -> torch.Tensor:
+    """[B, L] bool, True at the positions after each caption's EOT."""
+    positions = torch.arange(ids.shape[1], device=ids.device)
+    return positions.unsqueeze(0) > ids.argmax(dim=-1).unsqueeze(1)
 
 
 class BiLMa(nn.Module):
@@ -126,9 +146,12 @@ class BiLMa(nn.Module):
         self.heads_spec = heads
         self.cfg = cfg
         width = encoders.spec.embed_dim
-        self.classifier = nn.Linear(width, heads.num_ids)
-        nn.init.normal_(self.classifier.weight, std=0.001)
-        nn.init.zeros_(self.classifier.bias)
+        if heads.mask_token:
+            encoders.add_mask_token()
+        if heads.classifier:
+            self.classifier = nn.Linear(width, heads.num_ids)
+            nn.init.normal_(self.classifier.weight, std=0.001)
+            nn.init.zeros_(self.classifier.bias)
         self.logit_scale = 1.0 / cfg.model.temperature
         if heads.mlm:
             self.mlm_cross = CrossModal(width, heads.cross_heads, heads.cross_depth)
@@ -165,15 +188,15 @@ class BiLMa(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Loss parts of one batch (weighted by the config) and their weighted sum `loss`."""
         cfg, spec = self.cfg, self.heads_spec
-        batch = trim_batch(batch)
+        batch = trim_batch(batch, keep_mlm=cfg.mlm.attend_padding)
         images, ids, pids = batch["images"], batch["caption_ids"], batch["pids"]
         w = cfg.loss
         out: dict[str, torch.Tensor] = {}
 
         image_tokens = self.encoders.encode_image(images)
-        retrieval_ids = ids
-        if spec.mlm and cfg.mlm.masked_caption_for_retrieval:
-            retrieval_ids = batch["mlm_ids"]  # IRRA parity: its in-place mutation
+        # IRRA parity: its in-place mutation trains SDM and ID on the masked caption.
+        masked_retrieval = spec.mlm and cfg.mlm.masked_caption_for_retrieval
+        retrieval_ids = batch["mlm_ids"] if masked_retrieval else ids
         text_tokens = self.encoders.encode_text(retrieval_ids)
         rows = torch.arange(len(ids), device=ids.device)
         v = image_tokens[:, 0].float()
@@ -184,30 +207,42 @@ class BiLMa(nn.Module):
         if w.id_weight > 0:
             out["id"] = w.id_weight * losses.id_loss(self.classifier, v, t, pids)
 
+        clean_text = None if masked_retrieval else text_tokens
+        masked_text = text_tokens if masked_retrieval else None
         if spec.mlm:
-            mlm_ids = batch["mlm_ids"]
-            masked_text = self.encoders.encode_text(mlm_ids)
-            x = self.mlm_cross(masked_text, image_tokens)
-            # The head runs only where a token was chosen (~15%): same loss, far less work
-            # than IRRA's full [B, L, vocab] logits.
-            labels = batch["mlm_labels"]
-            chosen = labels != losses.IGNORE_INDEX
-            logits = self.mlm_head(x[chosen]).float()
-            out["mlm"] = w.mlm_weight * losses.mlm_loss(logits[None], labels[chosen][None])
+            if masked_text is None:
+                masked_text = self.encoders.encode_text(batch["mlm_ids"])
+            out["mlm"] = w.mlm_weight * self._mlm(image_tokens, masked_text, batch)
 
         if spec.mim_target != "none":
-            out["mim"] = w.mim_weight * self._mim(images, ids, text_tokens, batch)
+            out["mim"] = w.mim_weight * self._mim(images, batch, clean_text, masked_text)
 
         out["loss"] = sum(out.values())
         return out
 
+    def _mlm(
+        self,
+        image_tokens: torch.Tensor,
+        masked_text: torch.Tensor,
+        batch: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        pad = None if self.cfg.mlm.attend_padding else padding_mask(batch["mlm_ids"])
+        x = self.mlm_cross(masked_text, image_tokens, q_pad_mask=pad)
+        # The head runs only where a token was chosen (~15%): same loss, far less work
+        # than IRRA's full [B, L, vocab] logits.
+        labels = batch["mlm_labels"]
+        chosen = labels != IGNORE_INDEX
+        logits = self.mlm_head(x[chosen]).float()
+        return losses.mlm_loss(logits[None], labels[chosen][None])
+
     def _mim(
         self,
         images: torch.Tensor,
-        ids: torch.Tensor,
-        clean_text_tokens: torch.Tensor,
         batch: dict[str, torch.Tensor],
+        clean_text: torch.Tensor | None,
+        masked_text: torch.Tensor | None,
     ) -> torch.Tensor:
+        """MIM loss; `clean_text` / `masked_text`: the captions' tokens if already encoded."""
         cfg, spec = self.cfg, self.heads_spec
         mask = random_patch_mask(
             len(images),
@@ -219,15 +254,13 @@ class BiLMa(nn.Module):
         )
         patches = self.encoders.encode_image(images, mask)[:, 1:]
         if cfg.mim.caption == "masked" and "mlm_ids" in batch:
-            kv_ids = batch["mlm_ids"]
-            kv = self.encoders.encode_text(kv_ids)
+            kv_ids, kv = batch["mlm_ids"], masked_text
         else:
-            kv_ids, kv = ids, clean_text_tokens
-        # keys after EOT are padding
-        positions = torch.arange(kv_ids.shape[1], device=kv_ids.device)
-        pad = positions.unsqueeze(0) > self.encoders.eot_index(kv_ids).unsqueeze(1)
+            kv_ids, kv = batch["caption_ids"], clean_text
+        if kv is None:
+            kv = self.encoders.encode_text(kv_ids)
         cross = self.mim_cross if hasattr(self, "mim_cross") else self.mlm_cross
-        pred = self.mim_head(cross(patches, kv, pad)).float()
+        pred = self.mim_head(cross(patches, kv, padding_mask(kv_ids))).float()
         if spec.mim_target == "semantic":
             return losses.semmim_loss(pred, batch["patch_labels"], mask)
         target = patchify(images.float(), self.encoders.spec.patch)
@@ -263,8 +296,18 @@ def signature_mismatch(saved: dict, current: dict) -> list[str]:
     """Human-readable differences between two model signatures, e.g. 'encoders.grid: [24, 8] != [12, 4]'."""
     diffs = []
     for part in ("encoders", "heads"):
-        a, b = saved.get(part, {}), current.get(part, {})
+        a, b = _with_defaults(part, saved), _with_defaults(part, current)
         for key in sorted(set(a) | set(b)):
             if a.get(key) != b.get(key):
                 diffs.append(f"{part}.{key}: checkpoint {a.get(key)!r} != config {b.get(key)!r}")
     return diffs
+
+
+def _with_defaults(part: str, signature: dict) -> dict:
+    """A signature part with the defaults of fields added since older checkpoints."""
+    values = dict(signature.get(part, {}))
+    if part == "heads":
+        for f in fields(HeadSpec):
+            if f.default is not MISSING:
+                values.setdefault(f.name, f.default)
+    return values

@@ -143,8 +143,13 @@ class CLIPEncoders(nn.Module):
         emb.num_patches = spec.grid[0] * spec.grid[1]
         emb.num_positions = emb.num_patches + 1
         emb.position_ids = torch.arange(emb.num_positions).unsqueeze(0)
-        # Learnable mask token for masked image modelling (replaces patch embeddings).
-        self.mask_token = nn.Parameter(torch.zeros(spec.vision_width))
+        # Built only for masked image modelling (`add_mask_token`): a parameter that no loss
+        # uses gets no gradient, and DistributedDataParallel fails on it.
+        self.mask_token: nn.Parameter | None = None
+
+    def add_mask_token(self) -> None:
+        """The learnable mask token of masked image modelling (replaces patch embeddings)."""
+        self.mask_token = nn.Parameter(torch.zeros(self.spec.vision_width))
         nn.init.normal_(self.mask_token, std=0.02)
 
     @property
@@ -163,6 +168,8 @@ class CLIPEncoders(nn.Module):
         x = emb.patch_embedding(images.to(emb.patch_embedding.weight.dtype))
         x = x.flatten(2).transpose(1, 2)
         if mask is not None:
+            if self.mask_token is None:
+                raise ValueError("this model has no mask token: it was built without MIM")
             x = torch.where(mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
         cls = emb.class_embedding.to(x.dtype).expand(b, 1, -1)
         x = torch.cat([cls, x], 1) + emb.position_embedding.weight.to(x.dtype)

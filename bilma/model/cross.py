@@ -2,8 +2,10 @@
 
 CrossModal: one cross-attention layer (queries and keys/values after their own LayerNorm, no
 residual), a stack of pre-norm transformer blocks, and a final LayerNorm. Used image->text for
-MLM (queries: masked-caption tokens; keys/values: image tokens) and text->image for MIM
-(queries: masked-image patch tokens; keys/values: caption tokens with a padding mask).
+MLM (queries: masked-caption tokens, whose padding the blocks' self-attention can mask;
+keys/values: image tokens) and text->image for MIM (queries: masked-image patch tokens;
+keys/values: caption tokens with a padding mask). `ln_q`, `ln_kv` and `ln_post` are IRRA's
+`ln_pre_t`, `ln_pre_i` and `ln_post` (see `bilma.optim` for their learning rate).
 """
 
 from __future__ import annotations
@@ -66,14 +68,19 @@ class CrossModal(nn.Module):
             nn.init.normal_(b.mlp.c_proj.weight, std=proj_std)
 
     def forward(
-        self, q: torch.Tensor, kv: torch.Tensor, kv_pad_mask: torch.Tensor | None = None
+        self,
+        q: torch.Tensor,
+        kv: torch.Tensor,
+        kv_pad_mask: torch.Tensor | None = None,
+        q_pad_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`kv_pad_mask` [B, K] / `q_pad_mask` [B, Q], True = padding: keys of the
+        cross-attention / of the blocks' self-attention (over the queries) to ignore."""
         kv = self.ln_kv(kv)
-        x = self.cross_attn(self.ln_q(q), kv, kv, key_padding_mask=kv_pad_mask, need_weights=False)[
-            0
-        ]
+        q = self.ln_q(q)
+        x = self.cross_attn(q, kv, kv, key_padding_mask=kv_pad_mask, need_weights=False)[0]
         for block in self.blocks:
-            x = block(x)
+            x = block(x, q_pad_mask)
         return self.ln_post(x)
 
 

@@ -165,3 +165,158 @@ def test_pretrained_folder_round_trip(tmp_path):
     assert torch.equal(
         enc.text.embeddings.token_embedding.weight, hf.text_model.embeddings.token_embedding.weight
     )
+
+
+def test_imports_point_down():
+    """The model does not import the data pipeline for shared facts, nor data the losses."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, importlib; importlib.import_module(sys.argv[1]); "
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('bilma'))))"
+    )
+
+    def loaded(module):
+        out = subprocess.run(
+            [sys.executable, "-c", code, module], capture_output=True, text=True, check=True
+        )
+        return set(out.stdout.split())
+
+    model = loaded("bilma.model.bilma")
+    assert {"bilma.labels", "bilma.patches"} <= model
+    assert not {m for m in model if m.startswith("bilma.data.") and m != "bilma.data.records"}
+    data = loaded("bilma.data.datasets")
+    assert "bilma.labels" in data and "bilma.losses" not in data and "bilma.model" not in data
+
+
+def captions(lengths, vocab=50, eot=49, length=16, seed=0):
+    """Caption ids of the given numbers of ordinary tokens, padded with 0."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(len(lengths), length, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        ids[i, 0] = eot - 1
+        ids[i, 1 : 1 + n] = torch.randint(1, vocab - 3, (n,), generator=g)
+        ids[i, 1 + n] = eot
+    return ids
+
+
+def mlm_logits_of_first(model, images, ids):
+    """The MLM logits of caption 0's chosen positions (2 and 3), through the training forward."""
+    mlm_ids = ids.clone()
+    mlm_ids[:, 2] = 47  # the mask id of this vocabulary
+    labels = torch.full_like(ids, -100)
+    labels[:, 2:4] = ids[:, 2:4]
+    seen = []
+    hook = model.mlm_head.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    with torch.no_grad():
+        model(
+            {
+                "images": images,
+                "caption_ids": ids,
+                "mlm_ids": mlm_ids,
+                "mlm_labels": labels,
+                "pids": torch.arange(len(ids)),
+            }
+        )
+    hook.remove()
+    return seen[0][:2]  # chosen positions in row-major order: caption 0's come first
+
+
+def test_mlm_logits_do_not_depend_on_batch_mates():
+    """A caption's MLM logits are the same alone, next to a short caption, next to a long one."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("mim.target=none"), vocab_size=50, eot_id=49, num_ids=3)
+    irra = build_model(
+        tiny_cfg("mim.target=none", "mlm.attend_padding=true"), vocab_size=50, eot_id=49, num_ids=3
+    )
+    irra.load_state_dict(model.state_dict())
+    images = torch.randn(2, 3, 128, 64)
+    alone, short, long = captions([4]), captions([4, 3]), captions([4, 12])
+    assert torch.equal(short[0], alone[0]) and torch.equal(long[0], alone[0])
+    ref = mlm_logits_of_first(model, images[:1], alone)
+    for other in (short, long):
+        torch.testing.assert_close(
+            mlm_logits_of_first(model, images, other), ref, rtol=1e-5, atol=1e-5
+        )
+    # IRRA's MLM attends over all 16 positions: also the same in every batch, but it sees the
+    # padding, so its logits differ from the masked ones
+    ref_irra = mlm_logits_of_first(irra, images[:1], alone)
+    torch.testing.assert_close(mlm_logits_of_first(irra, images, long), ref_irra)
+    assert (ref_irra - ref).abs().max() > 1e-3
+
+
+def test_clean_mim_caption_stays_clean_with_masked_retrieval():
+    """mim.caption=clean: MIM sees the clean caption even when SDM/ID see the masked one."""
+    torch.manual_seed(0)
+    models = {
+        extra: build_model(tiny_cfg(*extra), vocab_size=50, eot_id=49, num_ids=3)
+        for extra in [
+            (),
+            ("mlm.masked_caption_for_retrieval=true",),
+            ("mlm.masked_caption_for_retrieval=true", "mim.caption=masked"),
+        ]
+    }
+    state = models[()].state_dict()
+    b = batch()
+    out = {}
+    for extra, model in models.items():
+        model.load_state_dict(state)
+        with torch.no_grad():
+            out[extra] = model({**b, "mim_generator": torch.Generator().manual_seed(5)})
+    plain, masked_retrieval, masked_both = out.values()
+    assert torch.equal(masked_retrieval["mim"], plain["mim"])
+    assert not torch.equal(masked_retrieval["sdm"], plain["sdm"])  # retrieval did change
+    assert not torch.equal(masked_both["mim"], plain["mim"])  # and the masked caption would
+
+
+@pytest.mark.parametrize(
+    ("extra", "absent"),
+    [
+        (["loss.id_weight=0"], {"classifier.weight", "classifier.bias"}),
+        (["loss.mim_weight=0"], {"encoders.mask_token", "mim_head.fc.weight"}),
+        (["mim.target=none", "loss.mlm_weight=0"], {"encoders.mask_token", "mlm_head.fc.weight"}),
+    ],
+)
+def test_only_used_parts_are_built_and_reload_bit_exact(extra, absent, tmp_path):
+    """Every parameter gets a gradient (what DDP needs); the checkpoint reloads bit-exact."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg(*extra)
+    model = build_model(cfg, vocab_size=50, eot_id=49, num_ids=3)
+    names = {n for n, _ in model.named_parameters()}
+    assert not names & absent
+    model(batch())["loss"].backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert no_grad == []
+    path = tmp_path / "m.pt"
+    checkpoint.save(path, model, cfg)
+    again, _, _ = checkpoint.load_for_eval(path, torch.device("cpu"))
+    assert again.state_dict().keys() == model.state_dict().keys()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+
+
+def test_checkpoint_from_before_optional_parts_loads(tmp_path):
+    """A checkpoint whose signature predates `classifier`/`mask_token` (both always built)."""
+    import copy
+    from dataclasses import replace
+
+    from bilma.model.bilma import BiLMa
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg("loss.mim_weight=0")
+    new = build_model(cfg, vocab_size=50, eot_id=49, num_ids=3)
+    heads = replace(new.heads_spec, classifier=True, mask_token=True)
+    old = BiLMa(copy.deepcopy(new.encoders), heads, cfg)
+    assert "encoders.mask_token" in old.state_dict()
+    path = tmp_path / "old.pt"
+    checkpoint.save(path, old, cfg)
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["signature"]["heads"]["classifier"], ckpt["signature"]["heads"]["mask_token"]
+    torch.save(ckpt, path)
+    again, _, _ = checkpoint.load_for_eval(path, torch.device("cpu"))
+    for k, v in old.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+    # the model of today's config is another shape: refused with the difference named
+    with pytest.raises(checkpoint.CheckpointMismatch, match="heads.mask_token: checkpoint True"):
+        checkpoint.load_model_state(new, checkpoint.load(path), path)
