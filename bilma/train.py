@@ -29,6 +29,7 @@ from bilma import checkpoint
 from bilma.config import Config
 from bilma.data.datasets import TrainSet, ensure_synthetic, load_data, train_loader
 from bilma.evaluate import amp_dtype, autocast_for, evaluate
+from bilma.lock import acquire_trial_lock, release_trial_lock
 from bilma.metrics import format_metrics
 from bilma.model.bilma import BiLMa, build_model
 from bilma.tracking import MlflowMirror, TrialDir, ensure_experiment, make_result
@@ -255,8 +256,10 @@ def train(cfg: Config, parent_run_id: str | None = None, progress: bool = True) 
     Raises `Interrupted` after saving when a stop signal arrives.
     """
     trial = TrialDir.for_config(cfg)
+    acquire_trial_lock(trial.path)  # one process per trial, whoever started it (bilma/lock.py)
     done = trial.read_result()
     if done is not None:
+        release_trial_lock(trial.path)
         log.info("trial %s is already done: %s", trial.path, format_metrics(done["metrics"]))
         return done
 
@@ -337,6 +340,7 @@ def train(cfg: Config, parent_run_id: str | None = None, progress: bool = True) 
         raise
     finally:
         stop.restore()
+        release_trial_lock(trial.path)
         if d.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
     return result

@@ -37,6 +37,7 @@ from bilma.config import (
     suggest,
     trial_id,
 )
+from bilma.yamlio import safe_load_unique, yaml_error
 
 log = logging.getLogger(__name__)
 
@@ -105,37 +106,16 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice (two variants with one name would collapse)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            try:
-                dup = key in seen
-                seen.add(key)
-            except TypeError:  # an unhashable key: let SafeLoader report it
-                continue
-            if dup:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is given twice", key_node.start_mark
-                )
-        return super().construct_mapping(node, deep=deep)
-
-
 def _read_grid_yaml(path: Path, where: str) -> dict[str, Any]:
     try:
         text = path.read_text()
     except OSError as e:
         raise GridError(f"{where}: cannot read the grid file ({e.strerror})") from None
     try:
-        tree = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+        # A key given twice is refused (two variants with one name would collapse).
+        tree = safe_load_unique(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise GridError(f"{where}:{line}: invalid YAML: {problem}") from None
+        raise GridError(f"{where}{yaml_error(e)}") from None
     if tree is None:
         tree = {}
     if not isinstance(tree, dict):
@@ -470,7 +450,8 @@ def expand_report(grid: Grid) -> tuple[list[Trial], int]:
     seeds: list[int | None] = list(grid.seeds) or [None]
     rule_hits = [0] * len(grid.exclude)
     trials: list[Trial] = []
-    ids: set[str] = set()
+    ids: dict[str, str] = {}  # trial id -> the label it runs under
+    merged: dict[tuple[str, str], list[Any]] = {}  # (dropped label, kept label) -> seeds
     dropped = 0
     for name, variant in grid.variants.items():
         for combo in combos:
@@ -507,8 +488,9 @@ def expand_report(grid: Grid) -> tuple[list[Trial], int]:
                 tid = trial_id(cfg)
                 if tid in ids:
                     dropped += 1
+                    merged.setdefault((label, ids[tid]), []).append(cfg.train.seed)
                     continue
-                ids.add(tid)
+                ids[tid] = label
                 trials.append(Trial(grid.study, label, cfg.train.seed, overrides, cfg, tid, axes))
     for i, hits in enumerate(rule_hits):
         if not hits:
@@ -518,9 +500,24 @@ def expand_report(grid: Grid) -> tuple[list[Trial], int]:
             )
     if not trials:
         raise GridError(f"{gf}: exclude drops every trial; nothing would run")
-    if dropped:
-        log.info("%s: dropped %d duplicate trial(s) (same config, same trial id)", gf, dropped)
+    _warn_merged(gf, merged)
     return trials, dropped
+
+
+def _warn_merged(gf: str, merged: dict[tuple[str, str], list[Any]], most: int = 5) -> None:
+    """Name both rows of every pair of variants that resolve to one trial (one line each)."""
+    for (gone, kept), seeds in list(merged.items())[:most]:
+        log.warning(
+            '%s: "%s" is the same trial as "%s" (same resolved config, seed %s): it runs once, '
+            'under "%s"; make them differ or remove one',
+            gf,
+            gone,
+            kept,
+            ", ".join(map(str, seeds)),
+            kept,
+        )
+    if len(merged) > most:
+        log.warning("%s: %d more pairs of rows are the same trial", gf, len(merged) - most)
 
 
 def expand(grid: Grid) -> list[Trial]:

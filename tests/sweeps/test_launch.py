@@ -241,3 +241,31 @@ def test_ctrl_c_stops_trials_cleanly_and_relaunch_resumes(synth_small, tmp_path)
     out, _ = again.communicate(timeout=600)
     assert again.returncode == 0, out
     assert "1 to resume" in out and (trial / "result.json").exists()
+
+
+def _epoch_records(trial: Path) -> list[tuple[str, int]]:
+    import json
+
+    lines = (trial / "metrics.jsonl").read_text().splitlines()
+    return [(r["split"], r["epoch"]) for r in map(json.loads, filter(None, lines))]
+
+
+def test_two_launchers_at_once_run_each_trial_once(synth_small, tmp_path):
+    """Two terminals start the same grid at the same moment: every trial runs exactly once."""
+    import json
+
+    grid = write_grid(tmp_path, synth_small, seeds=[1])
+    procs = [launch("--grid", str(grid), "--max-parallel", "2", cwd=tmp_path) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out
+        assert "2 done, 0 running, 0 failed, 0 pending" in out
+    trials = sorted(p.parent for p in (tmp_path / "runs" / "launch-test").glob("*/config.yaml"))
+    assert len(trials) == 2 and len(results(tmp_path)) == 2
+    for trial in trials:
+        records = _epoch_records(trial)
+        assert len(records) == len(set(records)), records  # no epoch logged twice
+        assert records.count(("train", 1)) == 1
+        assert json.loads((trial / "status.json").read_text())["attempts"] == 1
+    children = [r for r in mlflow_runs(tmp_path) if r.data.tags.get("kind") == "trial"]
+    assert sorted(r.data.tags["trial_id"] for r in children) == [t.name for t in trials]
