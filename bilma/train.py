@@ -32,6 +32,7 @@ from bilma.evaluate import amp_dtype, autocast_for, evaluate
 from bilma.lock import acquire_trial_lock, release_trial_lock
 from bilma.metrics import format_metrics
 from bilma.model.bilma import BiLMa, build_model
+from bilma.reuse import data_root_warning
 from bilma.tracking import MlflowMirror, TrialDir, ensure_experiment, make_result
 
 log = logging.getLogger(__name__)
@@ -257,6 +258,8 @@ def train(cfg: Config, parent_run_id: str | None = None, progress: bool = True) 
     """
     trial = TrialDir.for_config(cfg)
     acquire_trial_lock(trial.path)  # one process per trial, whoever started it (bilma/lock.py)
+    if moved := data_root_warning(trial.config_path, cfg):  # data.root is not in the trial id
+        log.warning(moved)
     done = trial.read_result()
     if done is not None:
         release_trial_lock(trial.path)
