@@ -508,11 +508,12 @@ def _warn_merged(gf: str, merged: dict[tuple[str, str], list[Any]], most: int = 
     """Name both rows of every pair of variants that resolve to one trial (one line each)."""
     for (gone, kept), seeds in list(merged.items())[:most]:
         log.warning(
-            '%s: "%s" is the same trial as "%s" (same resolved config, seed %s): it runs once, '
-            'under "%s"; make them differ or remove one',
+            '%s: "%s" is the same trial as "%s" (same resolved config, seed%s %s): it runs '
+            'once, under "%s"; make them differ or remove one',
             gf,
             gone,
             kept,
+            "s" if len(seeds) > 1 else "",
             ", ".join(map(str, seeds)),
             kept,
         )
