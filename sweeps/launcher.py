@@ -384,7 +384,8 @@ def run_local(
         return 130
     snap = snapshot(planned)
     print(progress_line(study, snap), flush=True)
-    return 1 if snap.counts["failed"] or snap.counts["interrupted"] else 0
+    c = snap.counts
+    return 1 if c["failed"] or c["interrupted"] or c["unreadable"] else 0
 
 
 def _children(pid: int) -> list[int]:
@@ -480,4 +481,4 @@ def run_debug(planned: list[Planned]) -> int:
         except Exception as e:  # report and go on with the other trials
             failed += 1
             print(f"  FAILED: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if failed or any(p.action == SKIP_UNREADABLE for p in planned) else 0
