@@ -32,6 +32,9 @@ CLAIM_NAME = ".claim"
 # A probe (`is_locked`) holds a shared lock for microseconds: a trainer starting at that very
 # moment tries again for this long before calling the trial busy.
 _RETRY_S = 1.0
+# Forked helpers (data loader workers) share their trainer's lock and outlive a trainer killed
+# hard by a few seconds; when the holder is dead, wait this long for them to exit.
+_ORPHAN_S = 20.0
 
 # Resolved trial dir -> (fd, pid of the process that took it). Taking the lock again in the
 # same process is a no-op: two flocks of one process on two descriptors would block each other.
@@ -52,6 +55,22 @@ def holder(trial_dir: str | Path) -> str:
         return lock_path(trial_dir).read_text().strip() or "unknown process"
     except OSError:
         return "unknown process"
+
+
+def holder_alive(trial_dir: str | Path) -> bool:
+    """False only when the recorded holder is a dead process of this machine."""
+    parts = holder(trial_dir).split()
+    if len(parts) < 4 or parts[0] != "pid" or parts[2] != "on" or not parts[1].isdigit():
+        return True  # unknown: assume it runs
+    if parts[3] != socket.gethostname():
+        return True  # another machine's process (a shared file system): cannot tell
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _is_main_process() -> bool:
@@ -87,7 +106,9 @@ def acquire_trial_lock(trial_dir: str | Path) -> None:
     key.mkdir(parents=True, exist_ok=True)
     # O_CLOEXEC (Python's default): programs this process execs do not inherit the lock.
     fd = os.open(lock_path(key), os.O_RDWR | os.O_CREAT, 0o644)
-    if not _try_flock(fd, fcntl.LOCK_EX, _RETRY_S):
+    if not _try_flock(fd, fcntl.LOCK_EX, _RETRY_S) and (
+        holder_alive(key) or not _try_flock(fd, fcntl.LOCK_EX, _ORPHAN_S)
+    ):
         os.close(fd)
         raise TrialBusy(
             f"{key} is already being trained by another process ({holder(key)}); "
@@ -113,7 +134,7 @@ def release_trial_lock(trial_dir: str | Path) -> None:
 
 
 def is_locked(trial_dir: str | Path) -> bool:
-    """Whether a process (this one included) holds the trial's lock, i.e. trains it now."""
+    """Whether a live process (this one included) holds the trial's lock: it trains it now."""
     key = Path(trial_dir).resolve()
     held = _held.get(key)
     if held is not None and held[1] == os.getpid():
@@ -123,9 +144,10 @@ def is_locked(trial_dir: str | Path) -> bool:
     except FileNotFoundError:
         return False
     try:
-        return not _try_flock(fd, fcntl.LOCK_SH, 0.0)
+        held_by_other = not _try_flock(fd, fcntl.LOCK_SH, 0.0)
     finally:
         os.close(fd)  # drops the shared lock the probe may have taken
+    return held_by_other and holder_alive(key)
 
 
 @contextlib.contextmanager

@@ -100,6 +100,28 @@ def test_same_process_takes_it_again_and_a_forked_child_cannot_release_it(tmp_pa
     assert try_in_another_process(trial).returncode == 0
 
 
+def test_helpers_of_a_killed_trainer_do_not_block_the_next_one(tmp_path):
+    """A trainer killed hard leaves forked helpers (data loader workers) that share its lock
+    for a few seconds: the trial does not count as running, and the next trainer waits."""
+    trial = tmp_path / "t"
+    code = HOLD.replace(
+        "print('held', flush=True)",
+        "import os\nif os.fork() == 0:\n    time.sleep(3)\n    os._exit(0)\n"
+        "print('held', flush=True)",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(trial)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    assert proc.stdout.readline().strip() == "held"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert try_in_another_process(trial).returncode == 0  # waited for the orphan, then took it
+    assert not is_locked(trial)
+
+
 def test_claim_waits_for_the_other_launcher(tmp_path):
     trial = tmp_path / "t"
     marker = tmp_path / "submitted-by-the-other"
