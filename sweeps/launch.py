@@ -90,7 +90,10 @@ def _run(args: argparse.Namespace) -> int:
 
     grid = load_grid(args.grid, args.set)
     trials, dropped = expand_report(grid)  # validates every trial before anything runs
-    _check_backend(args)  # before any folder, dataset or MLflow run is made
+    problem = _backend_problem(args)  # before any folder, dataset or MLflow run is made
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     planned = launcher.plan(trials, retry_failed=args.retry_failed)
     for line in launcher.data_root_warnings(planned):
         print(f"warning: {line}", file=sys.stderr)
@@ -114,6 +117,7 @@ def _run(args: argparse.Namespace) -> int:
     for p in planned:
         if p.action == launcher.SKIP_UNREADABLE:
             print(f"  {p.trial.variant} seed={p.trial.seed}: {p.note}; fix or delete that file")
+    launcher.check_trial_configs(planned)
     if not any(p.action in launcher.TO_RUN + (launcher.SKIP_RUNNING,) for p in planned):
         stuck = any(p.action in (launcher.SKIP_FAILED, launcher.SKIP_UNREADABLE) for p in planned)
         print("nothing to submit: every trial is done" + (" or failed" if stuck else ""))
@@ -143,18 +147,19 @@ def _run(args: argparse.Namespace) -> int:
     return code
 
 
-def _check_backend(args: argparse.Namespace) -> None:
-    """Errors of the backend's own (a missing SLURM, an unknown profile), found up front."""
+def _backend_problem(args: argparse.Namespace) -> str | None:
+    """What stops the backend (a missing SLURM, an unknown profile: ProfileError), up front."""
     if args.backend != "slurm":
-        return
-    from cluster.profiles import ProfileError, load_profile
+        return None
+    from cluster.profiles import load_profile
 
     load_profile(args.profile)  # ProfileError names the file and the profiles there are
     if not (args.dry_run or args.status) and shutil.which("sbatch") is None:
-        raise ProfileError(
+        return (
             "--backend slurm: sbatch is not on this machine (SLURM is not installed or not on "
             "PATH); run on the cluster's login node, or use --backend local"
         )
+    return None
 
 
 if __name__ == "__main__":

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bilma.config import canonical
 from bilma.lock import claim, holder, is_locked
 from bilma.reuse import moved_data_root
-from bilma.tracking import TrialDir, atomic_write_json
+from bilma.tracking import TrialConflictError, TrialDir, atomic_write_json
 from sweeps.grid import Grid, Trial
 from sweeps.job import LAUNCH_FILE, TrialJob
 from sweeps.state import read_result, read_status
@@ -166,6 +167,19 @@ def data_root_warnings(planned: list[Planned]) -> list[str]:
         "id, so use another paths.runs or study to train on the new root"
         for (old, new), ps in moved.items()
     ]
+
+
+def check_trial_configs(planned: list[Planned]) -> None:
+    """Raise now what `prepare` would meet after making the dataset and the MLflow runs: a
+    trial directory whose config.yaml does not load, or holds another experiment."""
+    for p in planned:
+        if p.action in TO_RUN and p.dir.config_path.exists():
+            old = p.dir.read_config()  # a ConfigError names the file and the key
+            if canonical(old) != canonical(p.trial.config):
+                raise TrialConflictError(
+                    f"{p.dir.config_path} holds another experiment than {p.trial.variant} "
+                    f"seed={p.trial.seed} (edited by hand?); restore it or remove {p.dir.path}"
+                )
 
 
 # ----------------------------------------------------------------------------- claiming

@@ -361,3 +361,18 @@ def test_a_trial_done_on_another_data_root_is_named(synth_small, tmp_path):
         f"their results and checkpoints come from {synth_small}; data.root is not part of the "
         "trial id, so use another paths.runs or study to train on the new root"
     ]
+
+
+def test_a_hand_edited_trial_config_is_refused_before_anything_is_made(synth_small, tmp_path):
+    grid = write_grid(tmp_path, synth_small, seeds=[1])
+    (irra, d), (_, other) = _trial_dirs(grid)
+    d.init(irra.config)
+    d.config_path.write_text(d.config_path.read_text().replace("epochs: 1", "epochs: 5"))
+    proc = launch("--grid", str(grid), cwd=tmp_path)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out
+    assert out.strip().splitlines()[-1] == (
+        f"error: {d.config_path} holds another experiment than {irra.variant} seed=1 (edited "
+        f"by hand?); restore it or remove {d.path}"
+    )
+    assert not other.path.exists() and not (tmp_path / "mlflow.db").exists()
