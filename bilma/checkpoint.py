@@ -8,7 +8,10 @@ and a checkpoint of another model is refused with the differences named.
 
 from __future__ import annotations
 
+import pickle
 import random
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -76,20 +79,51 @@ def save(path: Path, model: BiLMa, cfg: Config, **extra: Any) -> None:
     atomic_torch_save(payload, path)
 
 
-def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint safely (`weights_only=True`), with a clear error for a bad file."""
+def load(path: Path, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
+    """Read a checkpoint safely (`weights_only=True`), with a clear error for a bad file.
+
+    Tensors go to `map_location` (default the CPU), so a checkpoint saved on a GPU loads on a
+    machine without one.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # a torn or foreign file: say which and why
+        ckpt = torch.load(path, map_location=map_location or "cpu", weights_only=True)
+    except Exception as e:  # a torn or foreign file: say what it is, not torch's advice
         raise DataError(
-            f"cannot read checkpoint {path}: {type(e).__name__}: {e}".splitlines()[0]
+            f"{path} is not a bilma checkpoint ({_what_went_wrong(path, e)}); give a "
+            "ckpt/last.pt or ckpt/best.pt of a trial directory"
         ) from None
     if not isinstance(ckpt, dict) or "signature" not in ckpt or "model" not in ckpt:
         raise DataError(f"{path} is not a bilma checkpoint (no model signature in it)")
     return ckpt
+
+
+def _what_went_wrong(path: Path, e: Exception) -> str:
+    """What the file is, from its first bytes and torch's error, in a few words."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        return f"cannot read it: {err.strerror or err}"
+    text = str(e)
+    if not head:
+        return "the file is empty"
+    unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if unsupported:
+        return f"it holds Python objects ({unsupported.group(1)}) that a safe load refuses"
+    if "CUDA device" in text:
+        return (
+            "its tensors were saved on a GPU and there is none here: load with map_location='cpu'"
+        )
+    if head.startswith(b"PK"):
+        if not zipfile.is_zipfile(path) or "zip archive" in text:
+            return "a truncated or damaged PyTorch file: copy it again"
+        return f"a PyTorch file that does not unpickle safely ({type(e).__name__})"
+    if head[:1] == b"\x80" or isinstance(e, pickle.UnpicklingError):
+        return "a plain Python pickle, not a file written by torch.save"
+    return f"not a PyTorch file: it starts with the bytes {head.hex(' ')}"
 
 
 def load_model_state(model: BiLMa, ckpt: dict[str, Any], path: Path) -> None:

@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
 import types
 import typing
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from bilma.yamlio import safe_load_unique, yaml_error
 
 # Field metadata keys.
 _RANGE = "range"  # (low, high) inclusive; None for an open end
@@ -300,6 +303,8 @@ def _check_value(key: str, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {key} = {value!r} is not {_type_name(tp)}")
     rng = f.metadata.get(_RANGE)
     if rng is not None and isinstance(v, (int, float)) and not isinstance(v, bool):
+        if not math.isfinite(v):  # nan passes every comparison below, inf an open end
+            raise ConfigError(f"{where}: {key} = {value!r} is not a finite number")
         lo, hi = rng
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             lo_s = "-inf" if lo is None else lo
@@ -356,11 +361,10 @@ def _flat_user_dict(tree: Any, where: str) -> dict[str, Any]:
             raise ConfigError(f"{where}: key {sec!r} is not a string")
         if sec in _sections() and not isinstance(body, dict):
             raise ConfigError(f"{where}: section '{sec}' must be a mapping of keys")
-        if isinstance(body, dict):
-            for k, v in flatten(body, sec + ".").items():
-                flat[k] = v
-        else:
-            flat[sec] = body
+        for k, v in flatten(body, sec + ".").items() if isinstance(body, dict) else [(sec, body)]:
+            if k in flat:  # `optim: {lr: ..}` and `optim.lr: ..` in one file
+                raise ConfigError(f"{where}: key '{k}' is given twice (dotted and nested)")
+            flat[k] = v
     for k in flat:
         if k not in LEAF_FIELDS:
             raise _unknown_key(k, where)
@@ -373,12 +377,9 @@ def _read_yaml(path: Path) -> Any:
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     try:
-        return yaml.safe_load(text)
+        return safe_load_unique(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{path}:{line}: invalid YAML: {problem}") from None
+        raise ConfigError(f"{path}{yaml_error(e)}") from None
 
 
 def load_yaml_chain(path: str | Path, _seen: tuple[Path, ...] = ()) -> list[tuple[str, dict]]:

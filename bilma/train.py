@@ -43,10 +43,12 @@ from bilma.device import (
     pick_device,
 )
 from bilma.evaluate import evaluate
+from bilma.lock import acquire_trial_lock, release_trial_lock
 from bilma.metrics import format_metrics
 from bilma.model.bilma import build_model
 from bilma.optim import lr_factor, param_groups
 from bilma.progress import Progress
+from bilma.reuse import data_root_warning
 from bilma.signals import StopFlag
 from bilma.sinks import FanOutSink, MlflowSink, TrialSink
 from bilma.trial import TrialDir, grid_point, make_result
@@ -130,6 +132,22 @@ def train(
     runs on rank 0 after each committed evaluation; it may raise `StopTrial`.
     """
     trial = TrialDir.for_config(cfg)
+    acquire_trial_lock(trial.path)  # one process per trial, whoever started it (bilma/lock.py)
+    try:
+        if moved := data_root_warning(trial.config_path, cfg):  # data.root: not in the trial id
+            log.warning(moved)
+        return _train(cfg, trial, parent_run_id, progress, on_eval)
+    finally:
+        release_trial_lock(trial.path)
+
+
+def _train(
+    cfg: Config,
+    trial: TrialDir,
+    parent_run_id: str | None,
+    progress: bool,
+    on_eval: EvalCallback | None,
+) -> dict[str, Any]:
     done = trial.read_result()
     if done is not None:
         log.info("trial %s is already done: %s", trial.path, format_metrics(done["metrics"]))

@@ -167,7 +167,8 @@ def expand_report(grid: Grid) -> tuple[list[Trial], int]:
     seeds: list[int | None] = list(grid.seeds) or [None]
     rule_hits = [0] * len(grid.exclude)
     trials: list[Trial] = []
-    ids: set[str] = set()
+    ids: dict[str, str] = {}  # trial id -> the label it runs under
+    merged: dict[tuple[str, str], list[Any]] = {}  # (dropped label, kept label) -> seeds
     dropped = 0
     for name, variant in grid.variants.items():
         for combo in combos:
@@ -204,8 +205,9 @@ def expand_report(grid: Grid) -> tuple[list[Trial], int]:
                 tid = trial_id(cfg)
                 if tid in ids:
                     dropped += 1
+                    merged.setdefault((label, ids[tid]), []).append(cfg.train.seed)
                     continue
-                ids.add(tid)
+                ids[tid] = label
                 trials.append(Trial(grid.study, label, cfg.train.seed, overrides, cfg, tid, axes))
     for i, hits in enumerate(rule_hits):
         if not hits:
@@ -215,9 +217,25 @@ def expand_report(grid: Grid) -> tuple[list[Trial], int]:
             )
     if not trials:
         raise GridError(f"{gf}: exclude drops every trial; nothing would run")
-    if dropped:
-        log.info("%s: dropped %d duplicate trial(s) (same config, same trial id)", gf, dropped)
+    _warn_merged(gf, merged)
     return trials, dropped
+
+
+def _warn_merged(gf: str, merged: dict[tuple[str, str], list[Any]], most: int = 5) -> None:
+    """Name both rows of every pair of variants that resolve to one trial (one line each)."""
+    for (gone, kept), seeds in list(merged.items())[:most]:
+        log.warning(
+            '%s: "%s" is the same trial as "%s" (same resolved config, seed%s %s): it runs '
+            'once, under "%s"; make them differ or remove one',
+            gf,
+            gone,
+            kept,
+            "s" if len(seeds) > 1 else "",
+            ", ".join(map(str, seeds)),
+            kept,
+        )
+    if len(merged) > most:
+        log.warning("%s: %d more pairs of rows are the same trial", gf, len(merged) - most)
 
 
 def expand(grid: Grid) -> list[Trial]:

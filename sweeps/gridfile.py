@@ -30,6 +30,7 @@ from bilma.config import (
     parse_override,
     suggest,
 )
+from bilma.yamlio import safe_load_unique, yaml_error
 
 GRIDS_DIR = Path(__file__).parent / "grids"
 REPO_ROOT = Path(__file__).parents[1]
@@ -80,37 +81,16 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice (two variants with one name would collapse)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            try:
-                dup = key in seen
-                seen.add(key)
-            except TypeError:  # an unhashable key: let SafeLoader report it
-                continue
-            if dup:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is given twice", key_node.start_mark
-                )
-        return super().construct_mapping(node, deep=deep)
-
-
 def _read_grid_yaml(path: Path, where: str) -> dict[str, Any]:
     try:
         text = path.read_text()
     except OSError as e:
         raise GridError(f"{where}: cannot read the grid file ({e.strerror})") from None
     try:
-        tree = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+        # A key given twice is refused (two variants with one name would collapse).
+        tree = safe_load_unique(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise GridError(f"{where}:{line}: invalid YAML: {problem}") from None
+        raise GridError(f"{where}{yaml_error(e)}") from None
     if tree is None:
         tree = {}
     if not isinstance(tree, dict):

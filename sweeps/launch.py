@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -32,10 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile", default="default", help="SLURM profile in cluster/profiles/ (slurm backend)"
     )
     p.add_argument(
-        "--max-parallel", type=int, default=None, help="local: trials at once (default: cores / 2)"
+        "--max-parallel",
+        type=_positive(int),
+        default=None,
+        help="local: trials at once (default: cores / 2)",
     )
     p.add_argument(
-        "--timeout-min", type=float, default=7 * 24 * 60, help="local: time limit per trial"
+        "--timeout-min",
+        type=_positive(float),
+        default=7 * 24 * 60,
+        help="local: time limit per trial",
     )
     p.add_argument("--dry-run", action="store_true", help="show what would run; write nothing")
     p.add_argument("--status", action="store_true", help="table of the study's trials")
@@ -45,6 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+def _positive(kind: type):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
+        return value
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +90,13 @@ def _run(args: argparse.Namespace) -> int:
 
     grid = load_grid(args.grid, args.set)
     trials, dropped = expand_report(grid)  # validates every trial before anything runs
+    problem = _backend_problem(args)  # before any folder, dataset or MLflow run is made
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     planned = launcher.plan(trials, retry_failed=args.retry_failed)
+    for line in launcher.data_root_warnings(planned):
+        print(f"warning: {line}", file=sys.stderr)
     if args.status:
         print(report.status_table(planned))
         return 0
@@ -88,12 +114,14 @@ def _run(args: argparse.Namespace) -> int:
             print(sbatch_script(planned, args.profile))
         return 0
     print(header + ": " + launcher.summary(planned), flush=True)
+    for p in planned:
+        if p.action == launcher.SKIP_UNREADABLE:
+            print(f"  {p.trial.variant} seed={p.trial.seed}: {p.note}; fix or delete that file")
+    launcher.check_trial_configs(planned)
     if not any(p.action in launcher.TO_RUN + (launcher.SKIP_RUNNING,) for p in planned):
-        print(
-            "nothing to submit: every trial is done"
-            + (" or failed" if any(p.action == launcher.SKIP_FAILED for p in planned) else "")
-        )
-        return 1 if any(p.action == launcher.SKIP_FAILED for p in planned) else 0
+        stuck = any(p.action in (launcher.SKIP_FAILED, launcher.SKIP_UNREADABLE) for p in planned)
+        print("nothing to submit: every trial is done" + (" or failed" if stuck else ""))
+        return 1 if stuck else 0
     if args.backend == "ray":
         print(
             "error: the Ray Tune backend is not built yet; use --backend local or slurm",
@@ -117,6 +145,21 @@ def _run(args: argparse.Namespace) -> int:
     if trials[0].config.tracking.enabled:
         print(f"\ncompare runs: mlflow ui --backend-store-uri {trials[0].config.tracking.uri}")
     return code
+
+
+def _backend_problem(args: argparse.Namespace) -> str | None:
+    """What stops the backend (a missing SLURM, an unknown profile: ProfileError), up front."""
+    if args.backend != "slurm":
+        return None
+    from cluster.profiles import load_profile
+
+    load_profile(args.profile)  # ProfileError names the file and the profiles there are
+    if not (args.dry_run or args.status) and shutil.which("sbatch") is None:
+        return (
+            "--backend slurm: sbatch is not on this machine (SLURM is not installed or not on "
+            "PATH); run on the cluster's login node, or use --backend local"
+        )
+    return None
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ The trial directory is the truth. Before anything is submitted, each trial is cl
 its directory: done (result.json), running (its process or SLURM job is alive), interrupted or
 half-trained (resumes from ckpt/last.pt), failed (re-run only with --retry-failed) or new.
 Relaunching the same command therefore submits only what is missing, and a trial never runs
-twice at once.
+twice at once: a launcher re-reads a trial's state under the trial's claim before submitting it
+(`claimed`), so two launchers started together submit each trial once, and the trainer itself
+holds the trial's lock while it trains (bilma/lock.py). A trial whose status.json cannot be
+read is reported as such and left alone; the other trials go on.
 """
 
 from __future__ import annotations
@@ -19,25 +22,31 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bilma.config import canonical
 from bilma.fileio import atomic_write_json
-from bilma.trial import TrialDir
+from bilma.lock import claim, holder, is_locked
+from bilma.reuse import moved_data_root
+from bilma.trial import TrialConflictError, TrialDir
 from sweeps.grid import Grid, Trial
 from sweeps.job import LAUNCH_FILE, TrialJob
+from sweeps.state import read_result, read_status
 
 log = logging.getLogger(__name__)
 
 # Actions of a launch, per trial.
-SUBMIT, RESUME, RETRY, SKIP_DONE, SKIP_RUNNING, SKIP_FAILED = (
+SUBMIT, RESUME, RETRY, SKIP_DONE, SKIP_RUNNING, SKIP_FAILED, SKIP_UNREADABLE = (
     "submit",
     "resume",
     "retry",
     "done",
     "running",
     "failed",
+    "unreadable",
 )
 TO_RUN = (SUBMIT, RESUME, RETRY)
 
@@ -76,6 +85,11 @@ def _slurm_alive(job_id: str) -> bool:
     return out.returncode == 0 and bool(out.stdout.strip())
 
 
+def is_running(d: TrialDir) -> bool:
+    """Whether the trial's trainer (or its job, before the trainer starts) is alive."""
+    return is_locked(d.path) or is_alive(read_status(d))
+
+
 def is_alive(status: dict[str, Any]) -> bool:
     """Whether the process or job recorded in a trial's status still runs."""
     job = status.get("job_id")
@@ -89,12 +103,19 @@ def is_alive(status: dict[str, Any]) -> bool:
 
 def classify(d: TrialDir, retry_failed: bool) -> tuple[str, str]:
     """(action, note) for one trial directory."""
-    if d.read_result() is not None:
+    result, problem = read_result(d)
+    if problem:
+        return SKIP_UNREADABLE, problem
+    if result is not None:
         return SKIP_DONE, ""
-    status = d.status()
+    status = read_status(d)
     state = status.get("state")
+    if state == SKIP_UNREADABLE:
+        return SKIP_UNREADABLE, status["error"]
     if state == "stopped":  # stopped early (ASHA): finished, never rerun
         return SKIP_DONE, f"stopped early at epoch {status.get('stopped_epoch', '?')}"
+    if is_locked(d.path):  # its trainer runs now, on this machine or (NFS) another one
+        return SKIP_RUNNING, holder(d.path)
     if state in ("running", "pending") and is_alive(status):
         return SKIP_RUNNING, f"pid {status.get('pid') or status.get('job_pid')}"
     if state == "failed":
@@ -130,7 +151,56 @@ def summary(planned: list[Planned]) -> str:
     ]
     if c[SKIP_FAILED]:
         parts.append(f"{c[SKIP_FAILED]} failed (use --retry-failed)")
+    if c[SKIP_UNREADABLE]:
+        parts.append(f"{c[SKIP_UNREADABLE]} unreadable (left alone)")
     return ", ".join(parts)
+
+
+def data_root_warnings(planned: list[Planned]) -> list[str]:
+    """One line per (recorded, current) pair of data roots that differ: data.root is not part
+    of the trial id, so such a trial's result and checkpoint come from the recorded root."""
+    moved: dict[tuple[str, str], list[Planned]] = {}
+    for p in planned:
+        old = moved_data_root(p.dir.config_path, p.trial.config)
+        if old is not None:
+            moved.setdefault((old, p.trial.config.data.root), []).append(p)
+    return [
+        f"{len(ps)} trial(s) were run on data.root={old}, not {new} (e.g. {ps[0].dir.path}): "
+        f"their results and checkpoints come from {old}; data.root is not part of the trial "
+        "id, so use another paths.runs or study to train on the new root"
+        for (old, new), ps in moved.items()
+    ]
+
+
+def check_trial_configs(planned: list[Planned]) -> None:
+    """Raise now what `prepare` would meet after making the dataset and the MLflow runs: a
+    trial directory whose config.yaml does not load, or holds another experiment."""
+    for p in planned:
+        if p.action in TO_RUN and p.dir.config_path.exists():
+            old = p.dir.read_config()  # a ConfigError names the file and the key
+            if canonical(old) != canonical(p.trial.config):
+                raise TrialConflictError(
+                    f"{p.dir.config_path} holds another experiment than {p.trial.variant} "
+                    f"seed={p.trial.seed} (edited by hand?); restore it or remove {p.dir.path}"
+                )
+
+
+# ----------------------------------------------------------------------------- claiming
+
+
+@contextlib.contextmanager
+def claimed(planned: list[Planned]) -> Iterator[list[Planned]]:
+    """Claim the trials to run, re-read each one's state under its claim and yield those that
+    still need running; the others get their new action (another launcher started them, or
+    they finished meanwhile). Submit and `mark_submitted` inside the block: a second launcher
+    waits for the claim and then sees them pending or running. Every backend goes through it.
+    """
+    with contextlib.ExitStack() as stack:
+        # In path order: two launchers claiming many trials never wait on each other in a cycle.
+        for p in sorted((p for p in planned if p.action in TO_RUN), key=lambda p: str(p.dir.path)):
+            stack.enter_context(claim(p.dir.path))
+            p.action, p.note = classify(p.dir, retry_failed=p.action == RETRY)
+        yield [p for p in planned if p.action in TO_RUN]
 
 
 # ----------------------------------------------------------------------------- preparing
@@ -142,17 +212,21 @@ def prepare(grid: Grid, planned: list[Planned], tracking: bool = True) -> str | 
     from bilma.data.datasets import ensure_synthetic
 
     to_run = [p for p in planned if p.action in TO_RUN]
-    # Several trials reading one missing synthetic dataset would all generate it: do it here.
-    seen = set()
-    for p in to_run:
-        data = p.trial.config.data
-        if data.dataset == "synth" and data.root not in seen:
-            seen.add(data.root)
-            ensure_synthetic(data)
     parent = None
-    cfg0 = planned[0].trial.config if planned else None
-    if tracking and cfg0 is not None and cfg0.tracking.enabled:
-        parent = _parent_run(grid, cfg0)
+    if not planned:
+        return parent
+    # The study's claim: two launchers of one grid make one dataset and one parent run.
+    with claim(planned[0].dir.path.parent):
+        # Several trials reading one missing synthetic dataset would all generate it: here.
+        seen = set()
+        for p in to_run:
+            data = p.trial.config.data
+            if data.dataset == "synth" and data.root not in seen:
+                seen.add(data.root)
+                ensure_synthetic(data)
+        cfg0 = planned[0].trial.config
+        if tracking and cfg0.tracking.enabled:
+            parent = _parent_run(grid, cfg0)
     for p in to_run:
         p.dir.init(p.trial.config)
         atomic_write_json(
@@ -212,20 +286,24 @@ def snapshot(planned: list[Planned]) -> Snapshot:
     counts: Counter = Counter()
     best = None
     for p in planned:
-        result = p.dir.read_result()
+        result, problem = read_result(p.dir)
+        if problem:
+            counts["unreadable"] += 1
+            continue
         if result is not None:
             counts["done"] += 1
             r1 = result["metrics"]["R1"]
             if best is None or r1 > best[0]:
                 best = (r1, f"{p.trial.variant} seed={p.trial.seed}")
             continue
-        state = p.dir.status().get("state", "pending")
+        state = read_status(p.dir).get("state", "pending")
         counts[
             {
                 "running": "running",
                 "failed": "failed",
                 "interrupted": "interrupted",
                 "stopped": "stopped",
+                SKIP_UNREADABLE: "unreadable",
             }.get(state, "pending")
         ] += 1
     return Snapshot(counts, best)
@@ -239,6 +317,8 @@ def progress_line(study: str, snap: Snapshot) -> str:
     )
     if c["stopped"]:
         line += f", {c['stopped']} stopped early"
+    if c["unreadable"]:
+        line += f", {c['unreadable']} unreadable"
     if snap.best:
         line += f" | best test R1 {snap.best[0]:.2f} ({snap.best[1]})"
     return line
@@ -274,27 +354,31 @@ def run_local(
     last_line, last_time = "", 0.0
     study = planned[0].trial.study if planned else ""
     try:
-        while queue or running or any(is_alive(p.dir.status()) for p in watch):
+        while queue or running or any(is_running(p.dir) for p in watch):
             while queue and len(running) + _alive_count(watch) < max_parallel:
                 p = queue.pop(0)
-                # Each timeout requeues and resumes; only a trial that makes no progress
-                # at all would need more than 30 slots.
-                ex = submitit.LocalExecutor(folder=p.dir.path / "logs", max_num_timeout=30)
-                # `trap '' INT`: the job and the trainer inherit an ignored SIGINT.
-                ex.update_parameters(
-                    timeout_min=timeout_min,
-                    signal_delay_s=min(signal_delay_s, int(timeout_min * 30)),
-                    setup=["trap '' INT"],
-                )
-                # The job's environment is the launcher's, less what marks a process as a
-                # task of a SLURM job or torchrun (the launcher may run inside one; a local
-                # trial seeing SLURM_NTASKS=4 would wait for ranks that never come).
-                with (
-                    submitit.helpers.clean_env(),
-                    submitit.helpers.environment_variables(OMP_NUM_THREADS=threads),
-                ):
-                    job = ex.submit(TrialJob(p.dir.path))
-                mark_submitted(p.dir, "local", job.job_id, int(job.job_id))
+                with claimed([p]) as still_to_run:
+                    if not still_to_run:  # another launcher started it, or it ended meanwhile
+                        watch += [p] if p.action == SKIP_RUNNING else []
+                        continue
+                    # Each timeout requeues and resumes; only a trial that makes no progress
+                    # at all would need more than 30 slots.
+                    ex = submitit.LocalExecutor(folder=p.dir.path / "logs", max_num_timeout=30)
+                    # `trap '' INT`: the job and the trainer inherit an ignored SIGINT.
+                    ex.update_parameters(
+                        timeout_min=timeout_min,
+                        signal_delay_s=min(signal_delay_s, int(timeout_min * 30)),
+                        setup=["trap '' INT"],
+                    )
+                    # The job's environment is the launcher's, less what marks a process as a
+                    # task of a SLURM job or torchrun (the launcher may run inside one; a local
+                    # trial seeing SLURM_NTASKS=4 would wait for ranks that never come).
+                    with (
+                        submitit.helpers.clean_env(),
+                        submitit.helpers.environment_variables(OMP_NUM_THREADS=threads),
+                    ):
+                        job = ex.submit(TrialJob(p.dir.path))
+                    mark_submitted(p.dir, "local", job.job_id, int(job.job_id))
                 running[str(p.dir.path)] = (p, job)
                 log.info(
                     "started %s seed=%s (%s), log %s",
@@ -306,7 +390,8 @@ def run_local(
             for key, (p, job) in list(running.items()):
                 if job.done():
                     running.pop(key)
-                    _report_end(p, job)
+                    if _report_end(p, job):
+                        watch.append(p)
             snap = snapshot(planned)
             line = progress_line(study, snap)
             if line[9:] != last_line[9:] or time.time() - last_time > follow_every:
@@ -324,7 +409,8 @@ def run_local(
         return 130
     snap = snapshot(planned)
     print(progress_line(study, snap), flush=True)
-    return 1 if snap.counts["failed"] or snap.counts["interrupted"] else 0
+    c = snap.counts
+    return 1 if c["failed"] or c["interrupted"] or c["unreadable"] else 0
 
 
 def _children(pid: int) -> list[int]:
@@ -340,7 +426,7 @@ def _terminate(p: Planned, job) -> None:
     """SIGTERM to the trainer (it saves and stops), or to the job's controller if the trainer
     has not started yet. The job's pid is a shell (`trap '' INT && controller`), which would
     die alone, so its children are signalled."""
-    status = p.dir.status()
+    status = read_status(p.dir)
     pid = status.get("pid")
     targets = (
         [pid]
@@ -354,17 +440,25 @@ def _terminate(p: Planned, job) -> None:
 
 
 def _alive_count(watch: list[Planned]) -> int:
-    return sum(1 for p in watch if is_alive(p.dir.status()))
+    return sum(1 for p in watch if is_running(p.dir))
 
 
-def _report_end(p: Planned, job) -> None:
-    result = p.dir.read_result()
+def _report_end(p: Planned, job) -> bool:
+    """Say how a job ended; True when another process trains the trial (follow it)."""
+    result, problem = read_result(p.dir)
     name = f"{p.trial.variant} seed={p.trial.seed}"
     if result is not None:
         m = result["metrics"]
         print(f"  finished {name}: R1 {m['R1']:.2f} mAP {m['mAP']:.2f}", flush=True)
-        return
-    status = p.dir.status()
+        return False
+    if is_locked(p.dir.path):
+        # Its trainer refused to start: another process trains this trial (bilma/lock.py).
+        print(f"  {name}: trained by another process ({holder(p.dir.path)}); following it")
+        return True
+    status = read_status(p.dir)
+    if problem or status.get("state") == SKIP_UNREADABLE:
+        print(f"  {name}: {problem or status['error']}", flush=True)
+        return False
     if status.get("state") in ("running", "pending"):
         # Died without the trainer recording why (killed, out of memory): say so.
         p.dir.set_status("failed", error=f"job {job.job_id} ended without a result ({job.state})")
@@ -374,6 +468,7 @@ def _report_end(p: Planned, job) -> None:
         f"  {status.get('state', 'failed').upper()} {name}: {status.get('error', '')}\n    log: {log_path}",
         flush=True,
     )
+    return False
 
 
 # ----------------------------------------------------------------------------- debug backend
@@ -385,10 +480,16 @@ def run_debug(planned: list[Planned]) -> int:
     for p in planned:
         if p.action not in TO_RUN:
             continue
+        with claimed([p]) as still_to_run:
+            if still_to_run:
+                mark_submitted(p.dir, "debug", str(os.getpid()), os.getpid())
+        if not still_to_run:
+            print(f"== {p.trial.variant} seed={p.trial.seed}: {p.action} meanwhile, skipped")
+            continue
         print(f"== {p.trial.variant} seed={p.trial.seed} ({p.dir.trial_id})", flush=True)
         try:
             TrialJob(p.dir.path)()
         except Exception as e:  # report and go on with the other trials
             failed += 1
             print(f"  FAILED: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
-    return 1 if failed else 0
+    return 1 if failed or any(p.action == SKIP_UNREADABLE for p in planned) else 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sweeps.launcher import Planned
+from sweeps.launcher import Planned, read_result, read_status
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -16,7 +16,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _log_path(p: Planned) -> str:
-    status = p.dir.status()
+    status = read_status(p.dir)
     job = status.get("job_id")
     if status.get("backend") == "local" and job:
         return str(p.dir.path / "logs" / f"{job}_0_log.err")
@@ -29,11 +29,13 @@ def status_table(planned: list[Planned]) -> str:
     """Variant, seed, trial id, state, attempts, test R1 and where the log is."""
     rows = []
     for p in planned:
-        status = p.dir.status()
-        result = p.dir.read_result()
+        status = read_status(p.dir)
+        result, problem = read_result(p.dir)
         state = "done" if result else status.get("state", "new")
         if p.action == "running":
             state = "running"
+        if problem or state == "unreadable":  # the reason instead of a state
+            state = problem or status["error"]
         r1 = f"{result['metrics']['R1']:.2f}" if result else ""
         rows.append(
             [

@@ -9,7 +9,7 @@ from pathlib import Path
 from cluster.profiles import load_profile
 from sweeps.grid import Grid
 from sweeps.job import TrialJob
-from sweeps.launcher import TO_RUN, Planned, mark_submitted
+from sweeps.launcher import TO_RUN, Planned, claimed, mark_submitted
 
 
 def _folder(planned: list[Planned]) -> Path:
@@ -45,16 +45,20 @@ def submit(planned: list[Planned], profile_name: str, grid: Grid, parent: str | 
     """Submit the trials to run as one array; print the job ids and how to follow them."""
     import submitit
 
-    to_run = [p for p in planned if p.action in TO_RUN]
     profile = load_profile(profile_name)
-    ex = submitit.SlurmExecutor(folder=_folder(to_run), max_num_timeout=30)
-    ex.update_parameters(job_name=f"bilma-{grid.study}", **profile.submitit_parameters())
-    with ex.batch():
-        jobs = [ex.submit(TrialJob(p.dir.path)) for p in to_run]
-    for p, job in zip(to_run, jobs, strict=True):
-        mark_submitted(p.dir, "slurm", str(job.job_id))
-        p.dir.set_status("pending", log=str(job.paths.stderr))
-        print(f"  {job.job_id}  {p.trial.variant} seed={p.trial.seed}  ({p.dir.trial_id})")
+    # Claimed from the state check until marked submitted: a second launch skips them.
+    with claimed(planned) as to_run:
+        if not to_run:
+            print("nothing to submit: another launch started these trials meanwhile")
+            return 0
+        ex = submitit.SlurmExecutor(folder=_folder(to_run), max_num_timeout=30)
+        ex.update_parameters(job_name=f"bilma-{grid.study}", **profile.submitit_parameters())
+        with ex.batch():
+            jobs = [ex.submit(TrialJob(p.dir.path)) for p in to_run]
+        for p, job in zip(to_run, jobs, strict=True):
+            mark_submitted(p.dir, "slurm", str(job.job_id))
+            p.dir.set_status("pending", log=str(job.paths.stderr))
+            print(f"  {job.job_id}  {p.trial.variant} seed={p.trial.seed}  ({p.dir.trial_id})")
     array = str(jobs[0].job_id).split("_")[0]
     print(f"submitted {len(jobs)} trials as job array {array} (profile {profile.name})")
     print(f"follow: squeue -j {array}   |   python sweeps/launch.py --grid {grid.path} --status")

@@ -130,3 +130,73 @@ def test_exponent_without_dot_is_a_number(tmp_path):
     assert cfg.optim.lr == 4e-5 and cfg.optim.eps == 1e-8
     with pytest.raises(ConfigError, match="is not a number"):
         load_config(None, ["optim.lr=fast"])
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["optim.lr=nan", "mim.mask_ratio=nan", "loss.mim_weight=inf", "optim.grad_clip=.inf"],
+)
+def test_nan_and_infinity_are_refused(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"command line: {key} = .* is not a finite number"):
+        load_config(None, [override])
+
+
+def test_nan_in_a_file_names_the_file(tmp_path):
+    path = write(tmp_path / "n.yaml", "optim:\n  lr: .nan\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value) == f"{path}: optim.lr = nan is not a finite number"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("optim:\n  lr: 0.1\n  lr: 0.2\n", ": line 3: invalid YAML: key 'lr' is given twice"),
+        ("optim:\n  lr: 0.1\ntrain:\n  epochs: 2\noptim:\n  eps: 0.1\n", "key 'optim' is given"),
+        ("optim:\n  lr: 0.1\noptim.lr: 0.2\n", "key 'optim.lr' is given twice (dotted and nested)"),
+    ],
+)
+def test_a_key_given_twice_is_refused(tmp_path, text, expected):
+    path = write(tmp_path / "twice.yaml", text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value).startswith(str(path)) and expected in str(e.value)
+
+
+def test_config_and_grid_files_share_one_yaml_loader():
+    import sweeps.grid
+    from bilma import yamlio
+
+    assert config.safe_load_unique is yamlio.safe_load_unique
+    assert sweeps.grid.safe_load_unique is yamlio.safe_load_unique
+
+
+def test_a_trial_run_on_another_data_root_is_named(synth_small, tmp_path, caplog):
+    """data.root is not in the trial id: training with a new root finds the old trial and says
+    so in one line naming both roots, instead of silently reporting the old result."""
+    from bilma.trial import TrialDir
+    from conftest import tiny_overrides
+
+    from bilma.reuse import data_root_warning
+    from bilma.train import train
+
+    base = tiny_overrides(synth_small, tmp_path / "runs", "train.epochs=1")
+    cfg = load_config(None, [*base, "train.max_steps_per_epoch=2"])
+    trial = TrialDir.for_config(cfg)
+    assert data_root_warning(trial.config_path, cfg) is None  # no trial yet
+    first = train(cfg, progress=False)
+    assert data_root_warning(trial.config_path, cfg) is None  # same root
+    same = load_config(None, [*base, "train.max_steps_per_epoch=2", f"data.root={synth_small}/."])
+    assert data_root_warning(trial.config_path, same) is None  # the same folder, written apart
+
+    moved = load_config(None, [*base, "train.max_steps_per_epoch=2", "data.root=/elsewhere/x"])
+    assert trial_id(moved) == trial_id(cfg)
+    caplog.set_level("WARNING")
+    assert train(moved, progress=False) == first
+    lines = [r.getMessage() for r in caplog.records if "data.root=" in r.getMessage()]
+    assert lines == [
+        f"{trial.path} was run on data.root={synth_small}, not /elsewhere/x: its result and "
+        f"checkpoint come from {synth_small}; data.root is not part of the trial id, so use "
+        "another paths.runs to train on the new root"
+    ]

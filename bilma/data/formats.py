@@ -157,6 +157,7 @@ def read_annotations(dataset: str, root: str | Path) -> list[Record]:
     fmt = _format(dataset)
     path = annotation_file(dataset, Path(root))
     parsed = [_parse_entry(e, i, path, fmt) for i, e in enumerate(_load_json_list(path))]
+    _refuse_repeated_images(parsed, path)
     train_ids = sorted({sid for _, _, split, sid in parsed if split == "train"})
     train_pid = {sid: pid for pid, sid in enumerate(train_ids)}
     return [
@@ -169,6 +170,23 @@ def read_annotations(dataset: str, root: str | Path) -> list[Record]:
         )
         for image_path, captions, split, sid in parsed
     ]
+
+
+def _refuse_repeated_images(
+    parsed: list[tuple[str, tuple[str, ...], str, int]], path: Path
+) -> None:
+    """An image listed twice would count twice in the gallery (or carry two identities)."""
+    first: dict[str, int] = {}
+    for i, (image_path, _captions, split, sid) in enumerate(parsed):
+        key = os.path.normpath(image_path)
+        j = first.setdefault(key, i)
+        if j != i:
+            was = parsed[j]
+            raise DataError(
+                f"{path}: image {image_path!r} is listed twice: entry {j} (id={was[3]}, "
+                f"split={was[2]}) and entry {i} (id={sid}, split={split}); keep one entry "
+                "(with both entries' captions) and remove the other"
+            )
 
 
 def split_records(records: Iterable[Record], split: str) -> list[Record]:

@@ -395,3 +395,27 @@ def test_validate_image_unreadable(tmp_path: Path, content: bytes | None) -> Non
         validate_image(path)
     msg = _one_line(str(err.value))
     assert str(path) in msg and "data.skip_bad_images=true" in msg
+
+
+# --- an image listed twice ----------------------------------------------------------------
+
+
+def test_image_listed_twice_names_file_image_and_both_entries(tmp_path: Path) -> None:
+    entries = cuhk_entries()
+    entries.append({**entries[1], "id": 201, "split": "test"})  # CUHK01/0003001.jpg again
+    root = make_cuhk(tmp_path, entries)
+    with pytest.raises(DataError) as e:
+        read_annotations("cuhk-pedes", root)
+    assert _one_line(str(e.value)) == (
+        f"{root / 'reid_raw.json'}: image 'CUHK01/0003001.jpg' is listed twice: entry 1 "
+        "(id=3, split=train) and entry 9 (id=201, split=test); keep one entry (with both "
+        "entries' captions) and remove the other"
+    )
+
+
+def test_image_listed_twice_under_another_spelling(tmp_path: Path) -> None:
+    entries = rstpreid_entries()
+    entries.append({**entries[0], "img_path": "./0003_c1_0001.jpg"})
+    root = make_rstpreid(tmp_path, entries)
+    with pytest.raises(DataError, match=r"image './0003_c1_0001.jpg' is listed twice: entry 0"):
+        read_annotations("rstpreid", root)

@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from bilma.trial import TrialDir
 from conftest import tiny_overrides
+
+from bilma.trial import TrialDir
 
 
 def torchrun_train(overrides: list[str], cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:

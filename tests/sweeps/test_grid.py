@@ -454,3 +454,22 @@ def test_sections_parse_in_table_order_whatever_the_file_order(tmp_path):
     assert "set: unknown key 'train.epoch'" in msg and "variant" not in msg
     assert tuple(SECTIONS) == TOP_KEYS
     assert TOP_KEYS == ("study", "base", "seeds", "set", "variants", "grid", "zip", "exclude")
+
+
+def test_dedupe_names_both_variants(tmp_path, caplog):
+    text = """\
+    study: s
+    base: base.yaml
+    seeds: [0, 1]
+    variants:
+      "IRRA": {loss.mim_weight: 0}
+      "IRRA again": {loss: {mim_weight: 0.0}}
+      "BiLMa": {}
+    """
+    caplog.set_level("WARNING", logger="sweeps.grid")
+    trials, dropped = expand_report(load_grid(write(tmp_path, text)))
+    assert [t.variant for t in trials] == ["IRRA", "IRRA", "BiLMa", "BiLMa"] and dropped == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        'x.yaml: "IRRA again" is the same trial as "IRRA" (same resolved config, seeds 0, 1): '
+        'it runs once, under "IRRA"; make them differ or remove one'
+    ]

@@ -48,8 +48,8 @@ def write_grid(
     return path
 
 
-def launch(*args: str, cwd: Path, **kw) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def launch(*args: str, cwd: Path, env_set: dict | None = None, **kw) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_set or {}))
     return subprocess.Popen(
         [sys.executable, str(REPO / "sweeps" / "launch.py"), *args],
         cwd=cwd,
@@ -241,3 +241,138 @@ def test_ctrl_c_stops_trials_cleanly_and_relaunch_resumes(synth_small, tmp_path)
     out, _ = again.communicate(timeout=600)
     assert again.returncode == 0, out
     assert "1 to resume" in out and (trial / "result.json").exists()
+
+
+def _epoch_records(trial: Path) -> list[tuple[str, int]]:
+    import json
+
+    lines = (trial / "metrics.jsonl").read_text().splitlines()
+    return [(r["split"], r["epoch"]) for r in map(json.loads, filter(None, lines))]
+
+
+def test_two_launchers_at_once_run_each_trial_once(synth_small, tmp_path):
+    """Two terminals start the same grid at the same moment: every trial runs exactly once."""
+    import json
+
+    grid = write_grid(tmp_path, synth_small, seeds=[1])
+    procs = [launch("--grid", str(grid), "--max-parallel", "2", cwd=tmp_path) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out
+        assert "2 done, 0 running, 0 failed, 0 pending" in out
+    trials = sorted(p.parent for p in (tmp_path / "runs" / "launch-test").glob("*/config.yaml"))
+    assert len(trials) == 2 and len(results(tmp_path)) == 2
+    for trial in trials:
+        records = _epoch_records(trial)
+        assert len(records) == len(set(records)), records  # no epoch logged twice
+        assert records.count(("train", 1)) == 1
+        assert json.loads((trial / "status.json").read_text())["attempts"] == 1
+    children = [r for r in mlflow_runs(tmp_path) if r.data.tags.get("kind") == "trial"]
+    assert sorted(r.data.tags["trial_id"] for r in children) == [t.name for t in trials]
+
+
+def _made(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in tmp_path.iterdir())
+
+
+def test_unknown_profile_is_refused_before_anything_is_made(synth_small, tmp_path):
+    grid = write_grid(tmp_path, synth_small, seeds=[1])
+    proc = launch("--grid", str(grid), "--backend", "slurm", "--profile", "nope", cwd=tmp_path)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out
+    assert out.startswith("error: ") and "nope" in out and len(out.strip().splitlines()) <= 3
+    assert _made(tmp_path) == ["g.yaml"]  # no runs/, no mlflow.db, no parent run
+
+
+def test_slurm_without_sbatch_is_one_line_and_makes_nothing(synth_small, tmp_path):
+    grid = write_grid(tmp_path, synth_small, seeds=[1])
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    proc = launch(
+        "--grid",
+        str(grid),
+        "--backend",
+        "slurm",
+        "--profile",
+        "local-slurm",
+        cwd=tmp_path,
+        env_set={"PATH": str(empty)},
+    )
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out
+    assert out.strip() == (
+        "error: --backend slurm: sbatch is not on this machine (SLURM is not installed or not on "
+        "PATH); run on the cluster's login node, or use --backend local"
+    )
+    assert _made(tmp_path) == ["bin", "g.yaml"]
+
+
+def test_bad_max_parallel_is_refused_before_anything_is_made(synth_small, tmp_path):
+    grid = write_grid(tmp_path, synth_small, seeds=[1])
+    out, _ = launch("--grid", str(grid), "--max-parallel", "0", cwd=tmp_path).communicate(60)
+    assert "--max-parallel: '0' must be above 0" in out
+    assert _made(tmp_path) == ["g.yaml"]
+
+
+def _trial_dirs(grid: Path):
+    from sweeps.grid import expand, load_grid
+    from sweeps.launcher import trial_dir
+
+    return [(t, trial_dir(t)) for t in expand(load_grid(grid))]
+
+
+def test_corrupt_status_stops_only_its_own_trial(synth_small, tmp_path):
+    grid = write_grid(tmp_path, synth_small, seeds=[1])
+    (irra, bad), (_, good) = _trial_dirs(grid)
+    bad.path.mkdir(parents=True)
+    bad.status_path.write_text('{"state": "runn')  # a hand edit gone wrong
+    reason = f"unreadable status: {bad.status_path}: line 1: invalid JSON: Unterminated string"
+    out, _ = launch("--grid", str(grid), "--dry-run", cwd=tmp_path).communicate(timeout=120)
+    assert reason in out and "1 unreadable (left alone)" in out and "1 to start" in out
+    out, _ = launch("--grid", str(grid), "--status", cwd=tmp_path).communicate(timeout=120)
+    assert reason in out and "new" in out
+
+    proc = launch("--grid", str(grid), cwd=tmp_path)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 1, out  # one trial could not be looked at
+    assert f"  {irra.variant} seed=1: {reason}" in out
+    assert "1 done, 0 running, 0 failed, 0 pending, 1 unreadable" in out
+    assert good.result_path.exists() and not bad.result_path.exists()
+    assert bad.status_path.read_text() == '{"state": "runn'  # left as it was
+
+
+def test_a_trial_done_on_another_data_root_is_named(synth_small, tmp_path):
+    from bilma.trial import make_result
+
+    grid = write_grid(tmp_path, synth_small, seeds=[1], variants={"only": {}})
+    ((trial, d),) = _trial_dirs(grid)
+    d.init(trial.config)  # a trial finished earlier on synth_small
+    metrics = dict.fromkeys(("R1", "R5", "R10", "mAP", "mINP"), 50.0)
+    selection = {"split": "val", "metric": "R1", "epoch": 1, "value": 50.0}
+    d.write_result(make_result(trial.config, metrics, selection, None, 1, 1.0))
+    new = tmp_path / "other-data"
+    proc = launch("--grid", str(grid), "--set", f"data.root={new}", cwd=tmp_path)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "1 done (skipped)" in out
+    warnings = [line for line in out.splitlines() if line.startswith("warning: ")]
+    assert warnings == [
+        f"warning: 1 trial(s) were run on data.root={synth_small}, not {new} (e.g. {d.path}): "
+        f"their results and checkpoints come from {synth_small}; data.root is not part of the "
+        "trial id, so use another paths.runs or study to train on the new root"
+    ]
+
+
+def test_a_hand_edited_trial_config_is_refused_before_anything_is_made(synth_small, tmp_path):
+    grid = write_grid(tmp_path, synth_small, seeds=[1])
+    (irra, d), (_, other) = _trial_dirs(grid)
+    d.init(irra.config)
+    d.config_path.write_text(d.config_path.read_text().replace("epochs: 1", "epochs: 5"))
+    proc = launch("--grid", str(grid), cwd=tmp_path)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out
+    assert out.strip().splitlines()[-1] == (
+        f"error: {d.config_path} holds another experiment than {irra.variant} seed=1 (edited "
+        f"by hand?); restore it or remove {d.path}"
+    )
+    assert not other.path.exists() and not (tmp_path / "mlflow.db").exists()

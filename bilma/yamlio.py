@@ -1,0 +1,40 @@
+"""YAML as config and grid files are read: safe, and a key given twice is an error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last one
+    silently). Config files and grid files are both read with it."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                dup = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: let SafeLoader report it
+                continue
+            if dup:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_unique(text: str) -> Any:
+    """`yaml.safe_load`, refusing a key given twice (raises yaml.YAMLError with its line)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def yaml_error(e: yaml.YAMLError) -> str:
+    """':' + ' line N' (when known) + ': invalid YAML: <problem>', to follow a file name."""
+    mark = getattr(e, "problem_mark", None)
+    line = f" line {mark.line + 1}" if mark is not None else ""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f":{line}: invalid YAML: {problem}"
