@@ -165,11 +165,11 @@ def test_a_key_given_twice_is_refused(tmp_path, text, expected):
 
 
 def test_config_and_grid_files_share_one_yaml_loader():
-    import sweeps.grid
+    import sweeps.gridfile
     from bilma import yamlio
 
     assert config.safe_load_unique is yamlio.safe_load_unique
-    assert sweeps.grid.safe_load_unique is yamlio.safe_load_unique
+    assert sweeps.gridfile.safe_load_unique is yamlio.safe_load_unique
 
 
 def test_a_trial_run_on_another_data_root_is_named(synth_small, tmp_path, caplog):
