@@ -84,9 +84,12 @@ def ensure_synthetic(cfg: DataConfig) -> None:
         "seed": cfg.synth_seed,
         "height": h,
         "width": w,
+        "lookalike": cfg.synth_lookalike,
+        "lookalike_share": cfg.synth_lookalike_share if cfg.synth_lookalike else None,
     }
     if synth.is_complete(root):
         made = json.loads((root / synth.SYNTH_MARKER).read_text())
+        made.setdefault("lookalike", 0)  # written only for datasets with look-alike groups
         diff = {k: (made.get(k), v) for k, v in wanted.items() if made.get(k) != v}
         if diff:
             what = ", ".join(f"{k} {a} (config: {b})" for k, (a, b) in diff.items())
@@ -111,6 +114,8 @@ def ensure_synthetic(cfg: DataConfig) -> None:
             height=h,
             width=w,
             workers=min(2, os.cpu_count() or 1),
+            lookalike=cfg.synth_lookalike,
+            lookalike_share=cfg.synth_lookalike_share,
         )
     tok_dir = root / "tokenizer"
     if not (tok_dir / "vocab.json").exists():
