@@ -2,7 +2,8 @@
 
 Commands: train, eval, sync (mirror trial directories to MLflow), synth (generate the
 synthetic dataset), data-info (counts per split), config (show keys or a resolved config),
-demo (trains configs/synth_tiny.yaml: what `make demo` runs).
+export-clip (a checkpoint's encoders as a transformers CLIP folder), pretrain-clip (build such
+a folder once from a pretraining config), demo (trains configs/synth_tiny.yaml: `make demo`).
 """
 
 from __future__ import annotations
@@ -104,6 +105,24 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     return cmd_sync(args)
 
 
+def _cmd_export_clip(args: argparse.Namespace) -> int:
+    from bilma.export import export_clip
+
+    info = export_clip(args.checkpoint, args.out)
+    h, w = info["image_size"]
+    print(f"wrote {args.out}: a transformers CLIP folder for {h}x{w} images (model.pretrained)")
+    return 0
+
+
+def _cmd_pretrain_clip(args: argparse.Namespace) -> int:
+    from bilma.config import load_config
+    from bilma.export import build_pretrained_clip
+
+    info = build_pretrained_clip(load_config(args.config, args.overrides), args.out)
+    print(f"pretrained CLIP in {args.out} (pretraining config {info['pretrain_config']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bilma", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -149,6 +168,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", action="store_true", help="list every key with its default")
     p.add_argument("overrides", nargs="*", help="key.sub=value")
     p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser("export-clip", help="write a checkpoint's encoders as a CLIP folder")
+    p.add_argument("--checkpoint", type=Path, required=True, help="e.g. runs/.../ckpt/best.pt")
+    p.add_argument("--out", type=Path, required=True, help="folder for model.pretrained")
+    p.set_defaults(func=_cmd_export_clip)
+
+    p = sub.add_parser(
+        "pretrain-clip", help="build a pretrained CLIP folder once (train, then export-clip)"
+    )
+    p.add_argument("--config", type=Path, required=True, help="e.g. configs/synth_pretrain.yaml")
+    p.add_argument("--out", type=Path, required=True, help="e.g. data/clip-synth-tiny")
+    p.add_argument("overrides", nargs="*", help="key.sub=value")
+    p.set_defaults(func=_cmd_pretrain_clip)
 
     p = sub.add_parser("demo", help="train the tiny model on synthetic data (make demo)")
     p.add_argument(
