@@ -3,7 +3,8 @@
 Commands: train, eval, sync (mirror trial directories to MLflow), synth (generate the
 synthetic dataset), data-info (counts per split), config (show keys or a resolved config),
 export-clip (a checkpoint's encoders as a transformers CLIP folder), pretrain-clip (build such
-a folder once from a pretraining config), demo (trains configs/synth_tiny.yaml: `make demo`).
+a folder once from a pretraining config), eval-lookalike (metrics on look-alike against
+ordinary identities), demo (trains configs/synth_tiny.yaml: `make demo`).
 """
 
 from __future__ import annotations
@@ -114,6 +115,12 @@ def _cmd_export_clip(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval_lookalike(args: argparse.Namespace) -> int:
+    from bilma.lookalike import main_eval_lookalike
+
+    return main_eval_lookalike(args.checkpoint, args.split, args.device)
+
+
 def _cmd_pretrain_clip(args: argparse.Namespace) -> int:
     from bilma.config import load_config
     from bilma.export import build_pretrained_clip
@@ -173,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True, help="e.g. runs/.../ckpt/best.pt")
     p.add_argument("--out", type=Path, required=True, help="folder for model.pretrained")
     p.set_defaults(func=_cmd_export_clip)
+
+    p = sub.add_parser(
+        "eval-lookalike", help="retrieval on look-alike against ordinary identities (synth)"
+    )
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--split", choices=("test", "val"), default="test")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.set_defaults(func=_cmd_eval_lookalike)
 
     p = sub.add_parser(
         "pretrain-clip", help="build a pretrained CLIP folder once (train, then export-clip)"

@@ -64,6 +64,9 @@ class DataConfig:
     synth_ids: int = _f(1200, "identities of a generated synthetic dataset", range=(3, 1_000_000))
     synth_images_per_id: int = _f(4, "images per identity (synthetic)", range=(1, 100))
     synth_seed: int = _f(0, "seed of the synthetic dataset", range=(0, None))
+    synth_pool: Literal["all", "pretrain", "finetune"] = _f(
+        "all", "identities from one of two disjoint halves (pretraining pool vs fine-tuning set)"
+    )
     synth_lookalike: int = _f(
         0,
         "look-alike groups of this size (0: none), differing in one local attribute",

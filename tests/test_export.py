@@ -174,3 +174,32 @@ def test_pretrain_clip_builds_once_and_refuses_a_stale_folder(
     (out / EXPORT_MARKER).unlink()
     with pytest.raises(DataError, match="not built by"):
         build_pretrained_clip(cfg, out)
+
+
+def test_the_pretraining_pool_shares_no_identity_with_the_fine_tuning_data() -> None:
+    from bilma.data.synth import sample_identities, sample_lookalike_identities, split_sizes
+
+    configs = Path(__file__).parent.parent / "configs"
+    pre = load_config(configs / "synth_pretrain.yaml").data
+    ft = load_config(configs / "synth_finetune.yaml").data
+    assert (pre.synth_pool, ft.synth_pool) == ("pretrain", "finetune")
+    assert pre.synth_lookalike == 0 and ft.synth_lookalike == 2
+    pool = {i.key() for i in sample_identities(pre.synth_ids, pre.synth_seed, pre.synth_pool)}
+    blocks = list(split_sizes(ft.synth_ids).values())
+    fine, _ = sample_lookalike_identities(
+        blocks, ft.synth_seed, ft.synth_lookalike, ft.synth_lookalike_share, ft.synth_pool
+    )
+    assert len(pool) == pre.synth_ids and len(fine) == ft.synth_ids
+    assert not pool & {i.key() for i in fine}
+    # Without the pools, these seeds and sizes would share people (why the pools exist).
+    everyone = {i.key() for i in sample_identities(pre.synth_ids, pre.synth_seed)}
+    fine_all, _ = sample_lookalike_identities(blocks, ft.synth_seed, 2, 0.5)
+    assert everyone & {i.key() for i in fine_all}
+
+
+def test_export_command_names_a_bad_checkpoint(tmp_path, capsys) -> None:
+    from bilma.__main__ import main
+
+    code = main(["export-clip", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path)])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == f"error: checkpoint not found: {tmp_path / 'none.pt'}"

@@ -84,12 +84,14 @@ def ensure_synthetic(cfg: DataConfig) -> None:
         "seed": cfg.synth_seed,
         "height": h,
         "width": w,
+        "pool": cfg.synth_pool,
         "lookalike": cfg.synth_lookalike,
         "lookalike_share": cfg.synth_lookalike_share if cfg.synth_lookalike else None,
     }
     if synth.is_complete(root):
         made = json.loads((root / synth.SYNTH_MARKER).read_text())
-        made.setdefault("lookalike", 0)  # written only for datasets with look-alike groups
+        made.setdefault("pool", "all")  # both written only when not the default
+        made.setdefault("lookalike", 0)
         diff = {k: (made.get(k), v) for k, v in wanted.items() if made.get(k) != v}
         if diff:
             what = ", ".join(f"{k} {a} (config: {b})" for k, (a, b) in diff.items())
@@ -116,6 +118,7 @@ def ensure_synthetic(cfg: DataConfig) -> None:
             workers=min(2, os.cpu_count() or 1),
             lookalike=cfg.synth_lookalike,
             lookalike_share=cfg.synth_lookalike_share,
+            pool=cfg.synth_pool,
         )
     tok_dir = root / "tokenizer"
     if not (tok_dir / "vocab.json").exists():

@@ -48,7 +48,22 @@ def test_group_members_differ_in_exactly_one_local_attribute(k: int, share: floa
     assert len(grouped) == k * len(groups)
 
 
-def test_default_draw_is_unchanged_by_the_option() -> None:
+def test_pools_are_disjoint_halves() -> None:
+    from bilma.data.synth import in_pool, sample_identities
+
+    a = sample_identities(300, seed=1, pool="pretrain")
+    b, groups = sample_lookalike_identities([200, 50, 50], seed=1, k=3, share=0.5, pool="finetune")
+    assert all(in_pool(i, "pretrain") and not in_pool(i, "finetune") for i in a)
+    assert all(in_pool(i, "finetune") for i in b) and len(groups) == 33 + 8 + 8
+    everyone = sample_identities(300, seed=1)
+    assert sample_identities(300, seed=1, pool="all") == everyone  # the default draw
+    share = sum(in_pool(i, "pretrain") for i in everyone) / len(everyone)
+    assert 0.4 < share < 0.6  # about half of all people in each pool
+    with pytest.raises(ValueError, match="unknown identity pool"):
+        in_pool(everyone[0], "other")
+
+
+def test_bad_group_sizes_are_refused() -> None:
     with pytest.raises(ValueError, match="look-alike groups of 1"):
         sample_lookalike_identities([10], seed=0, k=1, share=0.5)
     with pytest.raises(ConfigError, match="synth_lookalike"):

@@ -25,7 +25,8 @@ The modules, by concern:
 
 - `attributes`: attribute tables, label sets, `Identity`, `sample_identities`, and
   `sample_lookalike_identities` (groups that differ in one local attribute: shoes, bag, hat,
-  scarf colour; `generate(lookalike=k)`, `data.synth_lookalike`).
+  scarf colour; `generate(lookalike=k)`, `data.synth_lookalike`), and `POOLS`: two disjoint
+  halves of the identity space for a pretraining pool and a fine-tuning set (`data.synth_pool`).
 - `canvas`: drawing shapes in figure units into the index image (`Canvas`, `Rendering`).
 - `body`: the body parts (head/hair/hat, torso, arms/sleeves, legs/lower garment, shoes,
   bags, scarf), drawn back to front.
@@ -44,11 +45,13 @@ from bilma.data.synth.attributes import (
     LABEL_NAMES,
     LOCAL_ATTRIBUTES,
     LOWER_TYPES,
+    POOLS,
     SHOE_COLOURS,
     SKIN_TONES,
     UPPER_TYPES,
     Identity,
     LookalikeGroup,
+    in_pool,
     sample_identities,
     sample_lookalike_identities,
 )
@@ -82,6 +85,7 @@ __all__ = [
     "Identity",
     "IdentityJob",
     "LookalikeGroup",
+    "POOLS",
     "Mention",
     "Rendering",
     "caption_rng",
@@ -91,6 +95,7 @@ __all__ = [
     "draw_figure",
     "generate",
     "image_rng",
+    "in_pool",
     "is_complete",
     "sample_identities",
     "sample_lookalike_identities",

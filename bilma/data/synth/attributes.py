@@ -5,6 +5,7 @@ Also the parse-map label sets (`LABEL_NAMES`), since every drawn part names its 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -131,15 +132,32 @@ def _sample_identity(rng: np.random.Generator) -> Identity:
     )  # fmt: skip
 
 
-def sample_identities(n: int, seed: int = 0) -> list[Identity]:
-    """Draw `n` identities with distinct described attributes, deterministically per seed."""
+POOLS = ("all", "pretrain", "finetune")
+"""Disjoint halves of the identity space (by a hash of the described attributes), so that a
+pretraining pool never holds a person of a fine-tuning dataset, whatever their seeds."""
+
+
+def in_pool(identity: Identity, pool: str) -> bool:
+    """Whether `identity` belongs to `pool` ("all" holds everyone)."""
+    if pool == "all":
+        return True
+    if pool not in POOLS:
+        raise ValueError(f"unknown identity pool {pool!r}; use one of {', '.join(POOLS)}")
+    text = "|".join("-" if a is None else a for a in identity.key())
+    half = hashlib.sha256(text.encode()).digest()[0] & 1
+    return half == (0 if pool == "pretrain" else 1)
+
+
+def sample_identities(n: int, seed: int = 0, pool: str = "all") -> list[Identity]:
+    """Draw `n` identities with distinct described attributes, deterministically per seed,
+    from `pool` (`POOLS`)."""
     rng = np.random.default_rng(seed)
     seen: set[tuple[str | None, ...]] = set()
     out: list[Identity] = []
     misses = 0
     while len(out) < n:
         ident = _sample_identity(rng)
-        if ident.key() in seen:
+        if ident.key() in seen or not in_pool(ident, pool):
             misses += 1
             # Millions of combinations exist; this only trips on absurd requests.
             if misses > 100 * n + 1000:
@@ -198,12 +216,13 @@ def _lookalike_group(rng: np.random.Generator, k: int) -> tuple[list[Identity], 
 
 
 def sample_lookalike_identities(
-    blocks: list[int], seed: int, k: int, share: float
+    blocks: list[int], seed: int, k: int, share: float, pool: str = "all"
 ) -> tuple[list[Identity], list[LookalikeGroup]]:
     """Identities for consecutive blocks (the splits), a `share` of each block in look-alike
     groups of `k` that never straddle a block; distinct described attributes overall.
 
-    In each block the groups come first (members consecutive), then ordinary identities.
+    In each block the groups come first (members consecutive), then ordinary identities;
+    every one of them from `pool`.
     """
     if not 2 <= k <= MAX_LOOKALIKE or not 0.0 < share <= 1.0:
         raise ValueError(f"look-alike groups of {k} (2..{MAX_LOOKALIKE}), share {share} (0..1]")
@@ -216,7 +235,7 @@ def sample_lookalike_identities(
     def take(members: list[Identity]) -> bool:
         nonlocal budget
         keys = {m.key() for m in members}
-        if len(keys) < len(members) or keys & seen:
+        if len(keys) < len(members) or keys & seen or not all(in_pool(m, pool) for m in members):
             budget -= 1
             if budget < 0:
                 raise ValueError(f"cannot draw {sum(blocks)} distinct identities; ask for fewer")
