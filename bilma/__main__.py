@@ -124,8 +124,13 @@ def _cmd_eval_lookalike(args: argparse.Namespace) -> int:
 def _cmd_pretrain_clip(args: argparse.Namespace) -> int:
     from bilma.config import load_config
     from bilma.export import build_pretrained_clip
+    from bilma.train import Interrupted
 
-    info = build_pretrained_clip(load_config(args.config, args.overrides), args.out)
+    try:
+        info = build_pretrained_clip(load_config(args.config, args.overrides), args.out)
+    except Interrupted as e:  # the same command resumes the pretraining, then exports
+        print(f"interrupted: {e}", file=sys.stderr)
+        return e.exit_code
     print(f"pretrained CLIP in {args.out} (pretraining config {info['pretrain_config']})")
     return 0
 
