@@ -142,6 +142,11 @@ def export_clip(
     from bilma.model.bilma import build_from_signature
 
     checkpoint, out = Path(checkpoint), Path(out)
+    if out.exists() and any(out.iterdir()) and read_export_info(out) is None:
+        raise DataError(
+            f"{out} exists and is not an exported CLIP folder (no {EXPORT_MARKER}); it is left "
+            "as it is: choose another --out, or delete it first"
+        )
     ckpt = ckpt_io.load(checkpoint)
     cfg = from_dict(ckpt["config"], where=str(checkpoint))
     model = build_from_signature(ckpt["signature"], cfg)

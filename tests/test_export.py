@@ -142,12 +142,26 @@ def test_export_refuses_a_foreign_checkpoint(tmp_path) -> None:
     with pytest.raises(DataError, match="not a bilma checkpoint"):
         export_clip(bad, tmp_path / "clip")
     assert not (tmp_path / "clip").exists()
+    # A folder that is not an export (say, OpenAI's download) is never replaced.
+    other = tmp_path / "clip-vit-base-patch16"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    with pytest.raises(DataError, match="not an exported CLIP folder"):
+        export_clip(bad, other)
+    assert (other / "config.json").read_text() == "{}"
 
 
 def _pretrain_cfg(root: Path, runs: Path, *extra: str):
     return load_config(
         Path(__file__).parent.parent / "configs" / "synth_pretrain.yaml",
-        tiny_overrides(root, runs, "train.epochs=1", "train.max_steps_per_epoch=2", *extra),
+        tiny_overrides(
+            root,
+            runs,
+            "data.synth_pool=all",  # the session's small dataset stands in for the pool
+            "train.epochs=1",
+            "train.max_steps_per_epoch=2",
+            *extra,
+        ),
     )
 
 
