@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from bilma.config import Config, from_dict, to_dict, trial_id
+from bilma.config import Config, canonical, from_dict, to_dict, trial_id
 from bilma.data.records import DataError
 from bilma.fileio import atomic_dir, atomic_write_json, atomic_write_text
 
@@ -133,7 +133,7 @@ def write_tokenizer(source: Path, out: Path, context: int) -> None:
 
 
 def export_clip(
-    checkpoint: str | Path, out: str | Path, pretrain_hash: str | None = None
+    checkpoint: str | Path, out: str | Path, pretrain: Config | None = None
 ) -> dict[str, Any]:
     """Write the checkpoint's encoders and tokenizer as a CLIP folder at `out`; return its
     `bilma_export.json` content."""
@@ -159,7 +159,8 @@ def export_clip(
         "source_checkpoint": str(checkpoint.resolve()),
         "epoch": ckpt.get("epoch"),
         "trial_id": trial_id(cfg),
-        "pretrain_config": pretrain_hash,
+        "pretrain_config": None if pretrain is None else trial_id(pretrain),
+        "pretrain_keys": None if pretrain is None else json.loads(canonical(pretrain)),
         "grid": list(spec.grid),
         "image_size": [spec.grid[0] * spec.patch, spec.grid[1] * spec.patch],
         "square_side": square_side(spec.grid),
@@ -191,9 +192,13 @@ def read_export_info(folder: str | Path) -> dict[str, Any] | None:
     return info if isinstance(info, dict) else None
 
 
-def pretrain_hash(cfg: Config) -> str:
-    """What a built pretrained folder is checked against: the pretraining config's trial id."""
-    return trial_id(cfg)
+def changed_keys(saved: dict[str, Any], cfg: Config) -> list[str]:
+    """Keys whose value in `cfg` differs from the saved canonical config; a key one side lacks
+    counts at its default, so a key added to the project later does not make a folder stale."""
+    now = json.loads(canonical(cfg))
+    default = json.loads(canonical(Config()))
+    keys = set(saved) | set(now)
+    return sorted(k for k in keys if saved.get(k, default.get(k)) != now.get(k, default.get(k)))
 
 
 def check_built(out: Path, cfg: Config) -> bool:
@@ -202,16 +207,17 @@ def check_built(out: Path, cfg: Config) -> bool:
     if not out.exists():
         return False
     info = read_export_info(out)
-    want = pretrain_hash(cfg)
-    if info is None or info.get("pretrain_config") is None:
+    if info is None or not isinstance(info.get("pretrain_keys"), dict):
         raise DataError(
             f"{out} exists but was not built by `python -m bilma pretrain-clip` (no "
             f"{EXPORT_MARKER} with a pretraining config); delete it or choose another --out"
         )
-    if info["pretrain_config"] != want:
+    changed = changed_keys(info["pretrain_keys"], cfg)
+    if changed:
         raise DataError(
-            f"{out} is stale: built from pretraining config {info['pretrain_config']}, the "
-            f"config now resolves to {want}; delete {out} to rebuild it, or choose another --out"
+            f"{out} is stale: built from pretraining config {info['pretrain_config']}, which "
+            f"differs in {', '.join(changed[:4])}; delete {out} to rebuild it, or choose "
+            "another --out"
         )
     return True
 
@@ -224,7 +230,7 @@ def build_pretrained_clip(cfg: Config, out: str | Path) -> dict[str, Any]:
 
     out = Path(out)
     if check_built(out, cfg):
-        log.info("reusing the pretrained CLIP in %s (config %s)", out, pretrain_hash(cfg))
+        log.info("reusing the pretrained CLIP in %s (built from this config)", out)
         info = read_export_info(out)
         assert info is not None
         return info
@@ -235,4 +241,4 @@ def build_pretrained_clip(cfg: Config, out: str | Path) -> dict[str, Any]:
         )
     train(cfg)
     best = TrialDir.for_config(cfg).best_ckpt
-    return export_clip(best, out, pretrain_hash=pretrain_hash(cfg))
+    return export_clip(best, out, pretrain=cfg)

@@ -15,6 +15,7 @@ from bilma.data.records import DataError
 from bilma.export import (
     EXPORT_MARKER,
     build_pretrained_clip,
+    changed_keys,
     exact_in_transformers,
     export_clip,
     square_side,
@@ -183,8 +184,17 @@ def test_pretrain_clip_builds_once_and_refuses_a_stale_folder(
     monkeypatch.setattr(bilma.train, "train", no_training)
     assert build_pretrained_clip(cfg, out)["pretrain_config"] == info["pretrain_config"]
     stale = _pretrain_cfg(synth_small, tmp_path / "runs", "optim.lr=0.002")
-    with pytest.raises(DataError, match="stale"):
+    with pytest.raises(DataError, match="stale: .* differs in optim.lr;"):
         build_pretrained_clip(stale, out)
+    # Where things live is not the experiment: another runs folder reuses the same build.
+    moved = _pretrain_cfg(synth_small, tmp_path / "elsewhere")
+    assert build_pretrained_clip(moved, out)["pretrain_config"] == info["pretrain_config"]
+    # A key the project gains later, at its default, leaves the folder current.
+    saved = dict(marker["pretrain_keys"])
+    del saved["loss.itc_weight"]
+    assert changed_keys(saved, cfg) == ["loss.itc_weight"]  # 1.0 here, not the default 0
+    del saved["data.synth_lookalike"]
+    assert changed_keys(saved, cfg) == ["loss.itc_weight"]
     (out / EXPORT_MARKER).unlink()
     with pytest.raises(DataError, match="not built by"):
         build_pretrained_clip(cfg, out)
