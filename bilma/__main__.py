@@ -3,7 +3,10 @@
 Commands: train, eval, sync (mirror trial directories to MLflow), synth (generate the
 synthetic dataset), data-info (counts per split), config (show keys or a resolved config),
 demo (trains configs/synth_tiny.yaml: what `make demo` runs), parse (human-parsing maps for
-SemMIM with a local transformers parser), parse-report (what a set of maps holds).
+SemMIM with a local transformers parser), parse-report (what a set of maps holds),
+export-clip (a checkpoint's encoders as a transformers CLIP folder), pretrain-clip (build such
+a folder once from a pretraining config), eval-lookalike (metrics on look-alike against
+ordinary identities).
 """
 
 from __future__ import annotations
@@ -105,6 +108,35 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     return cmd_sync(args)
 
 
+def _cmd_export_clip(args: argparse.Namespace) -> int:
+    from bilma.export import export_clip
+
+    info = export_clip(args.checkpoint, args.out)
+    h, w = info["image_size"]
+    print(f"wrote {args.out}: a transformers CLIP folder for {h}x{w} images (model.pretrained)")
+    return 0
+
+
+def _cmd_eval_lookalike(args: argparse.Namespace) -> int:
+    from bilma.lookalike import main_eval_lookalike
+
+    return main_eval_lookalike(args.checkpoint, args.split, args.device)
+
+
+def _cmd_pretrain_clip(args: argparse.Namespace) -> int:
+    from bilma.config import load_config
+    from bilma.export import build_pretrained_clip
+    from bilma.train import Interrupted
+
+    try:
+        info = build_pretrained_clip(load_config(args.config, args.overrides), args.out)
+    except Interrupted as e:  # the same command resumes the pretraining, then exports
+        print(f"interrupted: {e}", file=sys.stderr)
+        return e.exit_code
+    print(f"pretrained CLIP in {args.out} (pretraining config {info['pretrain_config']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bilma", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -160,6 +192,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("parse-report", help="class shares of parse maps; IoU against others")
     add_report_args(p)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export-clip", help="write a checkpoint's encoders as a CLIP folder")
+    p.add_argument("--checkpoint", type=Path, required=True, help="e.g. runs/.../ckpt/best.pt")
+    p.add_argument("--out", type=Path, required=True, help="folder for model.pretrained")
+    p.set_defaults(func=_cmd_export_clip)
+
+    p = sub.add_parser(
+        "eval-lookalike", help="retrieval on look-alike against ordinary identities (synth)"
+    )
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--split", choices=("test", "val"), default="test")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.set_defaults(func=_cmd_eval_lookalike)
+
+    p = sub.add_parser(
+        "pretrain-clip", help="build a pretrained CLIP folder once (train, then export-clip)"
+    )
+    p.add_argument("--config", type=Path, required=True, help="e.g. configs/synth_pretrain.yaml")
+    p.add_argument("--out", type=Path, required=True, help="e.g. data/clip-synth-tiny")
+    p.add_argument("overrides", nargs="*", help="key.sub=value")
+    p.set_defaults(func=_cmd_pretrain_clip)
 
     p = sub.add_parser("demo", help="train the tiny model on synthetic data (make demo)")
     p.add_argument(

@@ -67,6 +67,9 @@ class DataConfig:
     synth_ids: int = _f(1200, "identities of a generated synthetic dataset", range=(3, 1_000_000))
     synth_images_per_id: int = _f(4, "images per identity (synthetic)", range=(1, 100))
     synth_seed: int = _f(0, "seed of the synthetic dataset", range=(0, None))
+    synth_pool: Literal["all", "pretrain", "finetune"] = _f("all", "disjoint identity halves")
+    synth_lookalike: int = _f(0, "look-alike group size (0: none; synth)", range=(0, 4))
+    synth_lookalike_share: float = _f(0.5, "share of ids in look-alike groups", range=(0.01, 1.0))
 
 
 @dataclass
@@ -118,6 +121,7 @@ class LossConfig:
     id_weight: float = _f(1.0, "identity classification", range=(0.0, None))
     mlm_weight: float = _f(1.0, "masked language modelling", range=(0.0, None))
     mim_weight: float = _f(1.0, "masked image modelling", range=(0.0, None))
+    itc_weight: float = _f(0.0, "CLIP's contrastive loss (pretraining)", range=(0.0, None))
 
 
 @dataclass
@@ -323,6 +327,8 @@ def _check_cross(cfg: Config, where: str) -> None:
             f"{where}: data.image_size = {cfg.data.image_size} must be multiples of the patch "
             "size 16 (e.g. [384, 128])"
         )
+    if cfg.data.synth_lookalike == 1:
+        raise ConfigError(f"{where}: data.synth_lookalike = 1: use 0 (no groups) or 2 to 4")
     if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
         raise ConfigError(f"{where}: optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.999]")
     if cfg.model.embed_dim % cfg.model.cross_heads:

@@ -126,3 +126,36 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success it takes `path`'s place.
+
+    A folder cannot be swapped in one rename over a non-empty one: an old `path` is first
+    renamed aside, the new folder renamed in, then the old one deleted. A reader sees the old
+    folder, no folder for an instant, or the new one, never a half-written one. On failure the
+    temporary folder is removed and `path` is left as it was.
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path(path)
+    tmp.mkdir()
+    old: Path | None = None
+    try:
+        yield tmp
+        if path.exists():
+            old = tmp_path(path)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        if old is not None and not path.exists():
+            os.replace(old, path)  # put the old folder back
+            old = None
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -156,3 +156,23 @@ def semmim_loss(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
         if soft:
             return -(labels[mask].float() * log_p).sum(dim=-1).mean()
         return F.nll_loss(log_p, labels[mask].long())
+
+
+def itc_loss(image_feats: Tensor, text_feats: Tensor, logit_scale: float | Tensor) -> Tensor:
+    """CLIP's contrastive loss (image-text InfoNCE), which needs no identity labels.
+
+    With v, t the L2-normalised [B, D] features, logits = logit_scale * v @ t.T and the i-th
+    caption is the only positive of the i-th image (and the other way round):
+    (CE(logits, arange(B)) + CE(logits.T, arange(B))) / 2, CLIP's symmetric loss.
+    """
+    if image_feats.shape != text_feats.shape or image_feats.ndim != 2:
+        raise ValueError(
+            f"image and text features must both be [B, D], got {tuple(image_feats.shape)} "
+            f"and {tuple(text_feats.shape)}"
+        )
+    with _no_autocast(image_feats):
+        v = F.normalize(image_feats.float(), dim=1)
+        t = F.normalize(text_feats.float(), dim=1)
+        logits = logit_scale * (v @ t.t())
+        target = torch.arange(len(v), device=v.device)
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2

@@ -84,9 +84,14 @@ def ensure_synthetic(cfg: DataConfig) -> None:
         "seed": cfg.synth_seed,
         "height": h,
         "width": w,
+        "pool": cfg.synth_pool,
+        "lookalike": cfg.synth_lookalike,
+        "lookalike_share": cfg.synth_lookalike_share if cfg.synth_lookalike else None,
     }
     if synth.is_complete(root):
         made = json.loads((root / synth.SYNTH_MARKER).read_text())
+        made.setdefault("pool", "all")  # both written only when not the default
+        made.setdefault("lookalike", 0)
         diff = {k: (made.get(k), v) for k, v in wanted.items() if made.get(k) != v}
         if diff:
             what = ", ".join(f"{k} {a} (config: {b})" for k, (a, b) in diff.items())
@@ -111,6 +116,9 @@ def ensure_synthetic(cfg: DataConfig) -> None:
             height=h,
             width=w,
             workers=min(2, os.cpu_count() or 1),
+            lookalike=cfg.synth_lookalike,
+            lookalike_share=cfg.synth_lookalike_share,
+            pool=cfg.synth_pool,
         )
     tok_dir = root / "tokenizer"
     if not (tok_dir / "vocab.json").exists():

@@ -153,6 +153,8 @@ class BiLMa(nn.Module):
             nn.init.normal_(self.classifier.weight, std=0.001)
             nn.init.zeros_(self.classifier.bias)
         self.logit_scale = 1.0 / cfg.model.temperature
+        if cfg.loss.itc_weight > 0:  # CLIP's learnable temperature: log(1 / 0.07) at start
+            self.itc_logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         if heads.mlm:
             self.mlm_cross = CrossModal(width, heads.cross_heads, heads.cross_depth)
             self.mlm_head = Head(width, encoders.spec.vocab_size, heads.cross_depth)
@@ -206,6 +208,9 @@ class BiLMa(nn.Module):
             out["sdm"] = w.sdm_weight * losses.sdm_loss(v, t, pids, self.logit_scale)
         if w.id_weight > 0:
             out["id"] = w.id_weight * losses.id_loss(self.classifier, v, t, pids)
+        if w.itc_weight > 0:  # CLIP clamps its logit scale at 100
+            scale = self.itc_logit_scale.clamp(max=math.log(100.0)).exp()
+            out["itc"] = w.itc_weight * losses.itc_loss(v, t, scale)
 
         clean_text = None if masked_retrieval else text_tokens
         masked_text = text_tokens if masked_retrieval else None

@@ -23,7 +23,10 @@ Brightness, noise, blur and JPEG only change the RGB afterwards.
 
 The modules, by concern:
 
-- `attributes`: attribute tables, label sets, `Identity`, `sample_identities`.
+- `attributes`: attribute tables, label sets, `Identity`, `sample_identities`, and
+  `sample_lookalike_identities` (groups that differ in one local attribute: shoes, bag, hat,
+  scarf colour; `generate(lookalike=k)`, `data.synth_lookalike`), and `POOLS`: two disjoint
+  halves of the identity space for a pretraining pool and a fine-tuning set (`data.synth_pool`).
 - `canvas`: drawing shapes in figure units into the index image (`Canvas`, `Rendering`).
 - `body`: the body parts (head/hair/hat, torso, arms/sleeves, legs/lower garment, shoes,
   bags, scarf), drawn back to front.
@@ -40,12 +43,17 @@ from bilma.data.synth.attributes import (
     HAIR_LENGTHS,
     HAT_COLOURS,
     LABEL_NAMES,
+    LOCAL_ATTRIBUTES,
     LOWER_TYPES,
+    POOLS,
     SHOE_COLOURS,
     SKIN_TONES,
     UPPER_TYPES,
     Identity,
+    LookalikeGroup,
+    in_pool,
     sample_identities,
+    sample_lookalike_identities,
 )
 from bilma.data.synth.canvas import Rendering
 from bilma.data.synth.captions import Mention, captions_for, describe, tokenize
@@ -73,8 +81,11 @@ __all__ = [
     "SKIN_TONES",
     "SYNTH_MARKER",
     "UPPER_TYPES",
+    "LOCAL_ATTRIBUTES",
     "Identity",
     "IdentityJob",
+    "LookalikeGroup",
+    "POOLS",
     "Mention",
     "Rendering",
     "caption_rng",
@@ -84,8 +95,10 @@ __all__ = [
     "draw_figure",
     "generate",
     "image_rng",
+    "in_pool",
     "is_complete",
     "sample_identities",
+    "sample_lookalike_identities",
     "split_sizes",
     "tokenize",
 ]

@@ -5,7 +5,8 @@ Also the parse-map label sets (`LABEL_NAMES`), since every drawn part names its 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -131,15 +132,32 @@ def _sample_identity(rng: np.random.Generator) -> Identity:
     )  # fmt: skip
 
 
-def sample_identities(n: int, seed: int = 0) -> list[Identity]:
-    """Draw `n` identities with distinct described attributes, deterministically per seed."""
+POOLS = ("all", "pretrain", "finetune")
+"""Disjoint halves of the identity space (by a hash of the described attributes), so that a
+pretraining pool never holds a person of a fine-tuning dataset, whatever their seeds."""
+
+
+def in_pool(identity: Identity, pool: str) -> bool:
+    """Whether `identity` belongs to `pool` ("all" holds everyone)."""
+    if pool == "all":
+        return True
+    if pool not in POOLS:
+        raise ValueError(f"unknown identity pool {pool!r}; use one of {', '.join(POOLS)}")
+    text = "|".join("-" if a is None else a for a in identity.key())
+    half = hashlib.sha256(text.encode()).digest()[0] & 1
+    return half == (0 if pool == "pretrain" else 1)
+
+
+def sample_identities(n: int, seed: int = 0, pool: str = "all") -> list[Identity]:
+    """Draw `n` identities with distinct described attributes, deterministically per seed,
+    from `pool` (`POOLS`)."""
     rng = np.random.default_rng(seed)
     seen: set[tuple[str | None, ...]] = set()
     out: list[Identity] = []
     misses = 0
     while len(out) < n:
         ident = _sample_identity(rng)
-        if ident.key() in seen:
+        if ident.key() in seen or not in_pool(ident, pool):
             misses += 1
             # Millions of combinations exist; this only trips on absurd requests.
             if misses > 100 * n + 1000:
@@ -148,3 +166,93 @@ def sample_identities(n: int, seed: int = 0) -> list[Identity]:
         seen.add(ident.key())
         out.append(ident)
     return out
+
+
+# ----------------------------------------------------------------------------- look-alikes
+
+LOCAL_ATTRIBUTES = ("shoes", "bag", "hat", "scarf")
+"""What members of a look-alike group differ in: small, local parts of the figure."""
+MAX_LOOKALIKE = 4
+"""The largest group: hats come in 4 colours."""
+
+
+@dataclass(frozen=True)
+class LookalikeGroup:
+    """Identities (0-based indices) equal in every described attribute but `attribute`."""
+
+    indices: tuple[int, ...]
+    attribute: str
+
+
+def _local_values(base: Identity, attribute: str) -> tuple[str, ...]:
+    if attribute == "shoes":
+        return SHOE_COLOURS
+    if attribute == "bag":
+        return BAG_COLOURS
+    if attribute == "hat":
+        return HAT_COLOURS
+    return tuple(c for c in COLOURS if c != base.upper_colour)  # scarf
+
+
+def _with_local(base: Identity, attribute: str, value: str, bag: str) -> Identity:
+    """`base` with its `attribute` set to `value` (a bag of kind `bag` if it had none)."""
+    if attribute == "shoes":
+        return replace(base, shoe_colour=value)
+    if attribute == "bag":
+        return replace(base, bag=base.bag or bag, bag_colour=value)
+    if attribute == "hat":
+        return replace(base, hat_colour=value)
+    return replace(base, scarf_colour=value)
+
+
+def _lookalike_group(rng: np.random.Generator, k: int) -> tuple[list[Identity], str]:
+    """k identities that share one drawn person and differ only in one local attribute."""
+    base = _sample_identity(rng)
+    attribute = choice(rng, LOCAL_ATTRIBUTES)
+    values = _local_values(base, attribute)
+    picked = [values[int(i)] for i in rng.permutation(len(values))[:k]]
+    bag = choice(rng, BAG_TYPES)
+    return [_with_local(base, attribute, v, bag) for v in picked], attribute
+
+
+def sample_lookalike_identities(
+    blocks: list[int], seed: int, k: int, share: float, pool: str = "all"
+) -> tuple[list[Identity], list[LookalikeGroup]]:
+    """Identities for consecutive blocks (the splits), a `share` of each block in look-alike
+    groups of `k` that never straddle a block; distinct described attributes overall.
+
+    In each block the groups come first (members consecutive), then ordinary identities;
+    every one of them from `pool`.
+    """
+    if not 2 <= k <= MAX_LOOKALIKE or not 0.0 < share <= 1.0:
+        raise ValueError(f"look-alike groups of {k} (2..{MAX_LOOKALIKE}), share {share} (0..1]")
+    rng = np.random.default_rng([seed, 7])
+    seen: set[tuple[str | None, ...]] = set()
+    out: list[Identity] = []
+    groups: list[LookalikeGroup] = []
+    budget = 100 * sum(blocks) + 1000
+
+    def take(members: list[Identity]) -> bool:
+        nonlocal budget
+        keys = {m.key() for m in members}
+        if len(keys) < len(members) or keys & seen or not all(in_pool(m, pool) for m in members):
+            budget -= 1
+            if budget < 0:
+                raise ValueError(f"cannot draw {sum(blocks)} distinct identities; ask for fewer")
+            return False
+        seen.update(keys)
+        out.extend(members)
+        return True
+
+    end = 0
+    for size in blocks:
+        end += size
+        for _ in range(int(size * share) // k):
+            while True:
+                members, attribute = _lookalike_group(rng, k)
+                if take(members):
+                    groups.append(LookalikeGroup(tuple(range(len(out) - k, len(out))), attribute))
+                    break
+        while len(out) < end:
+            take([_sample_identity(rng)])
+    return out, groups

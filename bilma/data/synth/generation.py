@@ -19,7 +19,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from bilma.data.synth.attributes import LABEL_NAMES, Identity, sample_identities
+from bilma.data.synth.attributes import (
+    LABEL_NAMES,
+    Identity,
+    sample_identities,
+    sample_lookalike_identities,
+)
 from bilma.data.synth.captions import captions_for, tokenize
 from bilma.data.synth.rendering import degrade, draw_figure
 from bilma.fileio import atomic_write_text
@@ -189,8 +194,17 @@ def generate(
     test_ids: int | None = None,
     workers: int = 1,
     progress: bool = True,
+    lookalike: int = 0,
+    lookalike_share: float = 0.5,
+    pool: str = "all",
 ) -> dict[str, Any]:
     """Write the synthetic dataset under `out`; return counts per split and timing.
+
+    `lookalike` = k > 0 draws a `lookalike_share` of each split's identities in groups of k
+    that differ only in one local attribute (`attributes.LOCAL_ATTRIBUTES`); the marker then
+    lists the groups (ids and attribute). 0 leaves every byte as without the option.
+    `pool` ("pretrain" or "finetune") draws identities from one of two disjoint halves of the
+    identity space (`attributes.in_pool`); "all", the default, from both.
 
     Files are written in place; the marker (`SYNTH_MARKER`) is removed first and written
     last, so an interrupted run is never taken for a complete one. Output is byte-identical
@@ -205,8 +219,23 @@ def generate(
     sizes = split_sizes(ids, val_ids, test_ids)
     root = Path(out)
     _prepare(root)
-    identities = sample_identities(ids, seed)
     splits = [s for s in _SPLITS for _ in range(sizes[s])]
+    groups: list[dict[str, Any]] = []
+    if lookalike:
+        blocks = [sizes[s] for s in _SPLITS]
+        identities, drawn = sample_lookalike_identities(
+            blocks, seed, lookalike, lookalike_share, pool
+        )
+        groups = [
+            {
+                "ids": [i + 1 for i in g.indices],
+                "attribute": g.attribute,
+                "split": splits[g.indices[0]],
+            }
+            for g in drawn
+        ]
+    else:
+        identities = sample_identities(ids, seed, pool)
     entries = _annotations(identities, splits, seed, images_per_id)
     jobs = [
         IdentityJob(str(root), seed, i, ident, split, images_per_id, height, width)
@@ -236,6 +265,10 @@ def generate(
         "labelsets": list(LABEL_NAMES),
         "counts": counts,
     }
+    if pool != "all":  # only then, as below: datasets without the options keep their bytes
+        params["pool"] = pool
+    if lookalike:
+        params.update(lookalike=lookalike, lookalike_share=lookalike_share, lookalike_groups=groups)
     # Last, atomically: its presence means every file above is complete.
     atomic_write_text(root / SYNTH_MARKER, json.dumps(params, indent=2) + "\n")
     seconds = time.perf_counter() - start
