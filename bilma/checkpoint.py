@@ -8,7 +8,6 @@ and a checkpoint of another model is refused with the differences named.
 
 from __future__ import annotations
 
-import pickle
 import random
 import re
 import zipfile
@@ -92,7 +91,7 @@ def load(path: Path, map_location: str | torch.device | None = "cpu") -> dict[st
         ckpt = torch.load(path, map_location=map_location or "cpu", weights_only=True)
     except Exception as e:  # a torn or foreign file: say what it is, not torch's advice
         raise DataError(
-            f"{path} is not a bilma checkpoint ({_what_went_wrong(path, e)}); give a "
+            f"cannot read checkpoint {path}: not a bilma checkpoint ({_what_went_wrong(path, e)}); give a "
             "ckpt/last.pt or ckpt/best.pt of a trial directory"
         ) from None
     if not isinstance(ckpt, dict) or "signature" not in ckpt or "model" not in ckpt:
@@ -121,7 +120,7 @@ def _what_went_wrong(path: Path, e: Exception) -> str:
         if not zipfile.is_zipfile(path) or "zip archive" in text:
             return "a truncated or damaged PyTorch file: copy it again"
         return f"a PyTorch file that does not unpickle safely ({type(e).__name__})"
-    if head[:1] == b"\x80" or isinstance(e, pickle.UnpicklingError):
+    if head[:1] == b"\x80":
         return "a plain Python pickle, not a file written by torch.save"
     return f"not a PyTorch file: it starts with the bytes {head.hex(' ')}"
 

@@ -225,8 +225,8 @@ def check_built(out: Path, cfg: Config) -> bool:
 def build_pretrained_clip(cfg: Config, out: str | Path) -> dict[str, Any]:
     """Pretrain with `cfg` (CLIP's contrastive loss) and export the best checkpoint to `out`,
     once: a folder already built from the same config is reused, a stale one refused."""
-    from bilma.trial import TrialDir
     from bilma.train import train
+    from bilma.trial import TrialDir
 
     out = Path(out)
     if check_built(out, cfg):

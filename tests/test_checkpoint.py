@@ -44,7 +44,7 @@ def bad_load(path: Path) -> str:
     message = str(e.value)
     assert "\n" not in message and "\x1b" not in message, message
     assert "weights_only" not in message  # never torch's advice to load unsafely
-    assert message.startswith(f"{path} is not a bilma checkpoint (")
+    assert message.startswith(f"cannot read checkpoint {path}: not a bilma checkpoint (")
     return message
 
 

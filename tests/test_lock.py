@@ -144,10 +144,9 @@ def test_claim_waits_for_the_other_launcher(tmp_path):
 
 
 def test_train_refuses_a_trial_that_another_process_trains(synth_small, tmp_path):
-    from bilma.trial import TrialDir
-
     from bilma.config import load_config
     from bilma.train import train
+    from bilma.trial import TrialDir
 
     overrides = tiny_overrides(
         synth_small, tmp_path / "runs", "train.epochs=1", "train.max_steps_per_epoch=2"
