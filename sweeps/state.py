@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bilma.trial import TrialDir
-
 from bilma.config import ConfigError
+from bilma.trial import TrialDir
 
 UNREADABLE = "unreadable"  # the state (and the launcher's action) of such a trial
 
