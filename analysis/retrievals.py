@@ -44,6 +44,27 @@ def _checkpoint(trial: TrialDir) -> Path:
     )
 
 
+def pick_trial(path: Path) -> Path:
+    """`path` if it is a trial directory; else the finished trial under it (a study folder)
+    with the best test R1."""
+    if (path / "config.yaml").is_file():
+        return path
+    from analysis.runs import find_trials
+
+    best: tuple[float, Path] | None = None
+    for trial in find_trials(path) if path.is_dir() else []:
+        try:
+            result = json.loads((trial / "result.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        r1 = float(result.get("metrics", {}).get("R1", -1.0))
+        if best is None or r1 > best[0]:
+            best = (r1, trial)
+    if best is None:
+        raise AnalysisError(f"{path}: not a trial directory, and no finished trial under it")
+    return best[1]
+
+
 def retrieve(
     trial_dir: Path,
     queries: int,

@@ -24,7 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python analysis/show_retrievals.py", description=__doc__.splitlines()[0]
     )
-    p.add_argument("--trial", type=Path, required=True, help="trial directory runs/<study>/<id>")
+    p.add_argument(
+        "--trial",
+        type=Path,
+        required=True,
+        help="trial directory runs/<study>/<id> (or a study folder: its best finished trial)",
+    )
     p.add_argument("--queries", type=int, default=8, help="captions to show (default 8)")
     p.add_argument("--split", choices=("test", "val"), default="test")
     p.add_argument("--out", type=Path, default=None, help="PNG path (default: in the trial)")
@@ -42,20 +47,23 @@ def main(argv: list[str] | None = None) -> int:
     from analysis import retrievals
 
     try:
-        queries = retrievals.retrieve(args.trial, args.queries, args.split, args.data_root)
+        trial = retrievals.pick_trial(args.trial)
+        if trial != args.trial:
+            print(f"{args.trial}: showing its best finished trial, {trial}")
+        queries = retrievals.retrieve(trial, args.queries, args.split, args.data_root)
     except AnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    out = args.out or args.trial / "figures" / f"retrievals_{args.split}.png"
+    out = args.out or trial / "figures" / f"retrievals_{args.split}.png"
     hits = sum(q.matches[0] for q in queries)
     title = (
-        f"{args.trial.name}: top-{len(queries[0].images)} on {args.split} "
+        f"{trial.name}: top-{len(queries[0].images)} on {args.split} "
         f"(green: same person; {hits}/{len(queries)} queries right at rank 1)"
     )
     retrievals.draw(queries, title, out)
     print(f"wrote {out}")
     if not args.no_mlflow:
-        run_id = retrievals.log_to_mlflow(args.trial, out)
+        run_id = retrievals.log_to_mlflow(trial, out)
         if run_id:
             print(f"logged to MLflow run {run_id} as figures/{out.name}")
     return 0
