@@ -8,6 +8,7 @@ columns, the difference to the baseline with a paired t-test over shared seeds).
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -166,7 +167,7 @@ def build_table(
     datasets = sorted({r.dataset for r in finished}, key=_dataset_rank)
     kind = "main" if len(datasets) > 1 else "ablation"
     # Dataset axes are the column groups of a main table; on one dataset they are no axis.
-    drop = DATASET_AXES
+    drop = dataset_axes(finished)
     axes = list(dict.fromkeys(k for r in finished for k, _ in r.point(drop)))
     short = short_axes(axes)
     rows = []
@@ -208,6 +209,25 @@ def build_table(
     if few:
         table.warnings.append(f"fewer than {MIN_SEEDS} seeds for: " + "; ".join(few))
     return table
+
+
+def dataset_axes(records: list[TrialRecord]) -> tuple[str, ...]:
+    """Axes that only say which dataset a trial ran on: the data.* location keys, and on
+    several datasets any axis that takes one value per dataset (e.g. the zipped
+    eval.select_split of grids/main.yaml)."""
+    datasets = {r.dataset for r in records}
+    if len(datasets) < 2:
+        return DATASET_AXES
+    values: dict[str, dict[str, set]] = {}
+    for r in records:
+        for k, v in r.grid_point.items():
+            values.setdefault(k, {}).setdefault(r.dataset, set()).add(json.dumps(v))
+    follow = [
+        k
+        for k, by_d in values.items()
+        if set(by_d) == datasets and all(len(vs) == 1 for vs in by_d.values())
+    ]
+    return tuple(dict.fromkeys([*DATASET_AXES, *follow]))
 
 
 def _dataset_rank(d: str) -> tuple[int, str]:

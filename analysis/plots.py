@@ -15,8 +15,14 @@ matplotlib.use("Agg")  # no display; must come before pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from analysis.aggregate import StudyTable, dataset_name, fmt_value, short_axes  # noqa: E402
-from analysis.runs import DATASET_AXES, TrialRecord  # noqa: E402
+from analysis.aggregate import (  # noqa: E402
+    StudyTable,
+    dataset_axes,
+    dataset_name,
+    fmt_value,
+    short_axes,
+)
+from analysis.runs import TrialRecord  # noqa: E402
 from analysis.stats import mean, sample_std  # noqa: E402
 from bilma.fileio import atomic_write_bytes  # noqa: E402
 
@@ -95,13 +101,15 @@ def epoch_plot(study: str, records: list[TrialRecord], out: Path) -> Path | None
     (and grid point, and dataset when several); None when no trial has per-epoch records."""
     curves: dict[str, dict[int, list[float]]] = {}
     splits = set()
-    datasets = {r.dataset for r in records if r.finished}
-    for r in records:
-        if not r.finished or not r.curve:
+    finished = [r for r in records if r.finished]
+    datasets = {r.dataset for r in finished}
+    drop = dataset_axes(finished)
+    for r in finished:
+        if not r.curve:
             continue
         splits.add(r.curve_split)
-        axes = short_axes([k for k, _ in r.point(DATASET_AXES)])
-        rest = [f"{axes[k]}={fmt_value(v)}" for k, v in r.point(DATASET_AXES)]
+        axes = short_axes([k for k, _ in r.point(drop)])
+        rest = [f"{axes[k]}={fmt_value(v)}" for k, v in r.point(drop)]
         name = r.variant_base + (f" [{', '.join(rest)}]" if rest else "")
         if len(datasets) > 1:
             name += f" ({dataset_name(r.dataset)})"

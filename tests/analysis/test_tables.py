@@ -26,7 +26,13 @@ def record(variant, index, dataset, seed, r1, state="finished", point=None, spli
         variant=variant,
         variant_base=variant,
         variant_index=index,
-        grid_point={"data.dataset": dataset, **(point or {})},
+        # as grids/main.yaml zips them: dataset, its folder and its selection split
+        grid_point=point
+        or {
+            "data.dataset": dataset,
+            "data.root": f"datasets/{dataset}",
+            "eval.select_split": split or ("test" if dataset == "icfg-pedes" else "val"),
+        },
         seed=seed,
         dataset=dataset,
         state=state,
@@ -129,3 +135,33 @@ def test_no_finished_run_is_an_error():
         AnalysisError, match=r"study 'main' has no finished run \(1 failed, 1 running\)"
     ):
         build_table("main", recs)
+
+
+def test_main_grid_trials_make_the_main_table(tmp_path):
+    """grids/main.yaml's trials, written as trial directories with their results: one row
+    per method (the zipped dataset, folder and selection split are no grid point)."""
+    from analysis.runs import load_dirs
+    from bilma.config import dump_yaml
+    from bilma.tracking import TrialDir, make_result
+    from sweeps.grid import expand, load_grid
+
+    trials = expand(load_grid("main"))
+    assert len(trials) == 18
+    for i, t in enumerate(trials):
+        assert t.config.tracking.variant_base in ("IRRA", "BiLMa")
+        point = json.loads(t.config.tracking.grid_point)
+        assert point["data.dataset"] == t.config.data.dataset
+        trial = TrialDir(tmp_path / "main" / t.trial_id)
+        trial.path.mkdir(parents=True)
+        trial.config_path.write_text(dump_yaml(t.config))
+        metrics = {m: 50.0 + i for m in ("R1", "R5", "R10", "mAP", "mINP")}
+        split = t.config.eval.select_split
+        selection = {"split": split, "metric": "R1", "epoch": 1, "value": 1.0}
+        trial.write_result(make_result(t.config, metrics, selection, None, 1, 1.0))
+    table = build_table("main", load_dirs(tmp_path)["main"])
+    assert table.kind == "main" and table.runs == 18
+    assert [r.label for r in table.rows if not r.published] == ["IRRA", "BiLMa"]
+    assert all(r.n == dict.fromkeys(DATASETS, 3) for r in table.rows if not r.published)
+    assert "R1 on the val split (CUHK-PEDES, RSTPReid); R1 on the test split (ICFG-PEDES)" in (
+        markdown(table)
+    )
