@@ -100,7 +100,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _study(study: str, records, args: argparse.Namespace) -> dict:
-    from analysis import aggregate, plots, tables
+    from analysis import aggregate, tables
 
     table = aggregate.build_table(study, records, args.metric)
     for w in table.warnings:
@@ -108,6 +108,7 @@ def _study(study: str, records, args: argparse.Namespace) -> dict:
     md = tables.markdown(table)
     files: list[Path] = []
     if args.out is not None:
+        from analysis import plots  # matplotlib: only when figures are asked for
         from bilma.fileio import atomic_write_text
 
         out: Path = args.out
