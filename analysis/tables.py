@@ -57,9 +57,9 @@ def notes(t: StudyTable) -> list[str]:
     ]
     if t.kind == "ablation" and t.baseline is not None:
         several = len({r.variant_base for r in t.rows}) > 1
-        ref = "at the same grid point" if several else "(the first row)"
+        ref = " (the first row)" if not several else (" at the same grid point" if t.axes else "")
         out.append(
-            f'Δ: difference of the means to the baseline "{t.baseline}" {ref}; p: two-sided '
+            f'Δ: difference of the means to the baseline "{t.baseline}"{ref}; p: two-sided '
             "paired Student's t-test over the seeds both share (n/a with fewer than 2)."
         )
     if t.sources:
