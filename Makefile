@@ -19,9 +19,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@touch $(STAMP)
 
-# The smoke sweep on synthetic data (IRRA vs BiLMa, 2 seeds), tracked in sqlite:///mlflow.db.
+# The smoke sweep on synthetic data (IRRA vs BiLMa, 2 seeds), tracked in sqlite:///mlflow.db;
+# then its retrieval examples and, last, its table with the paths of the plot and the figure.
 demo: setup
 	$(BIN)/python sweeps/launch.py --grid smoke
+	$(BIN)/python analysis/show_retrievals.py --trial runs/smoke --queries 6 --out tables/smoke_retrievals_test.png
+	$(BIN)/python analysis/make_tables.py --study smoke --format all --out tables
+	@echo "plot: tables/smoke_val_R1_per_epoch.png"
+	@echo "retrieval figure: tables/smoke_retrievals_test.png"
 
 # The tiny CLIP pretrained on synthetic pedestrians (CLIP's contrastive loss, about 15 minutes
 # on a 2-core CPU), exported as a transformers CLIP folder that configs/synth_finetune.yaml and

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
+import json
 import logging
 import typing
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Tracking keys the expansion fills for the analysis tables (unhashed).
+_TABLE_KEYS = ("variant_base", "variant_index", "grid_point")
 # Placeholder `where` handed to bilma.config so its message body can be re-prefixed.
 _MARK = "\x00grid"
 
@@ -154,6 +157,18 @@ def _matches(rule: dict[str, Any], name: str, cfg: Config, short: dict[str, str]
     return True
 
 
+def _tracking_of(cfg: Config, name: str, index: int, label: str, axes: dict[str, Any]) -> Any:
+    """The trial's tracking section: its row label, and what tables group it by (the
+    variant's name and position in the grid, the swept axes' values), none of it hashed."""
+    return dataclasses.replace(
+        cfg.tracking,
+        variant=label,
+        variant_base=name,
+        variant_index=index,
+        grid_point=json.dumps(axes),
+    )
+
+
 def expand_report(grid: Grid) -> tuple[list[Trial], int]:
     """(trials, duplicates dropped): variants x combinations x seeds, minus excludes.
 
@@ -170,7 +185,7 @@ def expand_report(grid: Grid) -> tuple[list[Trial], int]:
     ids: dict[str, str] = {}  # trial id -> the label it runs under
     merged: dict[tuple[str, str], list[Any]] = {}  # (dropped label, kept label) -> seeds
     dropped = 0
-    for name, variant in grid.variants.items():
+    for index, (name, variant) in enumerate(grid.variants.items()):
         for combo in combos:
             for seed in seeds:
                 own = {_STUDY_KEY: grid.study, _VARIANT_KEY: name}  # the label comes below
@@ -194,9 +209,9 @@ def expand_report(grid: Grid) -> tuple[list[Trial], int]:
                         " [" + ", ".join(f"{short[k]}={_fmt(v)}" for k, v in axes.items()) + "]"
                     )
                 overrides[_VARIANT_KEY] = label
-                cfg = dataclasses.replace(
-                    cfg, tracking=dataclasses.replace(cfg.tracking, variant=label)
-                )
+                tracking = _tracking_of(cfg, name, index, label, axes)
+                overrides.update({f"tracking.{k}": getattr(tracking, k) for k in _TABLE_KEYS})
+                cfg = dataclasses.replace(cfg, tracking=tracking)
                 hits = [_matches(r, name, cfg, short) for r in grid.exclude]
                 for i, hit in enumerate(hits):
                     rule_hits[i] += hit

@@ -1,0 +1,79 @@
+"""Retrieval examples of a smoke-sweep trial: the ranking agrees with the trial's own test
+metrics, the figure is one PNG, and it is logged as an artifact of the trial's MLflow run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from analysis.retrievals import pick_trial, retrieve
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def best_trial(sweep) -> Path:
+    results = {
+        p.parent: json.loads(p.read_text())["metrics"]["R1"]
+        for p in (sweep.runs / sweep.study).glob("*/result.json")
+    }
+    return max(results, key=results.get)
+
+
+def test_every_caption_reproduces_the_trials_test_metrics(smoke_sweep):
+    trial = best_trial(smoke_sweep)
+    assert pick_trial(smoke_sweep.runs / smoke_sweep.study) == trial
+    metrics = json.loads((trial / "result.json").read_text())["metrics"]
+    queries = retrieve(trial, queries=10**6, split="test")  # every test caption
+    assert len(queries) > 1 and all(len(q.images) == 6 for q in queries)  # 3 ids x 2 images
+    r1 = 100 * sum(q.matches[0] for q in queries) / len(queries)
+    r5 = 100 * sum(any(q.matches[:5]) for q in queries) / len(queries)
+    assert r1 == pytest.approx(metrics["R1"], abs=1e-6)
+    assert r5 == pytest.approx(metrics["R5"], abs=1e-6)
+    for q in queries:
+        assert sum(q.matches) == 2  # both images of the caption's person are in the gallery
+        assert all(p.is_file() for p in q.images) and q.caption.strip()
+
+
+def test_figure_is_written_and_logged_to_mlflow(smoke_sweep, tmp_path):
+    import mlflow
+    from PIL import Image
+
+    trial = best_trial(smoke_sweep)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "analysis" / "show_retrievals.py")]
+        + ["--trial", str(trial), "--queries", "3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    figure = trial / "figures" / "retrievals_test.png"
+    assert f"wrote {figure}" in proc.stdout
+    with Image.open(figure) as im:
+        assert im.format == "PNG" and im.size == (
+            900,
+            640,
+        )  # 3 rows: the caption + 6 gallery images
+    run_id = json.loads((trial / "mlflow.json").read_text())["run_id"]
+    assert f"logged to MLflow run {run_id}" in proc.stdout
+    client = mlflow.MlflowClient(tracking_uri=smoke_sweep.uri)
+    assert [a.path for a in client.list_artifacts(run_id, "figures")] == [
+        "figures/retrievals_test.png"
+    ]
+
+    bad = subprocess.run(
+        [sys.executable, str(REPO / "analysis" / "show_retrievals.py"), "--trial", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines() == [
+        f"error: {tmp_path}: not a trial directory, and no finished trial under it"
+    ]
