@@ -1,0 +1,181 @@
+"""The config schema: every section of the trainer's configuration as a dataclass.
+
+Each leaf is a field made by `_f` with a help text, an optional inclusive range, and its role
+in the trial id (`hash`: True, False = left out (locations, tracking, worker counts), or
+"basename" = only the folder's name). Loading, overrides, validation and the trial id live in
+`bilma.config`; this module holds only what the keys are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+# Field metadata keys.
+_RANGE = "range"  # (low, high) inclusive; None for an open end
+_HASH = "hash"  # False: left out of the trial id; "basename": only the last path component
+_HELP = "help"
+
+
+def _f(default: Any, help: str = "", range: tuple | None = None, hash: Any = True, **kw: Any):
+    """A dataclass field with a help text, an optional range and its role in the trial id."""
+    meta = {_HELP: help, _RANGE: range, _HASH: hash}
+    if isinstance(default, (list, dict, tuple)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["synth", "cuhk-pedes", "icfg-pedes", "rstpreid"] = _f(
+        "synth", "which annotation format and benchmark to read"
+    )
+    root: str = _f("data/synth", "dataset folder (generated on first use for synth)", hash=False)
+    image_size: list[int] = _f([384, 128], "input height and width in pixels")
+    text_length: int = _f(77, "caption length in tokens, SOT and EOT included", range=(8, 512))
+    tokenizer: str | None = _f(
+        None,
+        "folder with vocab.json and merges.txt; default: model.pretrained, or the synthetic "
+        "dataset's own tokenizer",
+        hash="basename",
+    )
+    parsing_root: str | None = _f(
+        None, "folder of parse maps (default: <root>/parsing)", hash=False
+    )
+    num_workers: int = _f(2, "DataLoader worker processes", range=(0, 64), hash=False)
+    skip_bad_images: bool = _f(False, "drop missing or unreadable images with a warning")
+    hflip: float = _f(0.5, "horizontal flip probability", range=(0.0, 1.0))
+    pad: int = _f(10, "padding before the random crop, pixels", range=(0, 128))
+    erase: float = _f(0.5, "random erasing probability", range=(0.0, 1.0))
+    synth_ids: int = _f(1200, "identities of a generated synthetic dataset", range=(3, 1_000_000))
+    synth_images_per_id: int = _f(4, "images per identity (synthetic)", range=(1, 100))
+    synth_seed: int = _f(0, "seed of the synthetic dataset", range=(0, None))
+    synth_pool: Literal["all", "pretrain", "finetune"] = _f("all", "disjoint identity halves")
+    synth_lookalike: int = _f(0, "look-alike group size (0: none; synth)", range=(0, 4))
+    synth_lookalike_share: float = _f(0.5, "share of ids in look-alike groups", range=(0.01, 1.0))
+
+
+@dataclass
+class ModelConfig:
+    name: Literal["tiny", "vitb16"] = _f("tiny", "encoder size when not loading weights")
+    pretrained: str | None = _f(
+        None,
+        "local folder of a Hugging Face CLIP model (e.g. clip-vit-base-patch16)",
+        hash="basename",
+    )
+    embed_dim: int = _f(512, "joint embedding width", range=(8, 4096))
+    cross_depth: int = _f(4, "transformer layers of the cross-modal module", range=(0, 24))
+    cross_heads: int = _f(8, "attention heads of the cross-modal module", range=(1, 64))
+    temperature: float = _f(0.02, "SDM temperature tau (logit scale 1/tau)", range=(1e-4, 1.0))
+
+
+@dataclass
+class MLMConfig:
+    enabled: bool = _f(True, "masked language modelling branch (image -> text)")
+    probability: float = _f(0.15, "chance that a caption token is chosen", range=(0.0, 1.0))
+    masked_caption_for_retrieval: bool = _f(
+        False, "IRRA parity: SDM and ID also see the masked caption (IRRA's in-place mutation)"
+    )
+    attend_padding: bool = _f(False, "IRRA parity: MLM attends over all positions, padding too")
+
+
+@dataclass
+class MIMConfig:
+    target: Literal["semantic", "pixel", "none"] = _f(
+        "semantic", "what a masked patch predicts: parser class (SemMIM), pixels, or no MIM"
+    )
+    mask_ratio: float = _f(0.5, "fraction of image patches masked", range=(0.0, 0.95))
+    masking: Literal["patch", "block"] = _f("patch", "random patches or contiguous blocks")
+    cross_module: Literal["own", "shared"] = _f(
+        "own", "own cross-modal module, or the MLM branch's"
+    )
+    depth: int = _f(4, "transformer layers of the MIM cross-modal module", range=(0, 24))
+    caption: Literal["clean", "masked"] = _f("clean", "caption used as keys and values")
+    labels: Literal["lip20", "atr18", "ppp7"] = _f("lip20", "human-parsing label set")
+    label_rule: Literal["majority", "soft"] = _f(
+        "majority", "patch label: majority vote, or the soft class histogram"
+    )
+    norm_pixels: bool = _f(True, "pixel target: normalise each patch (MAE)")
+
+
+@dataclass
+class LossConfig:
+    sdm_weight: float = _f(1.0, "similarity distribution matching", range=(0.0, None))
+    id_weight: float = _f(1.0, "identity classification", range=(0.0, None))
+    mlm_weight: float = _f(1.0, "masked language modelling", range=(0.0, None))
+    mim_weight: float = _f(1.0, "masked image modelling", range=(0.0, None))
+    itc_weight: float = _f(0.0, "CLIP's contrastive loss (pretraining)", range=(0.0, None))
+
+
+@dataclass
+class OptimConfig:
+    lr: float = _f(1e-5, "base learning rate (encoders)", range=(0.0, 10.0))
+    lr_factor: float = _f(5.0, "multiplier for new modules and heads", range=(0.0, None))
+    bias_lr_factor: float = _f(2.0, "multiplier for biases", range=(0.0, None))
+    weight_decay: float = _f(4e-5, range=(0.0, None))
+    weight_decay_bias: float = _f(0.0, range=(0.0, None))
+    betas: list[float] = _f([0.9, 0.999], "Adam betas")
+    eps: float = _f(1e-3, "Adam epsilon (IRRA: 1e-3)", range=(0.0, 1.0))
+    warmup_epochs: int = _f(5, range=(0, None))
+    warmup_factor: float = _f(0.1, "learning-rate factor at the first epoch", range=(0.0, 1.0))
+    schedule: Literal["cosine", "constant"] = _f("cosine")
+    grad_clip: float | None = _f(None, "clip the gradient norm to this", range=(0.0, None))
+    cross_norms_lr: Literal["base", "factor"] = _f(
+        "base", "lr of the cross-modal modules' ln_q, ln_kv, ln_post: base (IRRA) or x lr_factor"
+    )
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(60, range=(1, 10_000))
+    batch_size: int = _f(64, "per process", range=(2, 65_536))
+    seed: int = _f(1, "seed of the run; each process uses seed + rank", range=(0, None))
+    deterministic: bool = _f(False, "deterministic algorithms (bit-exact resume on CPU)")
+    amp: Literal["auto", "bf16", "fp16", "off"] = _f("auto", "autocast: auto = bf16 on GPU")
+    log_every: int = _f(20, "steps between progress lines", range=(1, None), hash=False)
+    max_steps_per_epoch: int | None = _f(None, "cap steps per epoch (smoke runs)", range=(1, None))
+    drop_last: bool = _f(True, "drop each epoch's last partial batch (IRRA: false)")
+
+
+@dataclass
+class EvalConfig:
+    every: int = _f(1, "evaluate every N epochs", range=(1, None))
+    select_split: Literal["val", "test"] = _f(
+        "val", "split that picks the best checkpoint (test: IRRA parity)"
+    )
+    select_metric: Literal["R1", "R5", "R10", "mAP", "mINP"] = _f("R1")
+    batch_size: int = _f(256, range=(1, None), hash=False)
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = _f("sqlite:///mlflow.db", "MLflow tracking URI", hash=False)
+    enabled: bool = _f(True, "mirror the trial directory to MLflow", hash=False)
+    study: str = _f("default", "MLflow experiment and runs/<study>/", hash=False)
+    variant: str = _f("", "row label in ablation tables", hash=False)
+    # Set by the sweep's expansion, so that tables group runs without parsing labels. A dict
+    # in YAML would be flattened into unknown keys: the grid point is a JSON string.
+    variant_base: str = _f("", "the grid's variant name, without axis values", hash=False)
+    variant_index: int = _f(
+        -1, "the variant's position in its grid (row order); -1: none", hash=False
+    )
+    grid_point: str = _f("{}", 'grid axes\' values, JSON: {"mim.mask_ratio": 0.3}', hash=False)
+
+
+@dataclass
+class PathsConfig:
+    runs: str = _f("runs", "root of the trial directories", hash=False)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mlm: MLMConfig = field(default_factory=MLMConfig)
+    mim: MIMConfig = field(default_factory=MIMConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
