@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 # Never reach for the hub: a model id that is not a local folder must fail at once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -137,30 +138,8 @@ def _cmd_pretrain_clip(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bilma", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("train", help="train (or resume, or report) one run")
-    p.add_argument(
-        "--config", type=Path, required=True, help="YAML file, e.g. configs/synth_tiny.yaml"
-    )
-    p.add_argument("overrides", nargs="*", help="key.sub=value, e.g. train.epochs=5")
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser("eval", help="evaluate a checkpoint")
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--split", choices=("test", "val"), default="test")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.set_defaults(func=_cmd_eval)
-
-    p = sub.add_parser("sync", help="mirror trial directories into MLflow (idempotent)")
-    from bilma.sync import add_sync_args
-
-    add_sync_args(p)
-    p.set_defaults(func=_cmd_sync)
-
+def _add_data_commands(sub: Any) -> None:
+    """synth, data-info, config, parse, parse-report."""
     p = sub.add_parser("synth", help="generate the synthetic pedestrian dataset")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--ids", type=int, default=1200, help="identities (default 1200)")
@@ -193,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_args(p)
     p.set_defaults(func=cmd_report)
 
+
+def _add_study_commands(sub: Any) -> None:
+    """export-clip, eval-lookalike, pretrain-clip: the laptop-scale study's tools."""
     p = sub.add_parser("export-clip", help="write a checkpoint's encoders as a CLIP folder")
     p.add_argument("--checkpoint", type=Path, required=True, help="e.g. runs/.../ckpt/best.pt")
     p.add_argument("--out", type=Path, required=True, help="folder for model.pretrained")
@@ -213,6 +195,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="e.g. data/clip-synth-tiny")
     p.add_argument("overrides", nargs="*", help="key.sub=value")
     p.set_defaults(func=_cmd_pretrain_clip)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bilma", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train (or resume, or report) one run")
+    p.add_argument(
+        "--config", type=Path, required=True, help="YAML file, e.g. configs/synth_tiny.yaml"
+    )
+    p.add_argument("overrides", nargs="*", help="key.sub=value, e.g. train.epochs=5")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--split", choices=("test", "val"), default="test")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("sync", help="mirror trial directories into MLflow (idempotent)")
+    from bilma.sync import add_sync_args
+
+    add_sync_args(p)
+    p.set_defaults(func=_cmd_sync)
+
+    _add_data_commands(sub)
+    _add_study_commands(sub)
 
     p = sub.add_parser("demo", help="train the tiny model on synthetic data (make demo)")
     p.add_argument(

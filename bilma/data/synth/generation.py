@@ -183,6 +183,52 @@ def _prepare(root: Path) -> None:
             (root / "parsing" / name / split).mkdir(parents=True, exist_ok=True)
 
 
+def _draw_identities(
+    ids: int,
+    sizes: dict[str, int],
+    splits: list[str],
+    seed: int,
+    lookalike: int,
+    lookalike_share: float,
+    pool: str,
+) -> tuple[list, list[dict[str, Any]]]:
+    """The identities in split order, and the look-alike groups (empty without the option)."""
+    if not lookalike:
+        return sample_identities(ids, seed, pool), []
+    blocks = [sizes[s] for s in _SPLITS]
+    identities, drawn = sample_lookalike_identities(blocks, seed, lookalike, lookalike_share, pool)
+    groups = [
+        {"ids": [i + 1 for i in g.indices], "attribute": g.attribute, "split": splits[g.indices[0]]}
+        for g in drawn
+    ]
+    return identities, groups
+
+
+def _marker(
+    ids: int,
+    images_per_id: int,
+    seed: int,
+    height: int,
+    width: int,
+    sizes: dict[str, int],
+    counts: dict[str, dict[str, int]],
+) -> dict[str, Any]:
+    """The generation parameters written to `SYNTH_MARKER` (key order is part of its bytes)."""
+    return {
+        "generator": _GENERATOR,
+        "version": _FORMAT_VERSION,
+        "ids": ids,
+        "images_per_id": images_per_id,
+        "seed": seed,
+        "height": height,
+        "width": width,
+        "val_ids": sizes["val"],
+        "test_ids": sizes["test"],
+        "labelsets": list(LABEL_NAMES),
+        "counts": counts,
+    }
+
+
 def generate(
     out: str | Path,
     ids: int = 1200,
@@ -220,22 +266,9 @@ def generate(
     root = Path(out)
     _prepare(root)
     splits = [s for s in _SPLITS for _ in range(sizes[s])]
-    groups: list[dict[str, Any]] = []
-    if lookalike:
-        blocks = [sizes[s] for s in _SPLITS]
-        identities, drawn = sample_lookalike_identities(
-            blocks, seed, lookalike, lookalike_share, pool
-        )
-        groups = [
-            {
-                "ids": [i + 1 for i in g.indices],
-                "attribute": g.attribute,
-                "split": splits[g.indices[0]],
-            }
-            for g in drawn
-        ]
-    else:
-        identities = sample_identities(ids, seed, pool)
+    identities, groups = _draw_identities(
+        ids, sizes, splits, seed, lookalike, lookalike_share, pool
+    )
     entries = _annotations(identities, splits, seed, images_per_id)
     jobs = [
         IdentityJob(str(root), seed, i, ident, split, images_per_id, height, width)
@@ -252,19 +285,7 @@ def generate(
         }
         for split in _SPLITS
     }
-    params = {
-        "generator": _GENERATOR,
-        "version": _FORMAT_VERSION,
-        "ids": ids,
-        "images_per_id": images_per_id,
-        "seed": seed,
-        "height": height,
-        "width": width,
-        "val_ids": sizes["val"],
-        "test_ids": sizes["test"],
-        "labelsets": list(LABEL_NAMES),
-        "counts": counts,
-    }
+    params = _marker(ids, images_per_id, seed, height, width, sizes, counts)
     if pool != "all":  # only then, as below: datasets without the options keep their bytes
         params["pool"] = pool
     if lookalike:
