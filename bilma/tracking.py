@@ -4,7 +4,7 @@ The trial directory `runs/<study>/<trial_id>/` is the source of truth; MLflow is
 `sync` can always rebuild from it. A directory holds:
 
     config.yaml       the resolved config (written once; a different experiment is refused)
-    status.json       {"state": pending|running|done|failed|interrupted, "attempts", "updated"
+    status.json       {"state": pending|running|done|failed|interrupted|stopped, "attempts", "updated"
                        (unix time), "host", "pid", "slurm_job_id", "slurm_array_job_id",
                        "slurm_array_task_id", "started", "error", "traceback"}
     metrics.jsonl     append-only, one JSON object per line: {"epoch", "step", "split", "time"
@@ -68,7 +68,7 @@ from bilma.fileio import atomic_torch_save, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-STATES = ("pending", "running", "done", "failed", "interrupted")
+STATES = ("pending", "running", "done", "failed", "interrupted", "stopped")
 RESULT_METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 DEFAULT_URI = "sqlite:///mlflow.db"
 # Trial state -> MLflow run status.
@@ -78,6 +78,7 @@ MLFLOW_STATUS = {
     "done": "FINISHED",
     "failed": "FAILED",
     "interrupted": "KILLED",
+    "stopped": "KILLED",  # ended early by a scheduler (ASHA); tag stopped_early=true
 }
 _TERMINAL = ("FINISHED", "FAILED", "KILLED")
 # Fields of a metrics record that are not metrics.
@@ -620,6 +621,14 @@ class MlflowMirror:
             record_metrics(record), int(record.get("epoch") or 0), timestamp=record.get("time")
         )
 
+    def set_tag(self, key: str, value: str) -> None:
+        if not self.active:
+            return
+        try:
+            self._client.set_tag(self.run_id, key, value)
+        except Exception as e:
+            self._disable(e)
+
     def finish(self, status: str = "FINISHED") -> None:
         """Log the final metrics from result.json (if any) and end the run with `status`."""
         if status not in _TERMINAL:
@@ -664,6 +673,8 @@ class MlflowMirror:
             n += self._log_final(result, client.get_run(run_id))
         state = self.trial.status().get("state") or ("done" if result is not None else None)
         status = MLFLOW_STATUS.get(state)
+        if state == "stopped" and run.data.tags.get("stopped_early") != "true":
+            client.set_tag(run_id, "stopped_early", "true")
         if status and status != run.info.status:
             if status in _TERMINAL:
                 end = _iso_ms(result.get("finished")) if result and state == "done" else None

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,11 @@ from bilma.tracking import MlflowMirror, TrialDir, ensure_experiment, make_resul
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+
+class StopTrial(Exception):
+    """Raised by an `on_eval` callback to end the trial early (e.g. a scheduler's decision):
+    the trial is recorded as "stopped" with its last metrics; no result.json is written."""
 
 
 class Interrupted(Exception):
@@ -249,10 +255,18 @@ class _StopFlag:
         self.signum = signum
 
 
-def train(cfg: Config, parent_run_id: str | None = None, progress: bool = True) -> dict[str, Any]:
+def train(
+    cfg: Config,
+    parent_run_id: str | None = None,
+    progress: bool = True,
+    on_eval: Callable[[dict[str, Any], TrialDir], None] | None = None,
+) -> dict[str, Any]:
     """Run (or resume, or report) the trial of `cfg`; returns its result.json content.
 
-    Raises `Interrupted` after saving when a stop signal arrives.
+    `on_eval(record, trial)` is called on rank 0 after each evaluation record is committed
+    (metrics.jsonl appended and ckpt/last.pt saved); raising `StopTrial` there ends the
+    trial as "stopped" and returns {} (no result.json). Raises `Interrupted` after saving
+    when a stop signal arrives.
     """
     trial = TrialDir.for_config(cfg)
     done = trial.read_result()
@@ -316,7 +330,15 @@ def train(cfg: Config, parent_run_id: str | None = None, progress: bool = True) 
             stop,
             mirror,
             progress,
+            on_eval,
         )
+    except StopTrial as e:
+        if d.main:
+            trial.set_status("stopped", error=f"stopped early: {e}" if str(e) else "stopped early")
+            if mirror is not None:
+                mirror.set_tag("stopped_early", "true")
+                mirror.finish("KILLED")
+        return {}
     except Interrupted as e:
         if d.main:
             trial.set_status("interrupted", error=str(e))
@@ -375,7 +397,20 @@ def _save_last(trial: TrialDir, model: BiLMa, cfg: Config, optimizer, scaler, st
 
 
 def _fit(
-    cfg, trial, data, train_set, model, optimizer, scaler, state, d, device, stop, mirror, progress
+    cfg,
+    trial,
+    data,
+    train_set,
+    model,
+    optimizer,
+    scaler,
+    state,
+    d,
+    device,
+    stop,
+    mirror,
+    progress,
+    on_eval=None,
 ):
     raw = model
     if d.world > 1:
@@ -482,6 +517,8 @@ def _fit(
                 if mirror is not None:
                     mirror.log_record(record)
             _save_last(trial, raw, cfg, optimizer, scaler, state)
+            if on_eval is not None and len(records) > 1:
+                on_eval(records[-1], trial)  # may raise StopTrial
         if d.world > 1:
             dist.barrier()
     return _finish(cfg, trial, data, raw, state, select_split, device, d, mirror)

@@ -43,7 +43,18 @@ log = logging.getLogger(__name__)
 GRIDS_DIR = Path(__file__).parent / "grids"
 REPO_ROOT = Path(__file__).parents[1]
 
-TOP_KEYS = ("study", "base", "seeds", "set", "variants", "grid", "zip", "exclude")
+TOP_KEYS = (
+    "study",
+    "base",
+    "seeds",
+    "set",
+    "variants",
+    "grid",
+    "zip",
+    "exclude",
+    "search",
+    "scheduler",
+)
 DEFAULT_VARIANT = "default"
 # Keys the grid sets itself from `study:`, the variant label and `seeds:`.
 _STUDY_KEY, _VARIANT_KEY, _SEED_KEY = "tracking.study", "tracking.variant", "train.seed"
@@ -74,6 +85,8 @@ class Grid:
     exclude: list[dict[str, Any]]
     # The launcher's `--set key=value` extras, applied after `set` (they win).
     extra_set: dict[str, Any] = field(default_factory=dict)
+    search: Any = None  # sweeps.search.Search (ray backend)
+    scheduler: Any = None  # sweeps.search.Scheduler (ray backend)
 
     @property
     def axes(self) -> list[str]:
@@ -398,8 +411,19 @@ def load_grid(name_or_path: str | Path, extra_set: Sequence[str] = ()) -> Grid:
         exclude.append(flat)
 
     grid_obj = Grid(path, study, base, seeds, set_, variants, grid, zips, exclude, extras)
+    grid_obj.search, grid_obj.scheduler = _ray_sections(tree, gf, [*owned, *seen])
     _base_config(grid_obj)  # a broken base file is an error of this grid, found now
     return grid_obj
+
+
+def _ray_sections(tree: dict[str, Any], gf: str, owned: list[str]) -> tuple[Any, Any]:
+    from sweeps.search import SearchError, parse_scheduler, parse_search
+
+    try:
+        search = parse_search(tree.get("search"), gf, LEAF_FIELDS, owned)
+        return search, parse_scheduler(tree.get("scheduler"), gf)
+    except SearchError as e:
+        raise GridError(str(e)) from None
 
 
 def _base_config(grid: Grid) -> Config:
