@@ -212,7 +212,13 @@ def run_trial(config: dict[str, Any], bases: list[Config], parent: str | None) -
                     "launched": time.time(),
                 },
             )
-        reporter = Reporter(cfg, _checkpoint_epoch())
+        after = _checkpoint_epoch()
+        if after and trial.status().get("state") == "stopped":
+            # Restored after this experiment's scheduler stopped it (the driver died before
+            # Tune saved that decision): stopped it stays.
+            log.info("%s was stopped early by this experiment's scheduler", trial.path)
+            return
+        reporter = Reporter(cfg, after)
         try:
             # Evaluations already on disk (a relaunch, a retried worker, a trial done by
             # another backend) are reported first, so the scheduler sees every epoch.

@@ -113,7 +113,8 @@ def _flat_space(raw: Any, where: str) -> dict[str, Any]:
     def walk(node: dict, prefix: str) -> None:
         for k, v in node.items():
             key = f"{prefix}{k}"
-            if isinstance(v, dict) and len(v) == 1 and next(iter(v)) in DISTRIBUTIONS:
+            # A distribution is a one-key mapping to its arguments (a list).
+            if isinstance(v, dict) and len(v) == 1 and isinstance(next(iter(v.values())), list):
                 out[key] = v
             elif isinstance(v, dict) and v:
                 walk(v, key + ".")
