@@ -14,7 +14,9 @@ the trials, the search and the scheduler, so running the same command again rest
 finished and stopped trials are not run again and unfinished ones resume.
 
 Ray itself: a running cluster (--ray-address or $RAY_ADDRESS), else a local one bound to
-127.0.0.1 with this machine's cores and a temporary directory of its own, shut down at the end.
+127.0.0.1 with this machine's cores ($BILMA_RAY_NUM_CPUS to give it fewer) and a temporary
+directory of its own, shut down at the end. cluster/ray.sbatch starts one across a SLURM
+allocation.
 """
 
 from __future__ import annotations
@@ -370,9 +372,10 @@ def ray_session(opts: RayOptions) -> Iterator[str]:
         finally:
             ray.shutdown()  # disconnects; the cluster keeps running
         return
+    os.environ.pop("RAY_ADDRESS", None)  # set but empty: ray.init would look for a cluster
     os.environ.update(env)  # the local workers inherit this process's environment
     tmp = tempfile.mkdtemp(prefix="bilma-ray-")  # short: Ray's socket paths must stay < 108
-    cpus = opts.num_cpus or os.cpu_count() or 1
+    cpus = opts.num_cpus or int(os.environ.get("BILMA_RAY_NUM_CPUS") or 0) or os.cpu_count() or 1
     ray.init(
         num_cpus=cpus,
         include_dashboard=False,
