@@ -11,7 +11,8 @@ first) this driver records it.
 
 Tune's own files live in `runs/<study>/.tune/<experiment>/`; the experiment's name is a hash of
 the trials, the search and the scheduler, so running the same command again restores it:
-finished and stopped trials are not run again and unfinished ones resume.
+finished and stopped trials are not run again (their evaluations are only reported) and
+unfinished ones resume.
 
 Ray itself: a running cluster (--ray-address or $RAY_ADDRESS), else a local one bound to
 127.0.0.1 with this machine's cores ($BILMA_RAY_NUM_CPUS to give it fewer) and a temporary
@@ -214,19 +215,19 @@ def run_trial(config: dict[str, Any], bases: list[Config], parent: str | None) -
                     "launched": time.time(),
                 },
             )
-        after = _checkpoint_epoch()
-        if after and trial.status().get("state") == "stopped":
-            # Restored after this experiment's scheduler stopped it (the driver died before
-            # Tune saved that decision): stopped it stays.
-            log.info("%s was stopped early by this experiment's scheduler", trial.path)
-            return
-        reporter = Reporter(cfg, after)
+        # A trial a scheduler stopped stays stopped, like a done one: a relaunch (even one
+        # whose driver died before Tune saved that decision) only reports its evaluations.
+        stopped = trial.status().get("state") == "stopped" and trial.read_result() is None
+        reporter = Reporter(cfg, _checkpoint_epoch())
         try:
             # Evaluations already on disk (a relaunch, a retried worker, a trial done by
             # another backend) are reported first, so the scheduler sees every epoch.
             for record in trial.read_metrics():
                 if record.get("split") != "train":
                     reporter(record, trial)
+            if stopped:
+                log.info("%s was stopped early; not resumed", trial.path)
+                return
             train(cfg, parent_run_id=parent, progress=False, on_eval=reporter)
             reporter.final(trial)
         except StopTrial as e:  # stopped during the replay: the trainer did not run
@@ -478,9 +479,7 @@ def _summary(results, recorder, metric: str) -> int:
     counts = {"done": 0, "stopped": 0, "failed": 0, "other": 0}
     for r in results:
         path = (r.metrics or {}).get("trial_dir")
-        state = TrialDir(path).status().get("state") if path else None
-        if path and TrialDir(path).read_result() is not None:
-            state = "done"
+        state = _settle(TrialDir(path)) if path else None
         counts[state if state in counts else ("failed" if r.error else "other")] += 1
     print(
         f"Ray Tune: {counts['done']} done, {counts['stopped']} stopped early, "
@@ -489,3 +488,16 @@ def _summary(results, recorder, metric: str) -> int:
         flush=True,
     )
     return 1 if counts["failed"] or counts["other"] else 0
+
+
+def _settle(trial: TrialDir) -> str | None:
+    """The trial's final state; its MLflow run brought up to date from the directory (a worker
+    killed between result.json and ending its run would leave the run RUNNING)."""
+    state = "done" if trial.read_result() is not None else trial.status().get("state")
+    cfg = trial.read_config()
+    if state in ("done", "stopped", "failed") and cfg.tracking.enabled:
+        try:
+            MlflowMirror(trial, cfg).sync()
+        except Exception as e:  # MLflow down: the directory has it all
+            log.warning("MLflow: could not sync %s (%s); run `python -m bilma sync`", trial.path, e)
+    return state

@@ -208,3 +208,50 @@ def test_asha_search_survives_a_killed_driver(tmp_path, synth_small, ray_head):
         env={**os.environ, "PYTHONPATH": str(REPO)},
     ).stdout
     assert table.count(" stopped ") == list(final.values()).count("stopped")
+
+
+def test_sampled_values_make_their_own_trial(tmp_path, synth_small):
+    """A searcher's values: rounded to 4 significant digits, named in the variant label, and
+    a trial id of their own that the same values always give again."""
+    from bilma.config import trial_id
+    from sweeps.grid import expand, load_grid
+    from sweeps.ray_backend import trial_config
+
+    base = expand(load_grid(write_grid(tmp_path, synth_small)))[0].config
+    cfg = trial_config(base, {"optim.lr": 0.000123456789, "loss.mim_weight": 0.5})
+    assert cfg.optim.lr == 0.0001235 and cfg.loss.mim_weight == 0.5
+    assert cfg.tracking.variant == "A {lr=0.0001235, mim_weight=0.5}"
+    assert trial_id(cfg) != trial_id(base)
+    assert trial_id(trial_config(base, {"optim.lr": 0.00012346, "loss.mim_weight": 0.5})) == (
+        trial_id(cfg)
+    )
+    assert trial_config(base, {}) is base
+
+
+def test_tune_setup_follows_the_search_section(tmp_path, synth_small):
+    from ray.tune.search.sample import Float
+
+    from sweeps.grid import expand, load_grid
+    from sweeps.ray_backend import make_scheduler, tune_setup
+
+    path = write_grid(tmp_path, synth_small)
+    tree = yaml.safe_load(path.read_text())
+    grid = load_grid(path)
+    space, alg, n = tune_setup(grid, 4)
+    assert space == {"base": {"grid_search": [0, 1, 2, 3]}} and alg is None and n == 1
+    sched = make_scheduler(grid, expand(grid))  # max_t defaults to train.epochs
+    assert type(sched).__name__ == "AsyncHyperBandScheduler"
+    assert (sched._time_attr, sched._max_t, sched._reduction_factor) == ("epoch", 4, 2)
+    tree["search"] = {
+        "method": "random",
+        "num_samples": 3,
+        "seed": 5,
+        "space": {"loss.mim_weight": {"uniform": [0.0, 1.0]}},
+    }
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    grid = load_grid(path)
+    space, alg, n = tune_setup(grid, 4)
+    assert space["base"] == {"grid_search": [0, 1, 2, 3]} and n == 3
+    dist = space["space"]["loss.mim_weight"]
+    assert isinstance(dist, Float) and (dist.lower, dist.upper) == (0.0, 1.0)
+    assert type(alg).__name__ == "BasicVariantGenerator"
