@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 TUNE_DIR = ".tune"  # runs/<study>/.tune/: hidden, so find_trials never walks it
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POINTER = "trial.json"  # the one file of a Tune checkpoint
+_DDP_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 @dataclass
@@ -200,6 +201,10 @@ def run_trial(config: dict[str, Any], bases: list[Config], parent: str | None) -
     """Tune's trainable: train (or resume, or replay) one trial directory."""
     from bilma.train import StopTrial, train
 
+    # One trial is one process: inside a SLURM allocation the worker inherits the Ray node's
+    # task variables, which would make the trainer start DDP across the job's tasks.
+    for key in ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS", "SLURM_NPROCS", *_DDP_VARS):
+        os.environ.pop(key, None)
     cfg = trial_config(bases[config["base"]], config.get("space") or {})
     trial = TrialDir.for_config(cfg)
     with _trial_lock(trial), _log_to(trial.path / "ray.log"):
@@ -246,7 +251,11 @@ def record_stopped(trial: TrialDir, cfg: Config, why: str) -> None:
         trial.set_status("stopped", error=f"stopped early {why}".strip())
     if cfg.tracking.enabled:
         try:
-            MlflowMirror(trial, cfg).sync()
+            mirror = MlflowMirror(trial, cfg)
+            mirror.sync()  # run KILLED, last metrics logged
+            import mlflow
+
+            mlflow.MlflowClient(mirror.uri).set_tag(mirror.run_id, "stopped_early", "true")
         except Exception as e:  # MLflow down: `python -m bilma sync` later
             log.warning("MLflow: could not mark %s stopped (%s)", trial.trial_id, e)
 

@@ -67,10 +67,10 @@ def outcome(tmp: Path) -> dict:
     names = {r.info.run_id: r.info.run_name for r in runs}
     mlruns = sorted(
         (
-            r.data.tags.get("trial_id"),
+            r.data.tags.get("trial_id") or "",
             r.info.status,
             r.info.run_name,
-            names.get(r.data.tags.get("mlflow.parentRunId")),
+            names.get(r.data.tags.get("mlflow.parentRunId")) or "",
         )
         for r in runs
     )
