@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -82,6 +83,7 @@ def ray_head():
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_grid(tmp_path: Path, root: Path, epochs: int = 4) -> Path:
