@@ -217,7 +217,7 @@ def test_sampled_values_make_their_own_trial(tmp_path, synth_small):
     a trial id of their own that the same values always give again."""
     from bilma.config import trial_id
     from sweeps.grid import expand, load_grid
-    from sweeps.ray_backend import trial_config
+    from sweeps.ray_trial import trial_config
 
     base = expand(load_grid(write_grid(tmp_path, synth_small)))[0].config
     cfg = trial_config(base, {"optim.lr": 0.000123456789, "loss.mim_weight": 0.5})
