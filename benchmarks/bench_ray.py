@@ -30,12 +30,14 @@ from bench_launch import trial_overrides  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RAY_START = """
-import tempfile, time, ray
+import shutil, tempfile, time, ray
+tmp = tempfile.mkdtemp(prefix="bilma-ray-")
 t0 = time.perf_counter()
 ray.init(num_cpus={p}, include_dashboard=False, _node_ip_address="127.0.0.1",
-         _temp_dir=tempfile.mkdtemp(prefix="bilma-ray-"), log_to_driver=False)
+         _temp_dir=tmp, log_to_driver=False)
 ray.shutdown()
 print(time.perf_counter() - t0)
+shutil.rmtree(tmp, ignore_errors=True)
 """
 
 
