@@ -63,6 +63,8 @@ class Grid:
     exclude: list[dict[str, Any]]
     # The launcher's `--set key=value` extras, applied after `set` (they win).
     extra_set: dict[str, Any] = field(default_factory=dict)
+    search: Any = None  # sweeps.search.Search (ray backend)
+    scheduler: Any = None  # sweeps.search.Scheduler (ray backend)
 
     @property
     def axes(self) -> list[str]:
@@ -343,6 +345,27 @@ def _parse_exclude(raw: Any, p: _Parsing) -> dict[str, Any]:
     return {"exclude": exclude}
 
 
+def _parse_search(raw: Any, p: _Parsing) -> dict[str, Any]:
+    """`search:` (Ray Tune: grid, random or Optuna), parsed by sweeps/search.py."""
+    from sweeps.search import SearchError, parse_search
+
+    axes = [*p.fields["grid"], *(k for g in p.fields["zip"] for k in g)]
+    try:
+        return {"search": parse_search(raw, p.gf, LEAF_FIELDS, [*p.owned(), *axes])}
+    except SearchError as e:
+        raise GridError(str(e)) from None
+
+
+def _parse_scheduler(raw: Any, p: _Parsing) -> dict[str, Any]:
+    """`scheduler:` (Ray Tune: FIFO or ASHA), parsed by sweeps/search.py."""
+    from sweeps.search import SearchError, parse_scheduler
+
+    try:
+        return {"scheduler": parse_scheduler(raw, p.gf)}
+    except SearchError as e:
+        raise GridError(str(e)) from None
+
+
 _SectionParser = Callable[[Any, _Parsing], dict[str, Any]]
 
 SECTIONS: dict[str, _SectionParser] = {
@@ -354,6 +377,8 @@ SECTIONS: dict[str, _SectionParser] = {
     "grid": _parse_grid,
     "zip": _parse_zip,
     "exclude": _parse_exclude,
+    "search": _parse_search,
+    "scheduler": _parse_scheduler,
 }
 """Top-level key -> its parser, in parsing order: a parser gets the key's value (None when
 absent) and returns the `Grid` fields it fills; it may read the fields of the sections

@@ -4,6 +4,7 @@
                       with a live progress view; waits for the end (default)
     --backend debug   in this process, one trial after another (for pdb)
     --backend slurm   submitit job arrays on SLURM (--profile); submits, prints the job ids, exits
+    --backend ray     Ray Tune (the grid's search: and scheduler:), on --ray-address or a local Ray
     --status          the study's trials as their directories say
     --dry-run         what would run; nothing runs and nothing is written
 
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override for every trial"
     )
+    p.add_argument("--ray-address", default=None, help="ray: a running cluster (or $RAY_ADDRESS)")
+    p.add_argument("--cpus-per-trial", type=float, default=None, help="ray (default 1 or profile)")
+    p.add_argument("--gpus-per-trial", type=float, default=None, help="ray (default 0 or profile)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -122,19 +126,19 @@ def _run(args: argparse.Namespace) -> int:
         stuck = any(p.action in (launcher.SKIP_FAILED, launcher.SKIP_UNREADABLE) for p in planned)
         print("nothing to submit: every trial is done" + (" or failed" if stuck else ""))
         return 1 if stuck else 0
-    if args.backend == "ray":
-        print(
-            "error: the Ray Tune backend is not built yet; use --backend local or slurm",
-            file=sys.stderr,
-        )
-        return 2
     if args.backend == "slurm":
         from sweeps.slurm import submit
 
         parent = launcher.prepare(grid, planned)
         return submit(planned, args.profile, grid, parent)
+    if args.backend == "ray":
+        from sweeps import ray_backend
+
+        metric = ray_backend.check(grid, trials)  # before anything is written
     parent = launcher.prepare(grid, planned)
-    if args.backend == "debug":
+    if args.backend == "ray":
+        code = ray_backend.run_ray(grid, trials, parent, ray_backend.options(args), metric)
+    elif args.backend == "debug":
         code = launcher.run_debug(planned)
     else:
         max_parallel = args.max_parallel or max(1, (os.cpu_count() or 1) // 2)
