@@ -72,7 +72,9 @@ def _run(args: argparse.Namespace) -> int:
     trials, dropped = expand_report(grid)  # validates every trial before anything runs
     planned = launcher.plan(trials, retry_failed=args.retry_failed)
     if args.status:
-        print(report.status_table(planned))
+        from sweeps.slurm import slurm_states
+
+        print(report.status_table(planned, slurm=slurm_states(planned)))
         return 0
     header = f"{grid.study}: {len(trials)} trials" + (
         f" ({dropped} duplicates merged)" if dropped else ""
@@ -104,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
         from sweeps.slurm import submit
 
         parent = launcher.prepare(grid, planned)
-        return submit(planned, args.profile, grid, parent)
+        return submit(planned, args.profile, grid, parent, _status_command(args))
     parent = launcher.prepare(grid, planned)
     if args.backend == "debug":
         code = launcher.run_debug(planned)
@@ -117,6 +119,14 @@ def _run(args: argparse.Namespace) -> int:
     if trials[0].config.tracking.enabled:
         print(f"\ncompare runs: mlflow ui --backend-store-uri {trials[0].config.tracking.uri}")
     return code
+
+
+def _status_command(args: argparse.Namespace) -> str:
+    """The command that shows this study's table (same grid and overrides)."""
+    import shlex
+
+    sets = [a for s in args.set for a in ("--set", s)]
+    return shlex.join(["python", "sweeps/launch.py", "--grid", args.grid, *sets, "--status"])
 
 
 if __name__ == "__main__":

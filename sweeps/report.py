@@ -25,14 +25,15 @@ def _log_path(p: Planned) -> str:
     return str(p.dir.path)
 
 
-def status_table(planned: list[Planned]) -> str:
-    """Variant, seed, trial id, state, attempts, test R1 and where the log is."""
+def status_table(planned: list[Planned], slurm: dict[str, str] | None = None) -> str:
+    """Variant, seed, trial id, state, attempts, test R1 and where the log is; with `slurm`
+    (trial id -> job id and SLURM state), SLURM's view next to the directory's."""
     rows = []
     for p in planned:
         status = p.dir.status()
         result = p.dir.read_result()
         state = "done" if result else status.get("state", "new")
-        if p.action == "running":
+        if p.action == "running" and state != "pending":
             state = "running"
         r1 = f"{result['metrics']['R1']:.2f}" if result else ""
         rows.append(
@@ -46,7 +47,12 @@ def status_table(planned: list[Planned]) -> str:
                 _log_path(p),
             ]
         )
-    return _table(["variant", "seed", "trial", "state", "attempts", "R1", "log"], rows)
+        if slurm:
+            rows[-1].insert(4, slurm.get(p.dir.trial_id, ""))
+    header = ["variant", "seed", "trial", "state", "attempts", "R1", "log"]
+    if slurm:
+        header.insert(4, "slurm job")
+    return _table(header, rows)
 
 
 def plan_table(planned: list[Planned]) -> str:
