@@ -71,6 +71,9 @@ def _run(args: argparse.Namespace) -> int:
     grid = load_grid(args.grid, args.set)
     trials, dropped = expand_report(grid)  # validates every trial before anything runs
     planned = launcher.plan(trials, retry_failed=args.retry_failed)
+    from sweeps.slurm import reconcile
+
+    planned = reconcile(planned)  # scancel'ed trials resume rather than count as failed
     if args.status:
         from sweeps.slurm import slurm_states
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from cluster.profiles import Profile, ProfileError, load_profile, render_sbatch
 from sweeps.grid import Grid
 from sweeps.job import TrialJob
-from sweeps.launcher import TO_RUN, Planned, mark_submitted
+from sweeps.launcher import RESUME, SKIP_FAILED, SUBMIT, TO_RUN, Planned, mark_submitted
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
 
@@ -124,7 +124,10 @@ def submit(
 
 def _submit_array(piece: list[Planned], profile: Profile, study: str, submitit) -> list:
     ex = submitit.SlurmExecutor(folder=_folder(piece), max_num_timeout=profile.max_requeues)
-    ex.update_parameters(job_name=_job_name(study), **profile.submitit_parameters())
+    params = profile.submitit_parameters()
+    # One thread per CPU the job was given: torch would otherwise use every core of the node.
+    params["setup"] = ["export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}", *params.get("setup", [])]
+    ex.update_parameters(job_name=_job_name(study), **params)
     with ex.batch():
         jobs = [ex.submit(TrialJob(p.dir.path)) for p in piece]
     return jobs
@@ -184,3 +187,24 @@ def slurm_states(planned: list[Planned]) -> dict[str, str]:
             jobs[p.dir.trial_id] = str(status["job_id"])
     states = job_states(sorted(set(jobs.values())))
     return {trial: f"{job} {states.get(job, 'unknown')}" for trial, job in jobs.items()}
+
+
+def reconcile(planned: list[Planned]) -> list[Planned]:
+    """A trial whose SLURM job was cancelled (scancel) is interrupted, not failed: its
+    trainer may have died of the cancellation (SIGTERM reaches every process of the job), but
+    a relaunch should resume it without --retry-failed. Changes the plan only, writes nothing."""
+    failed = [p for p in planned if p.action == SKIP_FAILED]
+    jobs = {
+        str(p.dir.status().get("job_id"))
+        for p in failed
+        if p.dir.status().get("backend") == "slurm" and p.dir.status().get("job_id")
+    }
+    if not jobs:
+        return planned
+    states = job_states(sorted(jobs))
+    for p in failed:
+        job = str(p.dir.status().get("job_id"))
+        if states.get(job, "").startswith("CANCELLED"):
+            p.action = RESUME if p.dir.last_ckpt.exists() else SUBMIT
+            p.note = f"SLURM job {job} was cancelled"
+    return planned
