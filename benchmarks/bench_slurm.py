@@ -1,0 +1,163 @@
+"""SLURM backend timings on the local cluster (`cluster/dev-slurm.sh start` first).
+
+    python benchmarks/bench_slurm.py [--trials 100] [--skip-requeue]
+
+1. Submission: seconds from starting `sweeps/launch.py --backend slurm` to every trial of a
+   `--trials`-trial grid queued (the jobs are held with `--hold`, counted, then cancelled).
+   Goal: under 10 s for 100 trials.
+2. Requeue: one trial is signalled the way SLURM does at its time limit (USR2 to the job's
+   steps); the wall time from the signal to the job queued again, running again, and its first
+   training step after resuming.
+Results go to BENCHMARKS.md by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from conftest import SYNTH_OVERRIDES, tiny_overrides  # noqa: E402
+
+from bilma.config import load_config, parse_override  # noqa: E402
+
+
+def grid_file(tmp: Path, root: Path, seeds: int, tracking: bool, *extra: str) -> Path:
+    overrides = tiny_overrides(root, tmp / "runs", *extra)
+    if tracking:
+        overrides += ["tracking.enabled=true", f"tracking.uri=sqlite:///{tmp}/mlflow.db"]
+    grid = {
+        "study": "bench",
+        "base": str(REPO / "configs" / "synth_tiny.yaml"),
+        "seeds": list(range(seeds)),
+        "set": dict(parse_override(o) for o in overrides),
+    }
+    path = tmp / "bench.yaml"
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    return path
+
+
+def profile_file(tmp: Path, **keys) -> Path:
+    prof = yaml.safe_load((REPO / "cluster" / "profiles" / "local-slurm.yaml").read_text())
+    prof.update(keys)
+    path = tmp / "profile.yaml"
+    path.write_text(yaml.safe_dump(prof))
+    return path
+
+
+def launch(grid: Path, profile: Path, cwd: Path) -> tuple[float, list[str], str]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "sweeps" / "launch.py"), "--grid", str(grid)]
+        + ["--backend", "slurm", "--profile", str(profile)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
+    seconds = time.perf_counter() - t0
+    out = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise SystemExit(out)
+    arrays = sorted(set(re.findall(r"^\s+(\d+)_\d+\s", out, re.MULTILINE)))
+    return seconds, arrays, out
+
+
+def queued(ids: list[str]) -> int:
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(ids)], capture_output=True, text=True
+    )
+    return len(out.stdout.split())
+
+
+def bench_submit(root: Path, trials: int, tracking: bool) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        grid = grid_file(tmp, root, trials, tracking)
+        prof = profile_file(tmp, sbatch_extra=["--hold"])
+        seconds, arrays, out = launch(grid, prof, tmp)
+        n = queued(arrays)
+        subprocess.run(["scancel", *arrays], check=True)
+        print(
+            f"submit {trials} trials (MLflow {'on' if tracking else 'off'}): {seconds:.1f} s "
+            f"to {n} jobs queued in {len(arrays)} array(s)"
+        )
+
+
+def wait(what: str, check, timeout: float = 600, every: float = 0.1):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def bench_requeue(root: Path) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        grid = grid_file(
+            tmp,
+            root,
+            1,
+            False,
+            "train.epochs=3",
+            "train.max_steps_per_epoch=40",
+            "train.log_every=1",
+        )
+        _, (array,), _ = launch(grid, profile_file(tmp), tmp)
+        job = f"{array}_0"
+        log = tmp / "runs" / "bench" / "slurm" / job / f"{job}_0_log.err"
+
+        def text() -> str:
+            return log.read_text(errors="replace") if log.exists() else ""
+
+        wait("training steps", lambda: re.search(r"epoch 1/3 \S+ 2/40", text()))
+        t0 = time.perf_counter()
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)
+        marks = {}
+        wait("requeue", lambda: "Requeued" in text() or "requeue" in text().lower())
+        marks["saved and requeued"] = time.perf_counter() - t0
+        wait("restart", lambda: "attempt 2" in text())
+        marks["running again (trainer started)"] = time.perf_counter() - t0
+
+        def resumed_step() -> bool:
+            after = text().split("resuming from", 1)
+            return len(after) == 2 and re.search(r"\] \d+/40 loss", after[1]) is not None
+
+        wait("first step after resuming", resumed_step)
+        marks["first training step after resuming"] = time.perf_counter() - t0
+        subprocess.run(["scancel", array], check=True)
+        for k, v in marks.items():
+            print(f"requeue: signal -> {k}: {v:.1f} s")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=100)
+    p.add_argument("--skip-requeue", action="store_true")
+    args = p.parse_args()
+    from bilma.data import datasets
+
+    root = Path(tempfile.mkdtemp(prefix="bench-slurm-data-"))
+    datasets.ensure_synthetic(load_config(None, [f"data.root={root}", *SYNTH_OVERRIDES]).data)
+    bench_submit(root, args.trials, tracking=False)
+    bench_submit(root, args.trials, tracking=True)
+    if not args.skip_requeue:
+        bench_requeue(root)
+
+
+if __name__ == "__main__":
+    main()
