@@ -57,6 +57,8 @@ else
   REACH=$HOST
 fi
 URI="http://${REACH}:${PORT}"
+# MLflow 3 refuses Host headers other than localhost and private IPs: allow the name jobs use.
+ALLOWED=(--allowed-hosts "${REACH},${REACH}:${PORT},localhost,localhost:${PORT},127.0.0.1,127.0.0.1:${PORT}")
 echo "$URI" >"$STORE/tracking_uri"
 echo "MLflow server: store $STORE, listening on $HOST:$PORT"
 echo "for the jobs:  export MLFLOW_TRACKING_URI=$URI"
@@ -65,4 +67,4 @@ export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
 exec "$MLFLOW" server \
   --backend-store-uri "sqlite:///$STORE/mlflow.db" \
   --artifacts-destination "$STORE/artifacts" --serve-artifacts \
-  --host "$HOST" --port "$PORT" --workers "$WORKERS"
+  --host "$HOST" --port "$PORT" --workers "$WORKERS" "${ALLOWED[@]}"
