@@ -70,7 +70,7 @@ def launch(grid: Path, profile: Path, cwd: Path) -> tuple[float, list[str], str]
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise SystemExit(out)
-    arrays = sorted(set(re.findall(r"^\s+(\d+)_\d+\s", out, re.MULTILINE)))
+    arrays = sorted(set(re.findall(r"^\s+(\d+)(?:_\d+)?\s", out, re.MULTILINE)))
     return seconds, arrays, out
 
 
@@ -118,7 +118,7 @@ def bench_requeue(root: Path) -> None:
             "train.log_every=1",
         )
         _, (array,), _ = launch(grid, profile_file(tmp), tmp)
-        job = f"{array}_0"
+        job = array  # one trial: a plain job, not an array
         log = tmp / "runs" / "bench" / "slurm" / job / f"{job}_0_log.err"
 
         def text() -> str:

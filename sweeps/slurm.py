@@ -100,6 +100,9 @@ def submit(
 
     to_run = [p for p in planned if p.action in TO_RUN]
     profile = load_profile(profile_name)
+    if not to_run:
+        print("nothing new to submit: the other trials are queued or running (see --status)")
+        return 0
     _check_cluster()
     arrays = split(to_run, max_array_size())
     ids = []
@@ -110,7 +113,9 @@ def submit(
             mark_submitted(p.dir, "slurm", str(job.job_id))
             p.dir.set_status("pending", log=str(job.paths.stderr).replace("%t", "0"))
             print(f"  {job.job_id}  {p.trial.variant} seed={p.trial.seed}  ({p.dir.trial_id})")
-    what = f"job array {ids[0]}" if len(ids) == 1 else f"{len(ids)} job arrays {', '.join(ids)}"
+    what = f"{len(ids)} job arrays {', '.join(ids)}"
+    if len(ids) == 1:
+        what = f"job {ids[0]}" if len(to_run) == 1 else f"job array {ids[0]}"
     print(
         f"submitted {len(to_run)} trials as {what} (profile {profile.name}: "
         f"{profile.tasks} task(s) per trial, at most {profile.array_parallelism} at once per array)"
