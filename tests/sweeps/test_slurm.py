@@ -252,15 +252,17 @@ def test_time_limit_signal_requeue_resume_same_metrics(cluster, jobs, synth_smal
 
 
 def test_scancel_shows_cancelled_and_relaunch_completes(cluster, jobs, synth_small, tmp_path):
-    work = settings(synth_small, tmp_path, "train.epochs=3", "train.max_steps_per_epoch=6")
+    work = settings(synth_small, tmp_path, "train.epochs=4", "train.max_steps_per_epoch=25")
     grid = write_grid(tmp_path, work, study="cancel")
     args = ["--grid", str(grid), "--backend", "slurm", "--profile", "local-slurm"]
     launch(*args, cwd=tmp_path, ids=jobs)
     (trial,) = trial_dirs(tmp_path, "cancel")
-    wait_for("the first epoch", lambda: (trial / "ckpt" / "last.pt").exists())
-    job = status(trial)["job_id"]
+    wait_for("the trainer to start", lambda: status(trial).get("state") == "running")
     running_again = launch(*args, cwd=tmp_path, ids=jobs)
     assert "1 already running" in running_again and len(jobs) == 1  # nothing twice
+    wait_for("the first epoch", lambda: (trial / "ckpt" / "last.pt").exists())
+    job = status(trial)["job_id"]
+    assert not (trial / "result.json").exists(), "the trial ended before it could be cancelled"
     subprocess.run(["scancel", job], check=True)
     wait_for("the job to leave the queue", lambda: not queued([job]), 120)
     wait_for("sacct CANCELLED", lambda: sacct_state(job).startswith("CANCELLED"), 60)
