@@ -20,8 +20,9 @@ def _log_path(p: Planned) -> str:
     job = status.get("job_id")
     if status.get("backend") == "local" and job:
         return str(p.dir.path / "logs" / f"{job}_0_log.err")
-    if status.get("backend") == "slurm" and status.get("log"):
-        return str(status["log"])
+    if status.get("backend") == "slurm" and job:
+        # submitit's folder of the SLURM backend: runs/<study>/slurm/<job id>/
+        return str(p.dir.path.parent / "slurm" / str(job) / f"{job}_0_log.err")
     return str(p.dir.path)
 
 

@@ -110,8 +110,7 @@ def submit(
         jobs = _submit_array(piece, profile, grid.study, submitit)
         ids.append(str(jobs[0].job_id).split("_")[0])
         for p, job in zip(piece, jobs, strict=True):
-            mark_submitted(p.dir, "slurm", str(job.job_id))
-            p.dir.set_status("pending", log=str(job.paths.stderr).replace("%t", "0"))
+            mark_submitted(p.dir, "slurm", str(job.job_id))  # the log path follows from the id
             print(f"  {job.job_id}  {p.trial.variant} seed={p.trial.seed}  ({p.dir.trial_id})")
     what = f"{len(ids)} job arrays {', '.join(ids)}"
     if len(ids) == 1:
