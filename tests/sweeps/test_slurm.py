@@ -223,8 +223,9 @@ def test_time_limit_signal_requeue_resume_same_metrics(cluster, jobs, synth_smal
     """A 1-minute limit: SLURM signals (USR2), the trainer saves, submitit requeues, and the
     trial ends with exactly the metrics of an uninterrupted run of the same config."""
     # slurmctld checks limits every 30 s: with 1 min and a 10-s delay the signal comes 20-50 s
-    # into each run. The work takes longer than that (~1 min on an idle 2-core machine).
-    work = settings(synth_small, tmp_path, "train.epochs=4", "train.max_steps_per_epoch=25")
+    # into each run. The work (45 steps) takes longer than that on an idle 2-core machine;
+    # on a busy one each run gets fewer steps and the trial more requeues.
+    work = settings(synth_small, tmp_path, "train.epochs=3", "train.max_steps_per_epoch=15")
     grid = write_grid(tmp_path, work, study="timelimit")
     profile = write_profile(tmp_path, time_min=1, signal_delay_s=10)
     launch(
