@@ -113,8 +113,7 @@ def bench_requeue(root: Path) -> None:
             root,
             1,
             False,
-            "train.epochs=3",
-            "train.max_steps_per_epoch=40",
+            "train.epochs=20",
             "train.log_every=1",
         )
         _, (array,), _ = launch(grid, profile_file(tmp), tmp)

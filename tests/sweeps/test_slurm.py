@@ -223,9 +223,9 @@ def test_time_limit_signal_requeue_resume_same_metrics(cluster, jobs, synth_smal
     """A 1-minute limit: SLURM signals (USR2), the trainer saves, submitit requeues, and the
     trial ends with exactly the metrics of an uninterrupted run of the same config."""
     # slurmctld checks limits every 30 s: with 1 min and a 10-s delay the signal comes 20-50 s
-    # into each run. The work (6 epochs of 6 steps, an evaluation each) takes longer than that
-    # on an idle 2-core machine; on a busy one each run gets fewer steps, the trial more requeues.
-    work = settings(synth_small, tmp_path, "train.epochs=6")
+    # into each run. The work (4 epochs of 12 steps, an evaluation each) takes longer than
+    # that on an idle 2-core machine; on a busy one each run gets fewer steps, more requeues.
+    work = settings(synth_small, tmp_path, "train.epochs=4")
     grid = write_grid(tmp_path, work, study="timelimit")
     profile = write_profile(tmp_path, time_min=1, signal_delay_s=10)
     launch(
@@ -268,7 +268,7 @@ def test_time_limit_signal_requeue_resume_same_metrics(cluster, jobs, synth_smal
 
 
 def test_scancel_shows_cancelled_and_relaunch_completes(cluster, jobs, synth_small, tmp_path):
-    work = settings(synth_small, tmp_path, "train.epochs=5")
+    work = settings(synth_small, tmp_path, "train.epochs=4")
     grid = write_grid(tmp_path, work, study="cancel")
     args = ["--grid", str(grid), "--backend", "slurm", "--profile", "local-slurm"]
     launch(*args, cwd=tmp_path, ids=jobs)
