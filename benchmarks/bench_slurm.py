@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+LAST_CPU = 0.0
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -57,7 +59,14 @@ def profile_file(tmp: Path, **keys) -> Path:
     return path
 
 
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def launch(grid: Path, profile: Path, cwd: Path) -> tuple[float, list[str], str]:
+    global LAST_CPU
+    cpu0 = _children_cpu()
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, str(REPO / "sweeps" / "launch.py"), "--grid", str(grid)]
@@ -67,6 +76,7 @@ def launch(grid: Path, profile: Path, cwd: Path) -> tuple[float, list[str], str]
         text=True,
     )
     seconds = time.perf_counter() - t0
+    LAST_CPU = _children_cpu() - cpu0  # the launcher's own CPU time (sbatch included)
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise SystemExit(out)
@@ -91,7 +101,7 @@ def bench_submit(root: Path, trials: int, tracking: bool) -> None:
         subprocess.run(["scancel", *arrays], check=True)
         print(
             f"submit {trials} trials (MLflow {'on' if tracking else 'off'}): {seconds:.1f} s "
-            f"to {n} jobs queued in {len(arrays)} array(s)"
+            f"to {n} jobs queued in {len(arrays)} array(s); launcher CPU {LAST_CPU:.1f} s"
         )
 
 
