@@ -223,9 +223,10 @@ def test_time_limit_signal_requeue_resume_same_metrics(cluster, jobs, synth_smal
     """A 1-minute limit: SLURM signals (USR2), the trainer saves, submitit requeues, and the
     trial ends with exactly the metrics of an uninterrupted run of the same config."""
     # slurmctld checks limits every 30 s: with 1 min and a 10-s delay the signal comes 20-50 s
-    # into each run. The work (4 epochs of 12 steps, an evaluation each) takes longer than
-    # that on an idle 2-core machine; on a busy one each run gets fewer steps, more requeues.
-    work = settings(synth_small, tmp_path, "train.epochs=4")
+    # into each run. The work (20 epochs of 6 steps, ~1 min with start-up on an idle 2-core
+    # machine) outlasts that; on a busy machine each run gets fewer steps and the trial more
+    # requeues (seen: 48 steps at load 16 took 5 requeues and 5 minutes).
+    work = settings(synth_small, tmp_path, "train.epochs=20", "eval.every=5")
     grid = write_grid(tmp_path, work, study="timelimit")
     profile = write_profile(tmp_path, time_min=1, signal_delay_s=10)
     launch(
@@ -254,7 +255,7 @@ def test_time_limit_signal_requeue_resume_same_metrics(cluster, jobs, synth_smal
     )
     assert ref.returncode == 0, ref.stdout + ref.stderr
     (trial,) = trial_dirs(tmp_path, "timelimit")
-    wait_result(trial)
+    wait_result(trial, timeout=2 * DEADLINE)
     log = logs(trial)
     assert "SIGUSR2 received" in log or "Caught signal SIGUSR2" in log, log
     assert "Requeued" in log or "requeue" in log.lower(), log
@@ -268,7 +269,8 @@ def test_time_limit_signal_requeue_resume_same_metrics(cluster, jobs, synth_smal
 
 
 def test_scancel_shows_cancelled_and_relaunch_completes(cluster, jobs, synth_small, tmp_path):
-    work = settings(synth_small, tmp_path, "train.epochs=4")
+    # 12 epochs (~30 s on an idle machine): still running when the checks below cancel it
+    work = settings(synth_small, tmp_path, "train.epochs=12", "eval.every=4")
     grid = write_grid(tmp_path, work, study="cancel")
     args = ["--grid", str(grid), "--backend", "slurm", "--profile", "local-slurm"]
     launch(*args, cwd=tmp_path, ids=jobs)
