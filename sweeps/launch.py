@@ -106,8 +106,9 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 2
     if args.backend == "slurm":
-        from sweeps.slurm import submit
+        from sweeps.slurm import preflight, submit
 
+        preflight(args.profile)  # a bad profile or no SLURM: say so before writing anything
         parent = launcher.prepare(grid, planned)
         return submit(planned, args.profile, grid, parent, _status_command(args))
     parent = launcher.prepare(grid, planned)

@@ -132,9 +132,27 @@ def _submit_array(piece: list[Planned], profile: Profile, study: str, submitit) 
     # One thread per CPU the job was given: torch would otherwise use every core of the node.
     params["setup"] = ["export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}", *params.get("setup", [])]
     ex.update_parameters(job_name=_job_name(study), **params)
-    with ex.batch():
-        jobs = [ex.submit(TrialJob(p.dir.path)) for p in piece]
+    try:
+        with ex.batch():
+            jobs = [ex.submit(TrialJob(p.dir.path)) for p in piece]
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+        # sbatch refused the array (unknown partition or account, limits): one line saying so
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        reason = next(
+            (line for line in lines if "sbatch: error" in line), lines[0] if lines else ""
+        )
+        raise ProfileError(
+            f"sbatch refused the array with profile {profile.name}: {reason}; fix the profile "
+            "(the trials are prepared and the same command submits them)"
+        ) from None
     return jobs
+
+
+def preflight(profile_name: str) -> Profile:
+    """Before anything is prepared: the profile is valid and SLURM answers."""
+    profile = load_profile(profile_name)
+    _check_cluster()
+    return profile
 
 
 # ----------------------------------------------------------------------------- SLURM's view

@@ -372,3 +372,23 @@ def test_two_launchers_at_once_submit_each_trial_once(cluster, jobs, synth_small
     for out in outs:
         jobs += sorted(set(re.findall(r"^\s+(\d+)(?:_\d+)?\s", out, re.MULTILINE)))
     assert len(queued(jobs)) == 3, outs
+
+
+def test_sbatch_refusal_is_one_clear_line(cluster, jobs, synth_small, tmp_path):
+    grid = write_grid(tmp_path, settings(synth_small, tmp_path, "tracking.enabled=false"))
+    profile = write_profile(tmp_path, partition="nosuchpartition")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "sweeps" / "launch.py"), "--grid", str(grid)]
+        + ["--backend", "slurm", "--profile", str(profile)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert (
+        "error: sbatch refused the array with profile profile: sbatch: error: invalid partition"
+        in proc.stderr
+    ), proc.stderr
+    again = launch("--grid", str(grid), "--dry-run", cwd=tmp_path)
+    assert "1 to start" in again  # nothing was marked submitted
