@@ -223,10 +223,10 @@ def test_time_limit_signal_requeue_resume_same_metrics(cluster, jobs, synth_smal
     """A 1-minute limit: SLURM signals (USR2), the trainer saves, submitit requeues, and the
     trial ends with exactly the metrics of an uninterrupted run of the same config."""
     # slurmctld checks limits every 30 s: with 1 min and a 10-s delay the signal comes 20-50 s
-    # into each run. The work (20 epochs of 6 steps, ~1 min with start-up on an idle 2-core
-    # machine) outlasts that; on a busy machine each run gets fewer steps and the trial more
-    # requeues (seen: 48 steps at load 16 took 5 requeues and 5 minutes).
-    work = settings(synth_small, tmp_path, "train.epochs=20", "eval.every=5")
+    # into each run. The work must outlast that even on an idle machine: 60 epochs of 6 steps
+    # (~0.15 s each there: ~55 s, plus ~15 s of start-up; seen: 120 steps finished unsignalled
+    # in 33 s). On a busy machine each run gets fewer steps and the trial more requeues.
+    work = settings(synth_small, tmp_path, "train.epochs=60", "eval.every=20")
     grid = write_grid(tmp_path, work, study="timelimit")
     profile = write_profile(tmp_path, time_min=1, signal_delay_s=10)
     launch(
