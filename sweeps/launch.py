@@ -101,8 +101,13 @@ def _run(args: argparse.Namespace) -> int:
     planned = launcher.plan(trials, retry_failed=args.retry_failed)
     for line in launcher.data_root_warnings(planned):
         print(f"warning: {line}", file=sys.stderr)
+    from sweeps.slurm import reconcile
+
+    planned = reconcile(planned)  # scancel'ed trials resume rather than count as failed
     if args.status:
-        print(report.status_table(planned))
+        from sweeps.slurm import slurm_states
+
+        print(report.status_table(planned, slurm=slurm_states(planned)))
         return 0
     header = f"{grid.study}: {len(trials)} trials" + (
         f" ({dropped} duplicates merged)" if dropped else ""
@@ -127,10 +132,11 @@ def _run(args: argparse.Namespace) -> int:
         print("nothing to submit: every trial is done" + (" or failed" if stuck else ""))
         return 1 if stuck else 0
     if args.backend == "slurm":
-        from sweeps.slurm import submit
+        from sweeps.slurm import preflight, submit
 
+        preflight(args.profile)  # a bad profile or no SLURM: say so before writing anything
         parent = launcher.prepare(grid, planned)
-        return submit(planned, args.profile, grid, parent)
+        return submit(planned, args.profile, grid, parent, _status_command(args))
     if args.backend == "ray":
         from sweeps import ray_backend
 
@@ -164,6 +170,14 @@ def _backend_problem(args: argparse.Namespace) -> str | None:
             "PATH); run on the cluster's login node, or use --backend local"
         )
     return None
+
+
+def _status_command(args: argparse.Namespace) -> str:
+    """The command that shows this study's table (same grid and overrides)."""
+    import shlex
+
+    sets = [a for s in args.set for a in ("--set", s)]
+    return shlex.join(["python", "sweeps/launch.py", "--grid", args.grid, *sets, "--status"])
 
 
 if __name__ == "__main__":

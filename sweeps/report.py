@@ -20,19 +20,21 @@ def _log_path(p: Planned) -> str:
     job = status.get("job_id")
     if status.get("backend") == "local" and job:
         return str(p.dir.path / "logs" / f"{job}_0_log.err")
-    if status.get("backend") == "slurm" and status.get("log"):
-        return str(status["log"])
+    if status.get("backend") == "slurm" and job:
+        # submitit's folder of the SLURM backend: runs/<study>/slurm/<job id>/
+        return str(p.dir.path.parent / "slurm" / str(job) / f"{job}_0_log.err")
     return str(p.dir.path)
 
 
-def status_table(planned: list[Planned]) -> str:
-    """Variant, seed, trial id, state, attempts, test R1 and where the log is."""
+def status_table(planned: list[Planned], slurm: dict[str, str] | None = None) -> str:
+    """Variant, seed, trial id, state, attempts, test R1 and where the log is; with `slurm`
+    (trial id -> job id and SLURM state), SLURM's view next to the directory's."""
     rows = []
     for p in planned:
         status = read_status(p.dir)
         result, problem = read_result(p.dir)
         state = "done" if result else status.get("state", "new")
-        if p.action == "running":
+        if p.action == "running" and state != "pending":
             state = "running"
         if problem or state == "unreadable":  # the reason instead of a state
             state = problem or status["error"]
@@ -48,7 +50,12 @@ def status_table(planned: list[Planned]) -> str:
                 _log_path(p),
             ]
         )
-    return _table(["variant", "seed", "trial", "state", "attempts", "R1", "log"], rows)
+        if slurm:
+            rows[-1].insert(4, slurm.get(p.dir.trial_id, ""))
+    header = ["variant", "seed", "trial", "state", "attempts", "R1", "log"]
+    if slurm:
+        header.insert(4, "slurm job")
+    return _table(header, rows)
 
 
 def plan_table(planned: list[Planned]) -> str:
