@@ -175,7 +175,7 @@ def test_config_and_grid_files_share_one_yaml_loader():
 def test_a_trial_run_on_another_data_root_is_named(synth_small, tmp_path, caplog):
     """data.root is not in the trial id: training with a new root finds the old trial and says
     so in one line naming both roots, instead of silently reporting the old result."""
-    from conftest import tiny_overrides
+    from tiny_setup import tiny_overrides
 
     from bilma.reuse import data_root_warning
     from bilma.train import train

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_overrides
+from tiny_setup import tiny_overrides
 
 from bilma.config import load_config
 from bilma.train import lr_factor, param_groups

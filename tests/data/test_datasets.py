@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import SYNTH_OVERRIDES
+from tiny_setup import SYNTH_OVERRIDES
 
 from bilma.config import load_config
 from bilma.data import datasets

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_overrides
+from tiny_setup import tiny_overrides
 
 from bilma.trial import TrialDir
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_overrides
 from parse_fixtures import make_cuhk, make_icfg, make_parser, make_rstpreid
 from PIL import Image
+from tiny_setup import tiny_overrides
 
 from bilma.__main__ import main
 from bilma.data import formats

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_overrides
+from tiny_setup import tiny_overrides
 
 from bilma.config import parse_override
 

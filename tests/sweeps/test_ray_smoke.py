@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_overrides
+from tiny_setup import tiny_overrides
 
 pytest.importorskip("ray")
 
