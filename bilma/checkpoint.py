@@ -8,7 +8,11 @@ and a checkpoint of another model is refused with the differences named.
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +21,55 @@ import torch
 
 from bilma.config import Config, from_dict, to_dict
 from bilma.data.records import DataError
-from bilma.fileio import atomic_torch_save
+from bilma.fileio import atomic_torch_save, fsync_dir
 from bilma.model.bilma import BiLMa, build_from_signature, model_signature, signature_mismatch
 
 FORMAT = 1
+log = logging.getLogger(__name__)
 
 
 class CheckpointMismatch(DataError):
     """A checkpoint whose model differs from the one the config builds."""
+
+
+class DiskFull(RuntimeError):
+    """A checkpoint could not be written for lack of space; the previous one is intact."""
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """ENOSPC, or torch's writer failing on it (an `inline_container.cc` enforce error)."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(e)
+    return isinstance(e, RuntimeError) and (
+        "inline_container" in text or "file write failed" in text or "No space left" in text
+    )
+
+
+def _nbytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 64
+
+
+def disk_full_message(path: Path, needed: int) -> str:
+    """One line: which folder, how much space the checkpoint needs, how much there is."""
+    folder = Path(path).parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = -1
+    mb = 1024 * 1024
+    free_text = f"{free / mb:.1f} MB free now" if free >= 0 else "free space unknown"
+    return (
+        f"disk full: cannot write {Path(path).name} in {folder}: it needs about "
+        f"{needed / mb:.1f} MB ({free_text}); the previous checkpoint is intact: free some "
+        "space and run the same command to resume"
+    )
 
 
 def rng_state() -> dict[str, Any]:
@@ -73,7 +118,36 @@ def save(path: Path, model: BiLMa, cfg: Config, **extra: Any) -> None:
         "model": model.state_dict(),
         **extra,
     }
-    atomic_torch_save(payload, path)
+    try:
+        atomic_torch_save(payload, path)
+    except (OSError, RuntimeError) as e:
+        if not is_disk_full(e):
+            raise
+        # The estimate: the tensors plus 10% for the archive's structure.
+        raise DiskFull(disk_full_message(path, int(_nbytes(payload) * 1.1))) from None
+
+
+def promote_best(candidate: Path, best: Path) -> None:
+    """Make the best-checkpoint candidate ckpt/best.pt (after last.pt named its epoch)."""
+    if candidate.exists():
+        os.replace(candidate, best)
+        fsync_dir(best.parent)
+
+
+def settle_best(candidate: Path, best: Path, best_epoch: int | None) -> None:
+    """At start: a candidate left by a kill becomes best.pt if last.pt's state names its
+    epoch as the best (the kill came after last.pt was committed), else it is deleted."""
+    if not candidate.exists():
+        return
+    try:
+        epoch = torch.load(candidate, map_location="cpu", weights_only=True, mmap=True)["epoch"]
+    except Exception:  # torn or foreign: it was never committed
+        epoch = None
+    if epoch is not None and epoch == best_epoch:
+        log.info("promoting the best checkpoint of epoch %s left by the last run", epoch)
+        promote_best(candidate, best)
+    else:
+        candidate.unlink()
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

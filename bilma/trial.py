@@ -8,10 +8,12 @@ mirror of it (`bilma.mirror`) that `python -m bilma sync` can always rebuild. A 
                        "updated" (unix time), "host", "pid", "slurm_job_id",
                        "slurm_array_job_id", "slurm_array_task_id", "started", "error",
                        "traceback", "stopped_epoch", "stop_reason"}
-    metrics.jsonl     append-only, one JSON object per line: {"epoch", "step", "split", "time"
+    metrics.jsonl     append-only (records past last.pt's epoch are dropped on resume),
+                      one JSON object per line: {"epoch", "step", "split", "time"
                        (unix time, added if missing), <metric>: number, ...}
     result.json       exists only when the trial is done (schema below)
-    ckpt/last.pt, ckpt/best.pt   written with `atomic_torch_save`
+    ckpt/last.pt, ckpt/best.pt   written with `atomic_torch_save`; a new best is written to
+                      ckpt/best.next.pt and renamed to best.pt once last.pt names its epoch
     train.log, provenance.json   (git commit + dirty flag, host, versions, SLURM id, command)
     mlflow.json       {"run_id", "experiment_id", "tracking_uri", "parent_run_id", "by_uri":
                        {uri: {...}}}: a resumed trial continues its own MLflow run
@@ -117,6 +119,11 @@ class TrialDir:
     @property
     def best_ckpt(self) -> Path:
         return self.ckpt_dir / "best.pt"
+
+    @property
+    def best_candidate(self) -> Path:
+        """The new best checkpoint, until last.pt naming its epoch is committed."""
+        return self.ckpt_dir / "best.next.pt"
 
     @property
     def log_path(self) -> Path:
@@ -226,6 +233,31 @@ class TrialDir:
                 continue
             out.append(rec)
         return out
+
+    def truncate_metrics(self, epochs: int) -> int:
+        """Keep only the records of the first `epochs` epochs (those ckpt/last.pt committed);
+        rewrites metrics.jsonl atomically; the number of records (or torn lines) dropped.
+
+        A kill between an epoch's records and its last.pt would otherwise repeat the epoch."""
+        try:
+            raw = self.metrics_path.read_bytes()
+        except FileNotFoundError:
+            return 0
+        keep, dropped = [], 0
+        for line in raw.decode("utf-8", errors="replace").split("\n"):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                rec = None
+            if isinstance(rec, dict) and int(rec.get("epoch") or 0) <= epochs:
+                keep.append(line + "\n")
+            else:
+                dropped += 1
+        if dropped:
+            atomic_write_text(self.metrics_path, "".join(keep))
+        return dropped
 
     # -- result
     def write_result(self, result: dict[str, Any]) -> None:
