@@ -8,11 +8,9 @@ and a checkpoint of another model is refused with the differences named.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ import torch
 
 from bilma.config import Config, from_dict, to_dict
 from bilma.data.records import DataError
-from bilma.fileio import atomic_torch_save, fsync_dir
+from bilma.fileio import DiskFull, atomic_torch_save, disk_full_message, fsync_dir
 from bilma.model.bilma import BiLMa, build_from_signature, model_signature, signature_mismatch
 
 FORMAT = 1
@@ -32,20 +30,6 @@ class CheckpointMismatch(DataError):
     """A checkpoint whose model differs from the one the config builds."""
 
 
-class DiskFull(RuntimeError):
-    """A checkpoint could not be written for lack of space; the previous one is intact."""
-
-
-def is_disk_full(e: BaseException) -> bool:
-    """ENOSPC, or torch's writer failing on it (an `inline_container.cc` enforce error)."""
-    if isinstance(e, OSError):
-        return e.errno in (errno.ENOSPC, errno.EDQUOT)
-    text = str(e)
-    return isinstance(e, RuntimeError) and (
-        "inline_container" in text or "file write failed" in text or "No space left" in text
-    )
-
-
 def _nbytes(obj: Any) -> int:
     if isinstance(obj, torch.Tensor):
         return obj.numel() * obj.element_size()
@@ -54,22 +38,6 @@ def _nbytes(obj: Any) -> int:
     if isinstance(obj, (list, tuple)):
         return sum(_nbytes(v) for v in obj)
     return 64
-
-
-def disk_full_message(path: Path, needed: int) -> str:
-    """One line: which folder, how much space the checkpoint needs, how much there is."""
-    folder = Path(path).parent
-    try:
-        free = shutil.disk_usage(folder).free
-    except OSError:
-        free = -1
-    mb = 1024 * 1024
-    free_text = f"{free / mb:.1f} MB free now" if free >= 0 else "free space unknown"
-    return (
-        f"disk full: cannot write {Path(path).name} in {folder}: it needs about "
-        f"{needed / mb:.1f} MB ({free_text}); the previous checkpoint is intact: free some "
-        "space and run the same command to resume"
-    )
 
 
 def rng_state() -> dict[str, Any]:
@@ -120,10 +88,8 @@ def save(path: Path, model: BiLMa, cfg: Config, **extra: Any) -> None:
     }
     try:
         atomic_torch_save(payload, path)
-    except (OSError, RuntimeError) as e:
-        if not is_disk_full(e):
-            raise
-        # The estimate: the tensors plus 10% for the archive's structure.
+    except DiskFull:
+        # The space needed: the tensors plus 10% for the archive's structure.
         raise DiskFull(disk_full_message(path, int(_nbytes(payload) * 1.1))) from None
 
 

@@ -46,7 +46,14 @@ from pathlib import Path
 from typing import Any
 
 from bilma.config import Config, ConfigError, canonical, dump_yaml, load_config, trial_id
-from bilma.fileio import atomic_write_json, atomic_write_text, json_default
+from bilma.fileio import (
+    DiskFull,
+    atomic_write_json,
+    atomic_write_text,
+    disk_full_message,
+    is_disk_full,
+    json_default,
+)
 from bilma.provenance import collect_provenance, now_iso, slurm_env
 
 log = logging.getLogger(__name__)
@@ -202,6 +209,14 @@ class TrialDir:
         rec.setdefault("time", time.time())
         line = json.dumps(rec, default=json_default).encode("utf-8") + b"\n"
         self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._append(line)
+        except OSError as e:
+            if is_disk_full(e):
+                raise DiskFull(disk_full_message(self.metrics_path)) from None
+            raise
+
+    def _append(self, line: bytes) -> None:
         with open(self.metrics_path, "a+b") as f:
             # A kill mid-write leaves a line with no newline: end it first, or this record
             # would be glued onto the torn one and lost with it.
