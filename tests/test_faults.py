@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -263,3 +266,152 @@ def test_disk_full_at_start_is_one_line(synth_small, tmp_path, small_disk):
     lines = [ln for ln in out.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in out, out
     assert lines[0].startswith(f"error: disk full: cannot write in {small_disk}/runs")
+
+
+# ----------------------------------------------------------------------------- MLflow down
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mlflow_warnings(text: str, uri: str) -> list[str]:
+    return [ln for ln in text.splitlines() if f"MLflow at {uri}" in ln]
+
+
+def test_train_cli_with_no_server_trains_warns_once_and_sync_mirrors_later(synth_small, tmp_path):
+    """An http tracking URI with nothing listening: the trial trains to the end, one warning
+    line names the URI and the fix, and `sync` mirrors the trial afterwards."""
+    from bilma.sync import sync
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    runs = tmp_path / "runs"
+    args = [
+        "train",
+        "--config",
+        "/dev/null",
+        *tiny_overrides(synth_small, runs, "train.epochs=1", "tracking.study=down"),
+        "tracking.enabled=true",
+        f"tracking.uri={uri}",
+    ]
+    proc = cli(args, tmp_path)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    (line,) = mlflow_warnings(out, uri)
+    assert "python -m bilma sync" in line and "Traceback" not in out
+    trial = the_trial(runs)
+    assert trial.status()["state"] == "done" and trial.read_result()["epochs"] == 1
+    assert trial.last_ckpt.exists() and trial.best_ckpt.exists()
+
+    store = f"sqlite:///{tmp_path}/later.db"
+    assert sync(runs, store)["runs_created"] == 1
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=store)
+    (run,) = client.search_runs([client.get_experiment_by_name("down").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/R1")] == [1]
+
+
+@pytest.mark.parametrize("kind", ["under_a_file", "locked"])
+def test_train_with_an_unusable_sqlite_store(kind, synth_small, tmp_path, monkeypatch, caplog):
+    """A SQLite store that cannot be created (its folder would be under a regular file: root
+    writes read-only folders, so that is the honest unwritable case here) or that another
+    connection holds locked in a write transaction: the trial trains and warns once."""
+    from bilma.mlflow_store import ensure_experiment
+    from bilma.train import train
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    lock = None
+    if kind == "under_a_file":
+        (tmp_path / "plain").write_text("a file, not a folder\n")
+        uri = f"sqlite:///{tmp_path}/plain/mlflow.db"
+    else:
+        uri = f"sqlite:///{tmp_path}/locked.db"
+        ensure_experiment(uri, "other")  # the store exists; its tables too
+        lock = sqlite3.connect(tmp_path / "locked.db", isolation_level=None, timeout=0)
+        lock.execute("BEGIN EXCLUSIVE")  # another process in the middle of a write
+    overrides = ("train.epochs=1", "tracking.enabled=true", f"tracking.uri={uri}")
+    cfg = load_config(None, tiny_overrides(synth_small, tmp_path / "runs", *overrides))
+    try:
+        t0 = time.monotonic()
+        result = train(cfg, progress=False)
+        took = time.monotonic() - t0
+    finally:
+        if lock is not None:
+            lock.rollback()
+            lock.close()
+    trial = TrialDir.for_config(cfg)
+    assert trial.status()["state"] == "done" and result == trial.read_result()
+    lines = mlflow_warnings(caplog.text, uri)
+    assert len(lines) == 1 and "python -m bilma sync" in lines[0], caplog.text
+    assert took < 120
+
+
+def test_a_relaunch_mirrors_where_the_current_command_says(synth_small, tmp_path, monkeypatch):
+    """--retry-failed and relaunches: launch.json's tracking settings (the current command)
+    win over the ones frozen in the trial's config.yaml."""
+    import mlflow
+
+    from bilma.config import dump_yaml
+    from bilma.fileio import atomic_write_json
+    from sweeps.job import LAUNCH_FILE, TrialJob
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plain").write_text("x\n")
+    old_uri = f"sqlite:///{tmp_path}/plain/old.db"  # where the first launch pointed: broken
+    new_uri = f"sqlite:///{tmp_path}/new.db"
+    overrides = ("train.epochs=1", "tracking.enabled=true", f"tracking.uri={old_uri}")
+    cfg = load_config(None, tiny_overrides(synth_small, tmp_path / "runs", *overrides))
+    trial = TrialDir.for_config(cfg)
+    trial.init(cfg)
+    assert f"uri: {old_uri}" in dump_yaml(trial.read_config())
+    launch = {"parent_run_id": None, "tracking": {"enabled": True, "uri": new_uri}}
+    atomic_write_json(trial.path / LAUNCH_FILE, launch)
+    TrialJob(trial.path)()
+    client = mlflow.MlflowClient(tracking_uri=new_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("default").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["trial_id"] == trial.trial_id
+
+
+def test_debug_backend_with_no_server_finishes(synth_small, tmp_path):
+    """The launcher: no parent run (one warning naming the URI and `sync`), trials train."""
+    import yaml
+
+    from bilma.config import parse_override
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    overrides = tiny_overrides(
+        synth_small, tmp_path / "runs", "train.epochs=1", "train.max_steps_per_epoch=2"
+    )
+    settings = dict(parse_override(o) for o in overrides)
+    settings.update({"data.root": str(synth_small), "paths.runs": str(tmp_path / "runs")})
+    settings.update({"tracking.enabled": True, "tracking.uri": uri})
+    grid = {"study": "nodb", "seeds": [1], "set": settings, "variants": {"only": {}}}
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(repo / "sweeps" / "launch.py"),
+            "--grid",
+            "g.yaml",
+            "--backend",
+            "debug",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert len(list((tmp_path / "runs" / "nodb").glob("*/result.json"))) == 1, out
+    parent = [ln for ln in out.splitlines() if "without a parent run" in ln]
+    assert len(parent) == 1 and uri in parent[0] and "python -m bilma sync" in parent[0], out
+    assert "Traceback" not in out
