@@ -198,12 +198,11 @@ def _parent_run(grid: Grid, cfg) -> str | None:
 def finish_parent(cfg, parent: str | None, failed: bool) -> None:
     if not parent:
         return
-    from bilma.mlflow_store import resolve_uri
+    from bilma.mlflow_store import mlflow_client, resolve_uri
 
+    # A server gone since the start: fail fast (mlflow_client), never stop the launcher.
     with contextlib.suppress(Exception):
-        import mlflow
-
-        mlflow.MlflowClient(resolve_uri(cfg.tracking.uri)).set_terminated(
+        mlflow_client(resolve_uri(cfg.tracking.uri)).set_terminated(
             parent, "FAILED" if failed else "FINISHED"
         )
 
