@@ -69,7 +69,9 @@ def clean_run(synth_small, tmp_path_factory) -> TrialDir:
     return the_trial(tmp / "runs")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)]
+)
 def test_group_signal_with_workers_interrupts_and_resumes_exactly(
     signum, clean_run, synth_small, tmp_path
 ):
@@ -377,6 +379,7 @@ def test_a_relaunch_mirrors_where_the_current_command_says(synth_small, tmp_path
     assert run.info.status == "FINISHED" and run.data.tags["trial_id"] == trial.trial_id
 
 
+@pytest.mark.slow
 def test_debug_backend_with_no_server_finishes(synth_small, tmp_path):
     """The launcher: no parent run (one warning naming the URI and `sync`), trials train."""
     import yaml
