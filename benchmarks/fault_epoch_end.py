@@ -166,6 +166,13 @@ def main() -> int:
             )
             dup += sum(n - 1 for n in steps.values())
     counts["duplicated_mlflow_points"] = dup
+    logs = [p.read_text() for p in work.glob("launch*.log")]
+    # How often a kill landed inside the race: records past last.pt, a temp file left behind
+    counts["relaunches_dropping_records"] = sum("metrics record(s) past epoch" in t for t in logs)
+    counts["relaunches_removing_tmp"] = sum(
+        "temporary file(s) a killed run left" in t for t in logs
+    )
+    counts["relaunches_promoting_best"] = sum("promoting the best checkpoint" in t for t in logs)
     status = json.loads((trial / "status.json").read_text())
     report = {
         "kills": counts["kills"],
@@ -174,6 +181,9 @@ def main() -> int:
         "final_state": status["state"],
         "attempts": status["attempts"],
         "delay_ms_range": [round(min(delays) * 1000), round(max(delays) * 1000)] if delays else [],
+        "relaunches_dropping_records": counts["relaunches_dropping_records"],
+        "relaunches_removing_tmp": counts["relaunches_removing_tmp"],
+        "relaunches_promoting_best": counts["relaunches_promoting_best"],
         "duplicated_records": counts["duplicated_records"],
         "missing_records": counts["missing_records"],
         "duplicated_mlflow_points": counts["duplicated_mlflow_points"],

@@ -131,8 +131,9 @@ def train(
     sinks = FanOutSink()
     if d.main:
         trial.init(cfg)
-        for folder in (trial.path, trial.ckpt_dir):
-            remove_stale_tmp(folder)  # a killed writer's temporary files
+        stale = [p for folder in (trial.path, trial.ckpt_dir) for p in remove_stale_tmp(folder)]
+        if stale:
+            log.info("removed %d temporary file(s) a killed run left", len(stale))
         attempt = trial.start_attempt()
         trial.write_provenance()
         log.info("trial %s, attempt %d, on %s", trial.path, attempt, device)
