@@ -1,12 +1,13 @@
 """The callable a backend runs for one trial: a submitit Checkpointable holding only a path.
 
-Everything a trial needs is in its directory (`config.yaml`, `launch.json` with the sweep's
-MLflow parent run and the launching command's tracking settings, which win over config.yaml's), so the pickle carries no mutable state and a requeued job simply calls
-the trainer again, which resumes from `ckpt/last.pt`.
+Everything a trial needs is in its directory (`config.yaml`; `launch.json` with the sweep's
+MLflow parent run and the launching command's tracking settings, which win over config.yaml's),
+so the pickle carries no mutable state and a requeued job simply calls the trainer again,
+which resumes from `ckpt/last.pt`.
 
-Signals: the trainer saves on SIGTERM/SIGUSR2/SIGINT and raises `Interrupted`. For SIGUSR2 (SLURM's
-time-limit and preemption signal, and submitit's local timeout) the job hands the signal back
-to submitit's own handler, which checkpoints this object and requeues the job.
+Signals: the trainer saves on SIGTERM/SIGUSR2/SIGINT and raises `Interrupted`. For SIGUSR2
+(SLURM's time-limit and preemption signal, and submitit's local timeout) the job hands the
+signal back to submitit's own handler, which checkpoints this object and requeues the job.
 """
 
 from __future__ import annotations
