@@ -23,6 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bilma.config import ConfigError  # noqa: E402
 from bilma.data.records import DataError  # noqa: E402
+from bilma.fileio import DiskFull  # noqa: E402
 from bilma.logs import configure as configure_logging  # noqa: E402
 
 
@@ -246,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except DiskFull as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ and a checkpoint of another model is refused with the differences named.
 
 from __future__ import annotations
 
+import logging
+import os
 import random
 import re
 import zipfile
@@ -19,14 +21,25 @@ import torch
 
 from bilma.config import Config, from_dict, to_dict
 from bilma.data.records import DataError
-from bilma.fileio import atomic_torch_save
+from bilma.fileio import DiskFull, atomic_torch_save, disk_full_message, fsync_dir
 from bilma.model.bilma import BiLMa, build_from_signature, model_signature, signature_mismatch
 
 FORMAT = 1
+log = logging.getLogger(__name__)
 
 
 class CheckpointMismatch(DataError):
     """A checkpoint whose model differs from the one the config builds."""
+
+
+def _nbytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 64
 
 
 def rng_state() -> dict[str, Any]:
@@ -75,7 +88,34 @@ def save(path: Path, model: BiLMa, cfg: Config, **extra: Any) -> None:
         "model": model.state_dict(),
         **extra,
     }
-    atomic_torch_save(payload, path)
+    try:
+        atomic_torch_save(payload, path)
+    except DiskFull:
+        # The space needed: the tensors plus 10% for the archive's structure.
+        raise DiskFull(disk_full_message(path, int(_nbytes(payload) * 1.1))) from None
+
+
+def promote_best(candidate: Path, best: Path) -> None:
+    """Make the best-checkpoint candidate ckpt/best.pt (after last.pt named its epoch)."""
+    if candidate.exists():
+        os.replace(candidate, best)
+        fsync_dir(best.parent)
+
+
+def settle_best(candidate: Path, best: Path, best_epoch: int | None) -> None:
+    """At start: a candidate left by a kill becomes best.pt if last.pt's state names its
+    epoch as the best (the kill came after last.pt was committed), else it is deleted."""
+    if not candidate.exists():
+        return
+    try:
+        epoch = torch.load(candidate, map_location="cpu", weights_only=True, mmap=True)["epoch"]
+    except Exception:  # torn or foreign: it was never committed
+        epoch = None
+    if epoch is not None and epoch == best_epoch:
+        log.info("promoting the best checkpoint of epoch %s left by the last run", epoch)
+        promote_best(candidate, best)
+    else:
+        candidate.unlink()
 
 
 def load(path: Path, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:

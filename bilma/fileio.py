@@ -9,15 +9,51 @@ prefix and a `.tmp` suffix (`TMP_GLOB`) so that a kill's leftovers can be found 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 TMP_GLOB = ".*.tmp"
+
+
+class DiskFull(RuntimeError):
+    """A file could not be written for lack of space; what was there before is intact."""
+
+
+def disk_full_message(path: str | Path, needed: int | None = None) -> str:
+    """One line: which folder is full, how much space is needed (if known) and free."""
+    path = Path(path)
+    folder = path.parent
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:.1f} MB free now"
+    except OSError:
+        free = "free space unknown"
+    if needed is None:
+        return (
+            f"disk full: cannot write in {folder} ({free}); free some space and run the same "
+            "command again"
+        )
+    return (
+        f"disk full: cannot write {path.name} in {folder}: it needs about "
+        f"{needed / 2**20:.1f} MB ({free}); the previous checkpoint is intact: free some "
+        "space and run the same command to resume"
+    )
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """ENOSPC (or a quota), or torch's writer failing on it (`inline_container.cc`)."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(e)
+    return isinstance(e, RuntimeError) and (
+        "inline_container" in text or "file write failed" in text or "No space left" in text
+    )
 
 
 def tmp_path(path: Path) -> Path:
@@ -37,7 +73,8 @@ def fsync_dir(folder: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_open(path: str | Path) -> Iterator[IO[bytes]]:
-    """Yield a temporary binary file beside `path`; on success fsync it and os.replace it."""
+    """Yield a temporary binary file beside `path`; on success fsync it and os.replace it.
+    A full disk raises `DiskFull` (one line naming the folder), `path` left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path(path)
@@ -47,9 +84,11 @@ def atomic_open(path: str | Path) -> Iterator[IO[bytes]]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if not isinstance(e, DiskFull) and is_disk_full(e):
+            raise DiskFull(disk_full_message(path)) from None
         raise
     fsync_dir(path.parent)
 

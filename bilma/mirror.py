@@ -11,10 +11,12 @@ while training and again (idempotently) from `python -m bilma sync` (`bilma.sync
   kind=sweep, tag sweep=<name>), mlflow.runName "<variant or trial> seed=<seed>",
   mlflow.parentRunId under a sweep; selection_split / selection_metric / selection_epoch once
   done; stopped_early=true for a trial stopped early on purpose (state "stopped");
+  state_updated (status.json "updated" of the state shown: `sync` from another copy of the
+  trial never replaces a newer state);
 - params: the flattened resolved config (strings as they are, everything else as JSON:
   `true`, `null`, `[384, 128]`, so `yaml.safe_load(param)` gives the value back);
 - metrics: each metrics.jsonl record as "<split>/<name>" at step = epoch with the record's
-  time; final metrics "test/R1".. (and "train_seconds") from result.json at step = epochs;
+  time, one point per (key, step) (a resumed epoch is not logged again); final metrics "test/R1".. (and "train_seconds") from result.json at step = epochs;
 - config.yaml as an artifact;
 - run status from the trial state (`MLFLOW_STATUS`): done FINISHED, failed FAILED,
   interrupted and stopped KILLED, running RUNNING, pending SCHEDULED.
@@ -50,6 +52,8 @@ MLFLOW_STATUS = {
     "stopped": "KILLED",
 }
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
+# The status.json "updated" time of the state a run shows: a sync never shows an older one.
+STATE_TIME_TAG = "state_updated"
 # The tag of a trial stopped early on purpose (its run is KILLED like an interrupted one).
 STOPPED_TAGS = {"stopped_early": "true"}
 # MLflow's log_batch limits (per request).
@@ -145,6 +149,8 @@ class MlflowMirror:
         self.created = False  # this mirror created the run (rather than continuing one)
         self._client: Any = None
         self._failed = False
+        # Steps each metric key already has in the run: a resumed epoch is never logged twice.
+        self._steps: dict[str, set[int]] = {}
 
     @property
     def active(self) -> bool:
@@ -173,11 +179,24 @@ class MlflowMirror:
         from mlflow.entities import Metric
 
         ts = _ms(timestamp)
-        points = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items() if _is_number(v)]
         try:
+            points = [
+                Metric(k, float(v), ts, int(step))
+                for k, v in metrics.items()
+                if _is_number(v) and int(step) not in self._logged_steps(k)
+            ]
             self._log_batch(metrics=points)
         except Exception as e:
             self._disable(e)
+            return
+        for p in points:
+            self._steps[p.key].add(p.step)
+
+    def _logged_steps(self, key: str) -> set[int]:
+        if key not in self._steps:
+            history = [] if self.created else self._client.get_metric_history(self.run_id, key)
+            self._steps[key] = {m.step for m in history}
+        return self._steps[key]
 
     def log_record(self, record: dict[str, Any]) -> None:
         """Log a metrics.jsonl record exactly as `sync` would (same keys, step and time)."""
@@ -198,10 +217,10 @@ class MlflowMirror:
         if not self.active:
             return
         try:
-            if tags:
-                from mlflow.entities import RunTag
+            from mlflow.entities import RunTag
 
-                self._log_batch(tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            tags = {**(tags or {}), **self._state_time_tag()}
+            self._log_batch(tags=[RunTag(k, str(v)) for k, v in tags.items()])
             if result is None:
                 result = self.trial.read_result()
             end = None
@@ -242,8 +261,9 @@ class MlflowMirror:
         if state == "stopped":
             self._add_tags(STOPPED_TAGS, run)
         status = MLFLOW_STATUS.get(state)
-        if status and status != run.info.status:
+        if status and status != run.info.status and self._newer_than(run):
             if status in TERMINAL:
+                self._add_tags(self._state_time_tag(), run)
                 end = _iso_ms(result.get("finished")) if result and state == "done" else None
                 updated = self.trial.status().get("updated")
                 end = end or (_ms(updated) if _is_number(updated) else None)
@@ -252,7 +272,33 @@ class MlflowMirror:
                 client.update_run(run_id, status=status)
         return n
 
+    def _newer_than(self, run: Any) -> bool:
+        """Whether this directory's state is newer than the one the run shows (its
+        STATE_TIME_TAG, else its end to the second): another copy of the trial (a second
+        runs folder) must never turn a FINISHED run into a FAILED one."""
+        if run.info.status not in TERMINAL or not run.info.end_time:
+            return True
+        tag = run.data.tags.get(STATE_TIME_TAG)
+        try:
+            shown = float(tag) if tag else run.info.end_time / 1000 + 1.0
+        except ValueError:
+            shown = run.info.end_time / 1000 + 1.0
+        updated = self.trial.status().get("updated")
+        if _is_number(updated) and updated > shown:
+            return True
+        log.info(
+            "%s: MLflow run %s shows a newer state (%s); kept",
+            self.trial.path,
+            run.info.run_id,
+            run.info.status,
+        )
+        return False
+
     # -- internals
+    def _state_time_tag(self) -> dict[str, str]:
+        updated = self.trial.status().get("updated")
+        return {STATE_TIME_TAG: repr(float(updated))} if _is_number(updated) else {}
+
     def _add_tags(self, tags: dict[str, str], run: Any) -> None:
         """Log the tags the run does not already carry with that value."""
         from mlflow.entities import RunTag

@@ -7,12 +7,15 @@ trial directory first (the source of truth), then the MLflow mirror (which never
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Protocol
 
 from bilma.config import Config
 from bilma.mirror import MLFLOW_STATUS, STOPPED_TAGS, MlflowMirror
 from bilma.trial import TrialDir
+
+log = logging.getLogger(__name__)
 
 
 class RunSink(Protocol):
@@ -89,5 +92,10 @@ class FanOutSink:
             sink.log_result(result)
 
     def close(self, state: str, **fields: Any) -> None:
+        """Every sink learns the end state; one failing (a full disk) does not stop the
+        others, nor hide the error that ended the run."""
         for sink in self.sinks:
-            sink.close(state, **fields)
+            try:
+                sink.close(state, **fields)
+            except Exception as e:
+                log.warning("could not record the end state %r: %s", state, e)

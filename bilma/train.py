@@ -3,9 +3,12 @@
 One run = one trial directory (`bilma.trial`). Starting a run whose directory holds
 `ckpt/last.pt` resumes from it; one whose `result.json` exists reports it and does nothing,
 and so does one stopped early on purpose (state "stopped").
-On SIGTERM or SIGUSR2 (SLURM's preemption and time-limit signals) the trainer finishes the
-current step, saves `ckpt/last.pt` and exits with 128 + the signal number; the same command
-resumes. In deterministic mode on CPU a resumed run ends with exactly the weights and metrics
+On SIGTERM, SIGUSR2 (SLURM's preemption and time-limit signals) or SIGINT (Ctrl-C), also when
+sent to the whole process group with the DataLoader workers, the trainer finishes the current
+step, saves `ckpt/last.pt` and exits with 128 + the signal number; the same command resumes.
+metrics.jsonl holds exactly the epochs last.pt committed (a resume drops later records), and
+best.pt always agrees with last.pt about the best epoch. A full disk ends the trial "failed"
+with one line naming the folder and the space needed; the previous checkpoint stays intact. In deterministic mode on CPU a resumed run ends with exactly the weights and metrics
 of an uninterrupted one: data order and augmentation are functions of (seed, epoch, index),
 MIM masks of (seed, step), and the checkpoint holds every optimizer and RNG state.
 
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
 import time
 import traceback
@@ -43,11 +45,13 @@ from bilma.device import (
     pick_device,
 )
 from bilma.evaluate import evaluate
+from bilma.fileio import remove_stale_tmp
 from bilma.lock import acquire_trial_lock, release_trial_lock
 from bilma.metrics import format_metrics
 from bilma.model.bilma import build_model
 from bilma.optim import lr_factor, param_groups
 from bilma.progress import Progress
+from bilma.recipe import mim_generator, seed_everything
 from bilma.reuse import data_root_warning
 from bilma.signals import StopFlag
 from bilma.sinks import FanOutSink, MlflowSink, TrialSink
@@ -80,28 +84,6 @@ class StopTrial(Exception):
 
     A stop after the last epoch's evaluation is no early stop: the trial finishes as usual.
     """
-
-
-# ----------------------------------------------------------------------------- recipe parts
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-
-
-def mim_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    """MIM masks are a function of (seed, step, rank), so a resumed run draws the same ones."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 97 + rank)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -168,6 +150,9 @@ def _train(
     sinks = FanOutSink()
     if d.main:
         trial.init(cfg)
+        stale = [p for folder in (trial.path, trial.ckpt_dir) for p in remove_stale_tmp(folder)]
+        if stale:
+            log.info("removed %d temporary file(s) a killed run left", len(stale))
         attempt = trial.start_attempt()
         trial.write_provenance()
         log.info("trial %s, attempt %d, on %s", trial.path, attempt, device)
@@ -255,6 +240,21 @@ class Trainer:
                 self.state.epoch + 1,
                 self.state.step_in_epoch,
             )
+        if d.main:
+            self._settle_after_kill()
+
+    def _settle_after_kill(self) -> None:
+        """Undo what a kill left past the committed last.pt: records of later epochs, and a
+        best-checkpoint candidate that last.pt does not name."""
+        trial, state = self.trial, self.state
+        dropped = trial.truncate_metrics(state.epoch)
+        if dropped:
+            log.info(
+                "dropped %d metrics record(s) past epoch %d (not in ckpt/last.pt)",
+                dropped,
+                state.epoch,
+            )
+        checkpoint.settle_best(trial.best_candidate, trial.best_ckpt, state.best.get("epoch"))
 
     def _resume(self, path: Path) -> None:
         ckpt = checkpoint.load(path, self.device)
@@ -327,18 +327,31 @@ class Trainer:
         bar.sums, bar.count = dict(state.loss_sums), state.loss_count
         t_epoch = time.perf_counter()
         it = iter(self.loader)
+        self.stop.guard_sigchld()  # torch installs its SIGCHLD handler with the iterator
         while state.step_in_epoch < self.steps:
-            self._step(next(it), bar)
+            try:
+                batch = next(it)
+            except RuntimeError as e:
+                # The failed fetch comes before the step: the state is that of the last step.
+                if self.stop.worker_died(e):
+                    self._interrupt(bar, time.perf_counter() - t_epoch)
+                raise
+            self._step(batch, bar)
             if self._should_stop():
-                state.train_seconds += time.perf_counter() - t_epoch
-                state.loss_sums, state.loss_count = dict(bar.sums), bar.count
-                if self.d.main:
-                    self._save_last()
-                signum = self.stop.signum or signal.SIGTERM
-                raise Interrupted(signum, state.epoch, state.step_in_epoch, self.trial.last_ckpt)
+                self._interrupt(bar, time.perf_counter() - t_epoch)
         del it
         state.train_seconds += time.perf_counter() - t_epoch
         return bar
+
+    def _interrupt(self, bar: Progress, seconds: float) -> None:
+        """Save ckpt/last.pt at the current step and raise `Interrupted`."""
+        state = self.state
+        state.train_seconds += seconds
+        state.loss_sums, state.loss_count = dict(bar.sums), bar.count
+        if self.d.main:
+            self._save_last()
+        signum = self.stop.signum or signal.SIGTERM
+        raise Interrupted(signum, state.epoch, state.step_in_epoch, self.trial.last_ckpt)
 
     def _step(self, batch: dict[str, torch.Tensor], bar: Progress) -> None:
         """One optimizer step."""
@@ -384,7 +397,12 @@ class Trainer:
             }
         ]
         due = epoch % cfg.eval.every == 0 or epoch == cfg.train.epochs
-        evaluated = self._evaluate(epoch) if d.main and due else None
+        try:
+            evaluated = self._evaluate(epoch) if d.main and due else None
+        except RuntimeError as e:  # its loader's workers died of a stop signal
+            if self.stop.worker_died(e):
+                self._interrupt(bar, 0.0)  # resumes with this evaluation
+            raise
         if evaluated is not None:
             records.append(evaluated)
         state.epoch += 1
@@ -393,7 +411,8 @@ class Trainer:
         if d.main:
             for record in records:
                 self.sinks.log_record(record)
-            self._save_last()
+            self._save_last()  # commits the epoch, and names the best one
+            checkpoint.promote_best(self.trial.best_candidate, self.trial.best_ckpt)
         self._after_commit(evaluated)
 
     def _evaluate(self, epoch: int) -> dict[str, Any]:
@@ -404,7 +423,10 @@ class Trainer:
         log.info("epoch %d %s: %s", epoch, self.select_split, format_metrics(metrics))
         if not state.best or value > state.best["value"]:
             state.best = {"epoch": epoch, "value": value, "metrics": metrics}
-            checkpoint.save(self.trial.best_ckpt, self.model, cfg, epoch=epoch, metrics=metrics)
+            # best.pt is replaced only after last.pt names this epoch (`_end_epoch`)
+            checkpoint.save(
+                self.trial.best_candidate, self.model, cfg, epoch=epoch, metrics=metrics
+            )
         return {"epoch": epoch, "step": state.global_step, "split": self.select_split, **metrics}
 
     def _after_commit(self, evaluated: dict[str, Any] | None) -> None:

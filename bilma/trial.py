@@ -8,10 +8,12 @@ mirror of it (`bilma.mirror`) that `python -m bilma sync` can always rebuild. A 
                        "updated" (unix time), "host", "pid", "slurm_job_id",
                        "slurm_array_job_id", "slurm_array_task_id", "started", "error",
                        "traceback", "stopped_epoch", "stop_reason"}
-    metrics.jsonl     append-only, one JSON object per line: {"epoch", "step", "split", "time"
+    metrics.jsonl     append-only (records past last.pt's epoch are dropped on resume),
+                      one JSON object per line: {"epoch", "step", "split", "time"
                        (unix time, added if missing), <metric>: number, ...}
     result.json       exists only when the trial is done (schema below)
-    ckpt/last.pt, ckpt/best.pt   written with `atomic_torch_save`
+    ckpt/last.pt, ckpt/best.pt   written with `atomic_torch_save`; a new best is written to
+                      ckpt/best.next.pt and renamed to best.pt once last.pt names its epoch
     train.log, provenance.json   (git commit + dirty flag, host, versions, SLURM id, command)
     mlflow.json       {"run_id", "experiment_id", "tracking_uri", "parent_run_id", "by_uri":
                        {uri: {...}}}: a resumed trial continues its own MLflow run
@@ -44,7 +46,14 @@ from pathlib import Path
 from typing import Any
 
 from bilma.config import Config, ConfigError, canonical, dump_yaml, load_config, trial_id
-from bilma.fileio import atomic_write_json, atomic_write_text, json_default
+from bilma.fileio import (
+    DiskFull,
+    atomic_write_json,
+    atomic_write_text,
+    disk_full_message,
+    is_disk_full,
+    json_default,
+)
 from bilma.provenance import collect_provenance, now_iso, slurm_env
 
 log = logging.getLogger(__name__)
@@ -117,6 +126,11 @@ class TrialDir:
     @property
     def best_ckpt(self) -> Path:
         return self.ckpt_dir / "best.pt"
+
+    @property
+    def best_candidate(self) -> Path:
+        """The new best checkpoint, until last.pt naming its epoch is committed."""
+        return self.ckpt_dir / "best.next.pt"
 
     @property
     def log_path(self) -> Path:
@@ -195,6 +209,14 @@ class TrialDir:
         rec.setdefault("time", time.time())
         line = json.dumps(rec, default=json_default).encode("utf-8") + b"\n"
         self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._append(line)
+        except OSError as e:
+            if is_disk_full(e):
+                raise DiskFull(disk_full_message(self.metrics_path)) from None
+            raise
+
+    def _append(self, line: bytes) -> None:
         with open(self.metrics_path, "a+b") as f:
             # A kill mid-write leaves a line with no newline: end it first, or this record
             # would be glued onto the torn one and lost with it.
@@ -226,6 +248,31 @@ class TrialDir:
                 continue
             out.append(rec)
         return out
+
+    def truncate_metrics(self, epochs: int) -> int:
+        """Keep only the records of the first `epochs` epochs (those ckpt/last.pt committed);
+        rewrites metrics.jsonl atomically; the number of records (or torn lines) dropped.
+
+        A kill between an epoch's records and its last.pt would otherwise repeat the epoch."""
+        try:
+            raw = self.metrics_path.read_bytes()
+        except FileNotFoundError:
+            return 0
+        keep, dropped = [], 0
+        for line in raw.decode("utf-8", errors="replace").split("\n"):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                rec = None
+            if isinstance(rec, dict) and int(rec.get("epoch") or 0) <= epochs:
+                keep.append(line + "\n")
+            else:
+                dropped += 1
+        if dropped:
+            atomic_write_text(self.metrics_path, "".join(keep))
+        return dropped
 
     # -- result
     def write_result(self, result: dict[str, Any]) -> None:

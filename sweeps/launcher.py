@@ -237,6 +237,11 @@ def prepare(grid: Grid, planned: list[Planned], tracking: bool = True) -> str | 
                 "variant": p.trial.variant,
                 "seed": p.trial.seed,
                 "parent_run_id": parent,
+                # this command's tracking settings win over the ones frozen in config.yaml
+                "tracking": {
+                    "enabled": p.trial.config.tracking.enabled and tracking,
+                    "uri": p.trial.config.tracking.uri,
+                },
                 "launched": time.time(),
             },
         )
@@ -255,7 +260,11 @@ def _parent_run(grid: Grid, cfg) -> str | None:
         )
     except Exception as e:  # MLflow down: trials still run; `python -m bilma sync` later
         log.warning(
-            "MLflow unavailable (%s): trials run without a parent run", str(e).splitlines()[0]
+            "MLflow at %s unavailable (%s): trials run without a parent run; run "
+            "`python -m bilma sync --runs %s` to mirror them later",
+            cfg.tracking.uri,
+            (str(e).splitlines() or [type(e).__name__])[0],
+            cfg.paths.runs,
         )
         return None
 
@@ -263,12 +272,11 @@ def _parent_run(grid: Grid, cfg) -> str | None:
 def finish_parent(cfg, parent: str | None, failed: bool) -> None:
     if not parent:
         return
-    from bilma.mlflow_store import resolve_uri
+    from bilma.mlflow_store import mlflow_client, resolve_uri
 
+    # A server gone since the start: fail fast (mlflow_client), never stop the launcher.
     with contextlib.suppress(Exception):
-        import mlflow
-
-        mlflow.MlflowClient(resolve_uri(cfg.tracking.uri)).set_terminated(
+        mlflow_client(resolve_uri(cfg.tracking.uri)).set_terminated(
             parent, "FAILED" if failed else "FINISHED"
         )
 

@@ -183,3 +183,21 @@ def test_grid_point_and_variant_base_in_result_and_tags(tmp_path: Path, store: s
     # Defaults: not from a grid.
     plain = make_result(make_cfg(tmp_path), result["metrics"], result["selection"], None, 1, 1)
     assert plain["variant_base"] == "" and plain["grid_point"] == {}
+
+
+def test_a_resumed_mirror_never_logs_a_step_twice(tmp_path: Path, store: str) -> None:
+    """A kill after an epoch's records reached MLflow but before last.pt: the resumed run logs
+    that epoch again; the mirror keeps one point per (key, step)."""
+    cfg = make_cfg(tmp_path, store, study="resumed")
+    trial = TrialDir.for_config(cfg)
+    trial.init(cfg)
+    first = MlflowMirror(trial, cfg)
+    run_id = first.start()
+    first.log_record({"epoch": 1, "split": "val", "time": 1.0, "R1": 10.0})
+    first.log_record({"epoch": 2, "split": "val", "time": 2.0, "R1": 20.0})
+    second = MlflowMirror(trial, cfg)  # the relaunch
+    assert second.start() == run_id
+    second.log_record({"epoch": 2, "split": "val", "time": 3.0, "R1": 20.0})
+    second.log_record({"epoch": 3, "split": "val", "time": 4.0, "R1": 30.0})
+    second.log_record({"epoch": 3, "split": "val", "time": 5.0, "R1": 30.0})
+    assert history(store, run_id, "val/R1") == [(1, 10.0), (2, 20.0), (3, 30.0)]

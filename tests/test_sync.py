@@ -89,3 +89,38 @@ def test_sync_to_an_unreachable_server_fails_clearly(tmp_path: Path, monkeypatch
     trial.init(cfg)
     with pytest.raises(TrackingError, match=r"http://127\.0\.0\.1:9.*run sync again"):
         sync(tmp_path / "runs", "http://127.0.0.1:9")
+
+
+def test_a_second_runs_folder_never_rewrites_a_finished_run(tmp_path: Path, store: str) -> None:
+    """Copy B of a trial failed before copy A finished: syncing B after A keeps FINISHED;
+    a copy whose state is newer than the run's end (a later relaunch) still wins."""
+    import time
+
+    cfg_b = make_cfg(tmp_path / "b", store, study="twofolders", **{"tracking.enabled": False})
+    b = TrialDir.for_config(cfg_b)
+    b.init(cfg_b)
+    b.start_attempt()
+    write_records(b, range(1, 2))
+    b.set_status("failed", error="RuntimeError: out of memory")
+    time.sleep(0.05)
+    cfg_a = make_cfg(tmp_path / "a", store, study="twofolders", **{"tracking.enabled": False})
+    a = TrialDir.for_config(cfg_a)
+    assert a.trial_id == b.trial_id
+    a.init(cfg_a)
+    a.start_attempt()
+    write_records(a, range(1, 3))
+    finish_trial(a, cfg_a, epochs=2)
+
+    sync(tmp_path / "a" / "runs", store)
+    counts = sync(tmp_path / "b" / "runs", store)
+    (run,) = runs_of(store, "twofolders")  # matched by trial id: no second run
+    assert counts["runs_created"] == 0
+    assert run.info.status == "FINISHED"
+    assert history(store, run.info.run_id, "val/R1") == [(1, 10.0), (2, 20.0)]  # no duplicate
+
+    # B is relaunched and fails again, now after A's end: its newer state is shown
+    time.sleep(0.05)
+    b.set_status("failed", error="RuntimeError: out of memory again")
+    sync(tmp_path / "b" / "runs", store)
+    (run,) = runs_of(store, "twofolders")
+    assert run.info.status == "FAILED"
