@@ -116,8 +116,11 @@ def acquire_trial_lock(trial_dir: str | Path) -> None:
         )
     # Who holds it, for the message above. Not a data file: written in place under the lock.
     note = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}\n"
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, note.encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, note.encode(), 0)
+    except OSError:  # a full disk: the lock holds without its note; the next write says why
+        pass
     _held[key] = (fd, os.getpid())
 
 
