@@ -209,7 +209,7 @@ def claimed(planned: list[Planned]) -> Iterator[list[Planned]]:
 def prepare(grid: Grid, planned: list[Planned], tracking: bool = True) -> str | None:
     """Shared data, the MLflow experiment and parent run, each trial's directory. Returns the
     parent run id (None without MLflow)."""
-    from bilma.data.datasets import ensure_synthetic
+    from bilma.data.synth_cache import ensure_synthetic
 
     to_run = [p for p in planned if p.action in TO_RUN]
     parent = None

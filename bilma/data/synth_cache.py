@@ -1,0 +1,77 @@
+"""The synthetic dataset on disk: generated once (with its tokenizer) where `data.root` points,
+reused when its marker matches the config, refused when made with other parameters.
+
+Free of torch on purpose: launchers call it before any trial starts, and importing torch
+there cost half of a 100-trial SLURM submission's time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from bilma.config import DataConfig
+from bilma.data import formats, synth
+from bilma.data.records import DataError
+from bilma.data.tokenizer import train_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def ensure_synthetic(cfg: DataConfig) -> None:
+    """Generate the synthetic dataset (and its tokenizer) if `data.root` does not hold one.
+
+    Images are drawn at `data.image_size`, so the loader never resizes them. A dataset made
+    with other parameters is refused rather than silently reused.
+    """
+    root = Path(cfg.root)
+    h, w = cfg.image_size
+    wanted = {
+        "ids": cfg.synth_ids,
+        "images_per_id": cfg.synth_images_per_id,
+        "seed": cfg.synth_seed,
+        "height": h,
+        "width": w,
+        "pool": cfg.synth_pool,
+        "lookalike": cfg.synth_lookalike,
+        "lookalike_share": cfg.synth_lookalike_share if cfg.synth_lookalike else None,
+    }
+    if synth.is_complete(root):
+        made = json.loads((root / synth.SYNTH_MARKER).read_text())
+        made.setdefault("pool", "all")  # both written only when not the default
+        made.setdefault("lookalike", 0)
+        diff = {k: (made.get(k), v) for k, v in wanted.items() if made.get(k) != v}
+        if diff:
+            what = ", ".join(f"{k} {a} (config: {b})" for k, (a, b) in diff.items())
+            raise DataError(
+                f"{root} holds a synthetic dataset made with {what}; point data.root to another "
+                "folder (it is generated there), or delete this one"
+            )
+    else:
+        log.info(
+            "generating the synthetic pedestrian dataset in %s (%d identities x %d images, %dx%d)",
+            root,
+            cfg.synth_ids,
+            cfg.synth_images_per_id,
+            h,
+            w,
+        )
+        synth.generate(
+            root,
+            ids=cfg.synth_ids,
+            images_per_id=cfg.synth_images_per_id,
+            seed=cfg.synth_seed,
+            height=h,
+            width=w,
+            workers=min(2, os.cpu_count() or 1),
+            lookalike=cfg.synth_lookalike,
+            lookalike_share=cfg.synth_lookalike_share,
+            pool=cfg.synth_pool,
+        )
+    tok_dir = root / "tokenizer"
+    if not (tok_dir / "vocab.json").exists():
+        records = formats.read_annotations("synth", root)
+        captions = [c for r in records if r.split == "train" for c in r.captions]
+        train_tokenizer(captions, tok_dir)
