@@ -39,7 +39,8 @@ def fmt_delta(c: Cell | None, row: Row) -> str:
         return "baseline"
     if c is None or c.delta is None:
         return "n/a"
-    return f"{c.delta:+.2f} (p={fmt_p(c.p)})"
+    shown = fmt_p(c.p)
+    return f"{c.delta:+.2f} (p{shown if shown.startswith('<') else '=' + shown})"
 
 
 def _trial_line(r) -> str:
