@@ -19,6 +19,7 @@ from cluster.profiles import Profile, ProfileError, load_profile, render_sbatch
 from sweeps.grid import Grid
 from sweeps.job import TrialJob
 from sweeps.launcher import RESUME, SKIP_FAILED, SUBMIT, TO_RUN, Planned, claimed, mark_submitted
+from sweeps.state import read_status
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
 
@@ -204,7 +205,7 @@ def slurm_states(planned: list[Planned]) -> dict[str, str]:
     """trial_id -> SLURM state, for the trials last submitted to SLURM (empty if none)."""
     jobs = {}
     for p in planned:
-        status = p.dir.status()
+        status = read_status(p.dir)
         if status.get("backend") == "slurm" and status.get("job_id"):
             jobs[p.dir.trial_id] = str(status["job_id"])
     states = job_states(sorted(set(jobs.values())))
@@ -217,15 +218,15 @@ def reconcile(planned: list[Planned]) -> list[Planned]:
     a relaunch should resume it without --retry-failed. Changes the plan only, writes nothing."""
     failed = [p for p in planned if p.action == SKIP_FAILED]
     jobs = {
-        str(p.dir.status().get("job_id"))
+        str(read_status(p.dir).get("job_id"))
         for p in failed
-        if p.dir.status().get("backend") == "slurm" and p.dir.status().get("job_id")
+        if read_status(p.dir).get("backend") == "slurm" and read_status(p.dir).get("job_id")
     }
     if not jobs:
         return planned
     states = job_states(sorted(jobs))
     for p in failed:
-        job = str(p.dir.status().get("job_id"))
+        job = str(read_status(p.dir).get("job_id"))
         if states.get(job, "").startswith("CANCELLED"):
             p.action = RESUME if p.dir.last_ckpt.exists() else SUBMIT
             p.note = f"SLURM job {job} was cancelled"
