@@ -223,10 +223,10 @@ def test_time_limit_signal_requeue_resume_same_metrics(cluster, jobs, synth_smal
     """A 1-minute limit: SLURM signals (USR2), the trainer saves, submitit requeues, and the
     trial ends with exactly the metrics of an uninterrupted run of the same config."""
     # slurmctld checks limits every 30 s: with 1 min and a 10-s delay the signal comes 20-50 s
-    # into each run. The work must outlast that even on an idle machine: 60 epochs of 6 steps
-    # (~0.15 s each there: ~55 s, plus ~15 s of start-up; seen: 120 steps finished unsignalled
-    # in 33 s). On a busy machine each run gets fewer steps and the trial more requeues.
-    work = settings(synth_small, tmp_path, "train.epochs=60", "eval.every=20")
+    # into each run. The work must outlast that even on an idle machine: 300 epochs of 6 steps
+    # (seen: 60 epochs finished unsignalled in 25 s on a half-idle machine, 0.07 s a step, so
+    # ~2 min of training here). On a busy machine each run gets fewer steps, more requeues.
+    work = settings(synth_small, tmp_path, "train.epochs=300", "eval.every=100")
     grid = write_grid(tmp_path, work, study="timelimit")
     profile = write_profile(tmp_path, time_min=1, signal_delay_s=10)
     launch(
@@ -269,8 +269,9 @@ def test_time_limit_signal_requeue_resume_same_metrics(cluster, jobs, synth_smal
 
 
 def test_scancel_shows_cancelled_and_relaunch_completes(cluster, jobs, synth_small, tmp_path):
-    # 12 epochs (~30 s on an idle machine): still running when the checks below cancel it
-    work = settings(synth_small, tmp_path, "train.epochs=12", "eval.every=4")
+    # 200 epochs (~80 s on an idle machine; 12 epochs once ended in 5 s, before the checks
+    # below could cancel it): still running when they do
+    work = settings(synth_small, tmp_path, "train.epochs=200", "eval.every=50")
     grid = write_grid(tmp_path, work, study="cancel")
     args = ["--grid", str(grid), "--backend", "slurm", "--profile", "local-slurm"]
     launch(*args, cwd=tmp_path, ids=jobs)
