@@ -216,18 +216,20 @@ def reconcile(planned: list[Planned]) -> list[Planned]:
     """A trial whose SLURM job was cancelled (scancel) is interrupted, not failed: its
     trainer may have died of the cancellation (SIGTERM reaches every process of the job), but
     a relaunch should resume it without --retry-failed. Changes the plan only, writes nothing."""
-    failed = [p for p in planned if p.action == SKIP_FAILED]
-    jobs = {
-        str(read_status(p.dir).get("job_id"))
-        for p in failed
-        if read_status(p.dir).get("backend") == "slurm" and read_status(p.dir).get("job_id")
-    }
-    if not jobs:
+    # One read of each failed trial's status.json: its SLURM job, if it ran on SLURM.
+    slurm_jobs: dict[int, str] = {}
+    for i, p in enumerate(planned):
+        if p.action != SKIP_FAILED:
+            continue
+        status = read_status(p.dir)
+        if status.get("backend") == "slurm" and status.get("job_id"):
+            slurm_jobs[i] = str(status["job_id"])
+    if not slurm_jobs:
         return planned
-    states = job_states(sorted(jobs))
-    for p in failed:
-        job = str(read_status(p.dir).get("job_id"))
+    states = job_states(sorted(set(slurm_jobs.values())))
+    for i, job in slurm_jobs.items():
         if states.get(job, "").startswith("CANCELLED"):
+            p = planned[i]
             p.action = RESUME if p.dir.last_ckpt.exists() else SUBMIT
             p.note = f"SLURM job {job} was cancelled"
     return planned
