@@ -13,10 +13,8 @@ task) skips the images that already have a map.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,20 +82,6 @@ def jobs_folder(args: argparse.Namespace) -> Path:
     return (args.parsing_root or args.root / "parsing").resolve() / "jobs"
 
 
-@contextlib.contextmanager
-def _omp_threads(n: int) -> Iterator[None]:
-    """OMP_NUM_THREADS=n for the jobs started inside (they inherit the environment)."""
-    old = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = str(n)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("OMP_NUM_THREADS")
-        else:
-            os.environ["OMP_NUM_THREADS"] = old
-
-
 def slurm_parameters(profile_name: str) -> tuple[dict[str, Any], Any]:
     """The profile's submitit parameters for one single-process shard per array task.
 
@@ -121,7 +105,7 @@ def submit_slurm(args: argparse.Namespace, shards: list[dict[str, Any]]) -> int:
     params, profile = slurm_parameters(args.profile)
     folder = jobs_folder(args) / "%j"
     # Requeues after time limits: each resumes where the maps stop (profile key once merged).
-    ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=getattr(profile, "max_requeues", 30))
+    ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=profile.max_requeues)
     ex.update_parameters(job_name=f"bilma-parse-{args.dataset}", **params)
     with ex.batch():
         jobs = [ex.submit(ParseShardJob(s)) for s in shards]
@@ -146,7 +130,7 @@ def run_local(args: argparse.Namespace, shards: list[dict[str, Any]]) -> int:
         gpu = {"gpus_per_node": 1, "visible_gpus": (k % gpus,)} if gpus else {}
         ex.update_parameters(timeout_min=7 * 24 * 60, **gpu)
         s = dict(s, device="cuda" if gpus else "cpu")
-        with _omp_threads(threads):
+        with submitit.helpers.environment_variables(OMP_NUM_THREADS=threads):
             jobs.append(ex.submit(ParseShardJob(s)))
         where = f"GPU {k % gpus}" if gpus else "CPU"
         print(f"shard {k}/{len(shards)} on {where}: log {jobs[-1].paths.stderr}", flush=True)
