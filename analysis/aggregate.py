@@ -17,7 +17,13 @@ from typing import Any
 
 import yaml
 
-from analysis.runs import DATASET_AXES, RESULT_METRICS, AnalysisError, TrialRecord
+from analysis.runs import (
+    DATASET_AXES,
+    LOWER_IS_BETTER,
+    RESULT_METRICS,
+    AnalysisError,
+    TrialRecord,
+)
 from analysis.stats import mean, paired_t, sample_std
 
 PUBLISHED_FILE = Path(__file__).with_name("published.yaml")
@@ -150,9 +156,13 @@ def _label(base: str, point: tuple, short: dict[str, str]) -> str:
 
 
 def build_table(
-    study: str, records: list[TrialRecord], metrics: list[str] | None = None
+    study: str,
+    records: list[TrialRecord],
+    metrics: list[str] | None = None,
+    baseline: str | None = None,
 ) -> StudyTable:
-    """The study's table; AnalysisError if it has no finished run."""
+    """The study's table; AnalysisError if it has no finished run. `baseline`: the variant
+    Δ and p are taken against (default: the grid's first)."""
     metrics = list(metrics or RESULT_METRICS)
     records = _dedupe(records)
     finished = [r for r in records if r.finished]
@@ -178,8 +188,10 @@ def build_table(
             runs = [r for r in mine if r.dataset == d]
             n[d] = len({r.seed for r in runs})
             for m in metrics:
-                if runs:
-                    cells[(d, m)] = Cell.of({r.seed: r.metrics[m] for r in runs})
+                # A look-alike metric exists only for runs on a dataset with look-alike groups.
+                values = {r.seed: r.metrics[m] for r in runs if m in r.metrics}
+                if values:
+                    cells[(d, m)] = Cell.of(values)
         label = _label(base, point, short) if kind == "main" else base
         rows.append(Row(label, base, point, cells, n))
     table = StudyTable(
@@ -194,7 +206,7 @@ def build_table(
         excluded,
     )
     if kind == "ablation":
-        _deltas(table)
+        _deltas(table, baseline)
     else:
         _add_published(table)
     _bold(table)
@@ -234,11 +246,19 @@ def _dataset_rank(d: str) -> tuple[int, str]:
     return (_DATASET_ORDER.index(d) if d in _DATASET_ORDER else len(_DATASET_ORDER), d)
 
 
-def _deltas(table: StudyTable) -> None:
-    """Δ and paired p against the baseline: the grid's first variant at the same grid point
-    (when the study has one variant: its first row)."""
+def _deltas(table: StudyTable, baseline: str | None = None) -> None:
+    """Δ and paired p against the baseline: `baseline` or the grid's first variant at the same
+    grid point (when the study has one variant: its first row)."""
     rows = [r for r in table.rows if not r.published]
     first = rows[0].variant_base
+    if baseline is not None:
+        names = list(dict.fromkeys(r.variant_base for r in rows))
+        if baseline not in names:
+            raise AnalysisError(
+                f"--baseline {baseline!r} is no variant of study '{table.study}'; its variants: "
+                + ", ".join(repr(n) for n in names)
+            )
+        first = baseline
     table.baseline = first
     several = len({r.variant_base for r in rows}) > 1
     by_key = {(r.variant_base, r.point): r for r in rows}
@@ -278,12 +298,13 @@ def _add_published(table: StudyTable) -> None:
 
 
 def _bold(table: StudyTable) -> None:
-    """The best mean per column (every metric here is higher-is-better)."""
+    """The best mean per column: the largest, or the smallest for LOWER_IS_BETTER."""
     for d in table.datasets:
         for m in table.metrics:
             cells = [r.cells[(d, m)] for r in table.rows if (d, m) in r.cells]
             if not cells:
                 continue
-            best = max(c.mean for c in cells)
+            pick = min if m in LOWER_IS_BETTER else max
+            best = pick(c.mean for c in cells)
             for c in cells:
                 c.bold = c.mean == best

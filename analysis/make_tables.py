@@ -20,7 +20,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.runs import DEFAULT_URI, RESULT_METRICS, AnalysisError  # noqa: E402
+from analysis.runs import ALL_METRICS, DEFAULT_URI, RESULT_METRICS, AnalysisError  # noqa: E402
 
 FORMATS = ("md", "tex", "csv", "all")
 
@@ -45,9 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metric",
         nargs="+",
-        choices=RESULT_METRICS,
+        choices=ALL_METRICS,
         default=list(RESULT_METRICS),
-        help="metrics to show (the first one is plotted against the swept axes)",
+        help="metrics to show (the first one is plotted against the swept axes); lookalike_*, "
+        "ordinary_* and twin_errors exist for synthetic data with look-alike groups",
+    )
+    p.add_argument(
+        "--baseline",
+        default=None,
+        metavar="VARIANT",
+        help="the variant Δ and paired p are taken against (default: the grid's first)",
     )
     p.add_argument("--format", choices=FORMATS, default="md", help="files written into --out")
     p.add_argument("--out", type=Path, default=None, help="folder for LaTeX, CSV and plots")
@@ -102,7 +109,7 @@ def _run(args: argparse.Namespace) -> int:
 def _study(study: str, records, args: argparse.Namespace) -> dict:
     from analysis import aggregate, tables
 
-    table = aggregate.build_table(study, records, args.metric)
+    table = aggregate.build_table(study, records, args.metric, args.baseline)
     for w in table.warnings:
         print(f"warning: {study}: {w}", file=sys.stderr)
     md = tables.markdown(table)

@@ -30,12 +30,19 @@ import yaml
 
 # The run schema, from the library (see the module docstring).
 from bilma.mlflow_store import DEFAULT_URI, resolve_uri
-from bilma.trial import RESULT_METRICS, TrialDir, find_trials
+from bilma.trial import GROUP_METRICS, RESULT_METRICS, TrialDir, find_trials
+
+# Every test metric a table can show: the five of every trial, then the look-alike ones.
+ALL_METRICS = RESULT_METRICS + GROUP_METRICS
+# Metrics where less is better (the best cell in bold is the smallest).
+LOWER_IS_BETTER = ("twin_errors",)
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "ALL_METRICS",
     "DEFAULT_URI",
+    "LOWER_IS_BETTER",
     "RESULT_METRICS",
     "AnalysisError",
     "TrialRecord",
@@ -187,8 +194,8 @@ def _record(
     state = _STATE_OF_STATUS.get(status, "unknown")
     if str(tags.get("stopped_early", "")).lower() == "true":
         state = STOPPED
-    test = {m: float(metrics[f"test/{m}"]) for m in RESULT_METRICS if f"test/{m}" in metrics}
-    if state == FINISHED and len(test) < len(RESULT_METRICS):
+    test = {m: float(metrics[f"test/{m}"]) for m in ALL_METRICS if f"test/{m}" in metrics}
+    if state == FINISHED and any(m not in test for m in RESULT_METRICS):
         state = "unknown"  # FINISHED without final metrics: not a finished trial
     return TrialRecord(
         study=study,

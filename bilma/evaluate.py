@@ -44,15 +44,27 @@ def encode_split(
 
 
 def evaluate(
-    model, data: PedesData, split: str, cfg: Config, device: torch.device
+    model,
+    data: PedesData,
+    split: str,
+    cfg: Config,
+    device: torch.device,
+    groups: dict[int, int] | None = None,
 ) -> dict[str, float]:
-    """R1, R5, R10, mAP, mINP (percent) of text-to-image retrieval on `split`."""
+    """R1, R5, R10, mAP, mINP (percent) of text-to-image retrieval on `split`; with look-alike
+    `groups` (pid -> group, `bilma.lookalike`) also `bilma.trial.GROUP_METRICS`."""
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
     try:
         t, tp, v, vp = encode_split(model, data, split, cfg, device)
-        metrics = retrieval_metrics(t @ v.T, tp, vp)
+        if groups is None:
+            metrics = retrieval_metrics(t @ v.T, tp, vp)
+        else:
+            from bilma.lookalike import flat_group_metrics, metrics_by_group
+
+            by_group = metrics_by_group(t @ v.T, tp, vp, groups)
+            metrics = {**by_group["all"], **flat_group_metrics(by_group)}
     finally:
         model.train(was_training)
     log.debug(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from bilma.config import Config
 from bilma.data.records import DataError
 from bilma.metrics import retrieval_metrics
 
@@ -68,6 +69,25 @@ def metrics_by_group(
         share = 100.0 * int((wrong & same_group).sum()) / n_wrong if n_wrong else 0.0
         out["look-alike"]["twin_errors"] = share
     return out
+
+
+def flat_group_metrics(by_group: dict[str, dict[str, float]]) -> dict[str, float]:
+    """`metrics_by_group` output -> the result.json keys of `bilma.trial.GROUP_METRICS`."""
+    out = {}
+    for kind, key in (("look-alike", "lookalike"), ("ordinary", "ordinary")):
+        if kind in by_group:
+            out[f"{key}_R1"] = by_group[kind]["R1"]
+            out[f"{key}_mAP"] = by_group[kind]["mAP"]
+    if "twin_errors" in by_group.get("look-alike", {}):
+        out["twin_errors"] = by_group["look-alike"]["twin_errors"]
+    return out
+
+
+def groups_of_config(cfg: Config) -> dict[int, int] | None:
+    """The look-alike groups of cfg's dataset, or None when it has none (any real dataset)."""
+    if cfg.data.dataset != "synth" or not cfg.data.synth_lookalike:
+        return None
+    return lookalike_groups(cfg.data.root)
 
 
 def main_eval_lookalike(checkpoint: Path, split: str, device_name: str | None = None) -> int:

@@ -49,6 +49,8 @@ def param_groups(model: nn.Module, cfg: Config) -> list[dict[str, Any]]:
             lr, wd = o.lr * o.bias_lr_factor, o.weight_decay_bias
         if is_new and "cross" not in name:  # classifier, heads, mask token
             lr = o.lr * o.lr_factor
+        if name == "itc_logit_scale":  # CLIP's temperature: never decayed (as CLIP, open_clip)
+            wd = 0.0
         groups.append({"params": [p], "lr": lr, "weight_decay": wd, "name": name})
     return groups
 

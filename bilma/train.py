@@ -47,6 +47,7 @@ from bilma.device import (
 from bilma.evaluate import evaluate
 from bilma.fileio import remove_stale_tmp
 from bilma.lock import acquire_trial_lock, release_trial_lock
+from bilma.lookalike import groups_of_config
 from bilma.metrics import format_metrics
 from bilma.model.bilma import build_model
 from bilma.optim import lr_factor, param_groups
@@ -468,7 +469,8 @@ class Trainer:
         cfg, state, trial = self.cfg, self.state, self.trial
         best = checkpoint.load(trial.best_ckpt, self.device)
         checkpoint.load_model_state(self.model, best, trial.best_ckpt)
-        test = evaluate(self.model, self.data, "test", cfg, self.device)
+        groups = groups_of_config(cfg)  # look-alike metrics beside the usual ones (synth)
+        test = evaluate(self.model, self.data, "test", cfg, self.device, groups)
         selection = {
             "split": self.select_split,
             "metric": cfg.eval.select_metric,

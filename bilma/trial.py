@@ -30,6 +30,7 @@ result.json (what the analysis code reads)::
      "variant_base": str,          # the grid's variant name without axis values ("" if none)
      "grid_point": {axis: value},  # the grid axes' values of this trial ({} if none)
      "metrics": {"R1", "R5", "R10", "mAP", "mINP"}   # test split, selected checkpoint
+                  # (+ GROUP_METRICS on a synthetic dataset with look-alike groups)
      "selection": {"split": "val"|"test", "metric": "R1", "epoch": int, "value": float},
      "val_metrics": {"R1", ...} | null,              # val split, selected checkpoint
      "epochs": int, "train_seconds": float, "finished": ISO 8601 time with offset}
@@ -62,6 +63,10 @@ STATES = ("pending", "running", "done", "failed", "interrupted", "stopped")
 # States after which a relaunch runs nothing: done, or stopped early on purpose.
 FINISHED_STATES = ("done", "stopped")
 RESULT_METRICS = ("R1", "R5", "R10", "mAP", "mINP")
+# Test metrics a trial adds when its synthetic dataset has look-alike groups (bilma/lookalike.py):
+# Rank-1 and mAP of the look-alike and of the ordinary queries, and the percent of look-alike
+# Rank-1 mistakes that land on a group-mate.
+GROUP_METRICS = ("lookalike_R1", "lookalike_mAP", "ordinary_R1", "ordinary_mAP", "twin_errors")
 # Fields of a metrics record that are not metrics.
 RECORD_FIELDS = ("epoch", "step", "split", "time")
 

@@ -55,3 +55,31 @@ def test_eval_lookalike_command(tmp_path, capsys) -> None:
     load_data(plain)
     with pytest.raises(DataError, match="no look-alike groups"):
         lookalike_groups(tmp_path / "plain")
+
+
+def test_trained_trial_records_lookalike_metrics(tmp_path) -> None:
+    """A trial on a look-alike dataset adds GROUP_METRICS to result.json; its overall R1 is the
+    query-weighted mean of the look-alike and the ordinary R1."""
+    from tiny_setup import tiny_overrides
+
+    from bilma.config import load_config
+    from bilma.data.datasets import TextSet, load_data
+    from bilma.train import train
+    from bilma.trial import GROUP_METRICS, RESULT_METRICS
+
+    over = tiny_overrides(tmp_path / "la", tmp_path / "runs", "data.synth_lookalike=2")
+    over += ["data.synth_ids=40", "data.synth_lookalike_share=0.5", "train.epochs=1"]
+    cfg = load_config(None, over)
+    result = train(cfg)
+    m = result["metrics"]
+    assert set(m) == set(RESULT_METRICS) | set(GROUP_METRICS)
+    groups = lookalike_groups(cfg.data.root)
+    pids = TextSet(load_data(cfg), "test").pids.tolist()
+    n_la = sum(p in groups for p in pids)
+    assert 0 < n_la < len(pids)  # both kinds of query in the test split
+    mixed = (n_la * m["lookalike_R1"] + (len(pids) - n_la) * m["ordinary_R1"]) / len(pids)
+    assert m["R1"] == pytest.approx(mixed, abs=1e-4)
+    assert 0.0 <= m["twin_errors"] <= 100.0
+
+    plain = train(load_config(None, tiny_overrides(tmp_path / "p", tmp_path / "runs")))
+    assert set(plain["metrics"]) == set(RESULT_METRICS)  # no groups, no extra keys

@@ -59,3 +59,9 @@ def test_irra_schedule():
     assert lr_factor(59, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 54 / 55)))
     flat = load_config(None, ["train.epochs=60", "optim.schedule=constant"])
     assert lr_factor(30, flat) == 1.0
+
+
+def test_clip_temperature_is_not_decayed():
+    lrs = groups("loss.itc_weight=1")
+    assert lrs["itc_logit_scale"][1] == 0.0  # as CLIP: weight decay would pull it to 1
+    assert "itc_logit_scale" not in groups()  # built only with the CLIP loss

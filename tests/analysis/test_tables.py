@@ -165,3 +165,28 @@ def test_main_grid_trials_make_the_main_table(tmp_path):
     assert "R1 on the val split (CUHK-PEDES, RSTPReid); R1 on the test split (ICFG-PEDES)" in (
         markdown(table)
     )
+
+
+def test_baseline_option_and_lookalike_metrics():
+    """--baseline picks the Δ/p reference; look-alike metrics show where runs have them, and
+    twin_errors (lower is better) bolds its smallest mean."""
+    recs = []
+    for s in (1, 2, 3):
+        for name, idx, r1, twins in (("SDM", 0, 40.0, 60.0), ("IRRA", 1, 45.0, 50.0)):
+            rec = record(name, idx, "synth", s, r1 + s, point={})
+            rec.metrics.update(lookalike_R1=r1 - 10 + s, twin_errors=twins + s)
+            recs.append(rec)
+        recs.append(record("BiLMa", 2, "synth", s, 47.0 + 2 * s, point={}))  # no look-alikes
+    t = build_table("abl", recs, ["R1", "lookalike_R1", "twin_errors"], baseline="IRRA")
+    rows = {r.label: r for r in t.rows}
+    assert t.baseline == "IRRA" and rows["IRRA"].baseline and not rows["SDM"].baseline
+    sdm, bilma = rows["SDM"].cells, rows["BiLMa"].cells
+    assert sdm[("synth", "R1")].delta == pytest.approx(-5.0)
+    assert bilma[("synth", "R1")].delta == pytest.approx((49 + 51 + 53) / 3 - 47.0)
+    assert ("synth", "twin_errors") not in bilma  # BiLMa's runs have no look-alike metric
+    assert sdm[("synth", "lookalike_R1")].mean == pytest.approx(32.0)
+    assert rows["IRRA"].cells[("synth", "twin_errors")].bold  # 52 < 62: fewer twin errors
+    assert not sdm[("synth", "twin_errors")].bold
+    assert "twin_errors" in markdown(t)
+    with pytest.raises(AnalysisError, match=r"--baseline 'BiLMA' is no variant of study 'abl'"):
+        build_table("abl", recs, ["R1"], baseline="BiLMA")
