@@ -231,14 +231,24 @@ class BiLMa(nn.Module):
         masked_text: torch.Tensor,
         batch: dict[str, torch.Tensor],
     ) -> torch.Tensor:
+        logits, labels = self.mlm_predict(image_tokens, masked_text, batch)
+        return losses.mlm_loss(logits[None], labels[None])
+
+    def mlm_predict(
+        self,
+        image_tokens: torch.Tensor,
+        masked_text: torch.Tensor,
+        batch: dict[str, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(vocabulary logits [N, V] (float32), original token ids [N]) at the N chosen
+        positions of the masked captions, read against `image_tokens`."""
         pad = None if self.cfg.mlm.attend_padding else padding_mask(batch["mlm_ids"])
         x = self.mlm_cross(masked_text, image_tokens, q_pad_mask=pad)
         # The head runs only where a token was chosen (~15%): same loss, far less work
         # than IRRA's full [B, L, vocab] logits.
         labels = batch["mlm_labels"]
         chosen = labels != IGNORE_INDEX
-        logits = self.mlm_head(x[chosen]).float()
-        return losses.mlm_loss(logits[None], labels[chosen][None])
+        return self.mlm_head(x[chosen]).float(), labels[chosen]
 
     def _mim(
         self,
@@ -248,7 +258,23 @@ class BiLMa(nn.Module):
         masked_text: torch.Tensor | None,
     ) -> torch.Tensor:
         """MIM loss; `clean_text` / `masked_text`: the captions' tokens if already encoded."""
-        cfg, spec = self.cfg, self.heads_spec
+        pred, mask = self.mim_predict(images, batch, clean_text, masked_text)
+        if self.heads_spec.mim_target == "semantic":
+            return losses.semmim_loss(pred, batch["patch_labels"], mask)
+        target = patchify(images.float(), self.encoders.spec.patch)
+        return losses.mim_pixel_loss(pred, target, mask, norm_pix=self.cfg.mim.norm_pixels)
+
+    def mim_predict(
+        self,
+        images: torch.Tensor,
+        batch: dict[str, torch.Tensor],
+        clean_text: torch.Tensor | None = None,
+        masked_text: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-patch predictions [B, P, C] (float32: class logits or pixels), mask [B, P])
+        of a random patch mask (`batch["mim_generator"]` draws it) read against the captions
+        (`clean_text` / `masked_text`: their tokens if already encoded)."""
+        cfg = self.cfg
         mask = random_patch_mask(
             len(images),
             self.encoders.spec.grid,
@@ -265,11 +291,7 @@ class BiLMa(nn.Module):
         if kv is None:
             kv = self.encoders.encode_text(kv_ids)
         cross = self.mim_cross if hasattr(self, "mim_cross") else self.mlm_cross
-        pred = self.mim_head(cross(patches, kv, padding_mask(kv_ids))).float()
-        if spec.mim_target == "semantic":
-            return losses.semmim_loss(pred, batch["patch_labels"], mask)
-        target = patchify(images.float(), self.encoders.spec.patch)
-        return losses.mim_pixel_loss(pred, target, mask, norm_pix=cfg.mim.norm_pixels)
+        return self.mim_head(cross(patches, kv, padding_mask(kv_ids))).float(), mask
 
 
 def build_model(cfg: Config, vocab_size: int, eot_id: int, num_ids: int) -> BiLMa:
