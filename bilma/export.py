@@ -39,7 +39,7 @@ import torch
 
 from bilma.config import Config, canonical, from_dict, to_dict, trial_id
 from bilma.data.records import DataError
-from bilma.fileio import atomic_dir, atomic_write_json, atomic_write_text
+from bilma.fileio import atomic_dir, atomic_write_json, atomic_write_text, files_like_umask
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,7 @@ def export_clip(
         hf.save_pretrained(tmp)
         write_tokenizer(tok_dir, tmp, spec.context)
         atomic_write_json(tmp / EXPORT_MARKER, info)
+        files_like_umask(tmp)
     log.info(
         "exported the encoders of %s to %s (grid %dx%d as a %dx%d table)",
         checkpoint,

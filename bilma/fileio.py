@@ -167,6 +167,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def files_like_umask(folder: str | Path) -> None:
+    """Give every file under `folder` the mode a new file gets under the umask (0644 under
+    022): libraries such as safetensors create theirs 0600, unreadable to colleagues."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in Path(folder).rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            os.chmod(f, 0o666 & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success it takes `path`'s place.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -74,9 +76,15 @@ def test_export_gives_the_same_features_in_transformers(
 
     ckpt, model, tok = _trained_like_checkpoint(synth_small, tmp_path, size)
     out = tmp_path / "clip"
-    info = export_clip(ckpt, out)
+    old = os.umask(0o022)
+    try:
+        info = export_clip(ckpt, out)
+    finally:
+        os.umask(old)
     files = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "vocab.json", "merges.txt"} <= files
+    # readable by colleagues like any file under umask 022 (safetensors writes 0600)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o644}
     assert {"tokenizer_config.json", "special_tokens_map.json", EXPORT_MARKER} <= files
     assert info["grid"] == [size[0] // 16, size[1] // 16]
     hf = CLIPModel.from_pretrained(out).eval()
