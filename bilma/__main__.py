@@ -101,7 +101,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from bilma.evaluate import main_eval
 
-    return main_eval(args.checkpoint, args.split, args.device)
+    if args.checkpoint is not None and args.overrides:
+        print("error: overrides go with --config; a checkpoint carries its config", file=sys.stderr)
+        return 2
+    return main_eval(args.checkpoint, args.split, args.device, args.config, args.overrides)
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
@@ -210,8 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.sub=value, e.g. train.epochs=5")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint")
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p = sub.add_parser(
+        "eval", help="evaluate a checkpoint, or a config's model untrained (zero-shot)"
+    )
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--checkpoint", type=Path)
+    what.add_argument(
+        "--config",
+        type=Path,
+        help="zero-shot: the config's model as built, e.g. the weights of model.pretrained",
+    )
+    p.add_argument("overrides", nargs="*", help="key.sub=value (with --config)")
     p.add_argument("--split", choices=("test", "val"), default="test")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.set_defaults(func=_cmd_eval)

@@ -77,21 +77,40 @@ def evaluate(
     return metrics
 
 
-def main_eval(checkpoint: Path, split: str, device_name: str | None = None) -> int:
-    """Evaluate a saved checkpoint and print the metrics table."""
-    from bilma.checkpoint import load_for_eval
+def main_eval(
+    checkpoint: Path | None,
+    split: str,
+    device_name: str | None = None,
+    config: Path | None = None,
+    overrides: list[str] | None = None,
+) -> int:
+    """Evaluate a saved checkpoint, or (`config`) the config's model as built, untrained:
+    the zero-shot retrieval of its `model.pretrained` weights; print the metrics table."""
     from bilma.data.datasets import load_data
+    from bilma.lookalike import groups_of_config
     from bilma.metrics import metrics_table
 
     device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, cfg, info = load_for_eval(checkpoint, device)
-    data = load_data(cfg, check_parse_maps=False)
+    if checkpoint is not None:
+        from bilma.checkpoint import load_for_eval
+
+        model, cfg, info = load_for_eval(checkpoint, device)
+        data = load_data(cfg, check_parse_maps=False)
+        what = f"{checkpoint} (epoch {info.get('epoch')})"
+    else:
+        from bilma.config import load_config
+        from bilma.model.bilma import build_model
+
+        cfg = load_config(config, overrides or [])
+        data = load_data(cfg, check_parse_maps=False)
+        tok = data.tokenizer
+        model = build_model(cfg, tok.vocab_size, tok.eot_id, data.num_train_ids).to(device)
+        source = cfg.model.pretrained or f"random {cfg.model.name} weights"
+        what = f"{source} untrained (zero-shot, {config})"
     if not data.split(split)[0]:
         print(f"error: {cfg.data.dataset} at {cfg.data.root} has no {split} split")
         return 2
-    print(
-        f"evaluating {checkpoint} (epoch {info.get('epoch')}) on the {split} split of {cfg.data.dataset}"
-    )
-    metrics = evaluate(model, data, split, cfg, device)
+    print(f"evaluating {what} on the {split} split of {cfg.data.dataset}")
+    metrics = evaluate(model, data, split, cfg, device, groups_of_config(cfg))
     print(metrics_table({f"{cfg.data.dataset} {split}": metrics}))
     return 0

@@ -108,7 +108,7 @@ def test_export_gives_the_same_features_in_transformers(
     assert torch.allclose(v_hf, v, atol=1e-5, rtol=1e-4)
 
 
-def test_export_reloads_exactly_and_fine_tunes(synth_small, tmp_path) -> None:
+def test_export_reloads_exactly_and_fine_tunes(synth_small, tmp_path, capsys) -> None:
     """A 2:1 grid (8x4): bilma's load path gives back the trained encoders bit for bit, and a
     fine-tuning run starts from the folder (its tokenizer included)."""
     from bilma.train import train
@@ -130,6 +130,18 @@ def test_export_reloads_exactly_and_fine_tunes(synth_small, tmp_path) -> None:
     with torch.no_grad():
         loaded.encoders.mask_token.copy_(model.encoders.mask_token)
         assert torch.equal(loaded.eval().encode_image(images), model.encode_image(images))
+
+    # zero-shot: `eval --config` evaluates the folder's weights untrained, as the source model
+    from bilma.__main__ import main
+    from bilma.evaluate import evaluate
+
+    want = evaluate(model, data, "test", cfg, torch.device("cpu"))
+    over = tiny_overrides(synth_small, tmp_path / "runs", f"model.pretrained={out}")
+    assert main(["eval", "--config", "/dev/null", *over, "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "untrained (zero-shot" in text
+    assert f"{want['R1']:.2f}" in text and f"{want['mAP']:.2f}" in text
+    assert main(["eval", "--checkpoint", str(ckpt), "train.epochs=3"]) == 2
 
     ft = load_config(
         None,
