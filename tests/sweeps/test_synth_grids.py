@@ -38,3 +38,15 @@ def test_synth_pretrained_compares_with_scratch_on_the_same_budget() -> None:
     assert pre.model.pretrained == "data/clip-synth-tiny" and scratch.model.pretrained is None
     assert pre.train.epochs == scratch.train.epochs and pre.data == scratch.data
     assert pre.loss.mlm_weight == pre.loss.mim_weight == 0 == scratch.loss.mim_weight
+
+
+def test_synth_knobs_reruns_the_ablations_bilma_and_changes_one_knob_each() -> None:
+    knobs = expand(load_grid("synth_knobs"))
+    ablation = {(t.variant, t.seed): t.trial_id for t in expand(load_grid("synth_ablation"))}
+    assert len(knobs) == 6
+    ref = [t for t in knobs if t.variant.startswith("BiLMa")]
+    # the same experiments as the ablation's BiLMa seeds 0 and 1 (trial ids leave out the study)
+    assert [t.trial_id for t in ref] == [ablation[("+SemMIM LIP-20 (BiLMa)", s)] for s in (0, 1)]
+    weights, mask = knobs[2].config, knobs[4].config
+    assert (weights.loss.mlm_weight, weights.loss.mim_weight, weights.mim.mask_ratio) == (3, 3, 0.5)
+    assert (mask.loss.mlm_weight, mask.loss.mim_weight, mask.mim.mask_ratio) == (1, 1, 0.75)
