@@ -36,15 +36,17 @@ CLIP_SYNTH ?= data/clip-synth-tiny
 clip-synth: setup
 	$(BIN)/python -m bilma pretrain-clip --config configs/synth_pretrain.yaml --out $(CLIP_SYNTH)
 
-# The laptop-scale study (README "A laptop-scale BiLMa study"; about 1 h 45 min on 2 cores):
-# the pretrained tiny CLIP, the branch ablation (15 trials) and pretrained vs scratch (6),
-# then their tables, per-epoch plots and the branch probe in tables/. Each step resumes.
+# The laptop-scale study (README "A laptop-scale BiLMa study"; about 2 hours on 2 cores):
+# the pretrained tiny CLIP, the branch ablation (15 trials), the knobs (4), pretrained vs
+# scratch (6), then their tables, per-epoch plots and the branch probe in tables/. Resumable.
 STUDY_METRICS := R1 mAP lookalike_R1 ordinary_R1 twin_errors
 study: clip-synth
 	$(BIN)/python -m bilma eval --config configs/synth_finetune.yaml loss.mlm_weight=0 loss.mim_weight=0
 	$(BIN)/python sweeps/launch.py --grid synth_ablation
+	$(BIN)/python sweeps/launch.py --grid synth_knobs
 	$(BIN)/python sweeps/launch.py --grid synth_pretrained
 	$(BIN)/python analysis/make_tables.py --study synth-ablation --baseline "+MLM (IRRA)" --metric $(STUDY_METRICS) --format all --out tables
+	$(BIN)/python analysis/make_tables.py --study synth-knobs --metric $(STUDY_METRICS) --format all --out tables
 	$(BIN)/python analysis/make_tables.py --study synth-pretrained --metric $(STUDY_METRICS) --format all --out tables
 	$(BIN)/python analysis/branch_probe.py --study synth-ablation --out tables
 
