@@ -233,6 +233,8 @@ def loss_parts_plot(
         return None
     fig, axes = plt.subplots(1, len(parts), figsize=(FIGSIZE[0] * len(parts) / 2, FIGSIZE[1]))
     axes = [axes] if len(parts) == 1 else list(axes)
+    # one colour per variant in every panel (a panel leaves out variants without that part)
+    colour = {variant: f"C{i % 10}" for i, variant in enumerate(curves)}
     for ax, part in zip(axes, parts, strict=True):
         for variant, trials in curves.items():
             by_epoch: dict[int, list[float]] = {}
@@ -241,12 +243,18 @@ def loss_parts_plot(
                     by_epoch.setdefault(epoch, []).append(v)
             if by_epoch:
                 epochs = sorted(by_epoch)
-                ax.plot(epochs, [mean(by_epoch[e]) for e in epochs], marker="o", label=variant)
+                means = [mean(by_epoch[e]) for e in epochs]
+                ax.plot(epochs, means, marker="o", label=variant, color=colour[variant])
         ax.set_title(f"{part} (weighted)")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("training loss, epoch mean over seeds")
-    axes[-1].legend(fontsize="small")
+    handles = {h.get_label(): h for ax in axes for h in ax.get_lines()}
+    axes[-1].legend(
+        [handles[v] for v in curves if v in handles],
+        [v for v in curves if v in handles],
+        fontsize="small",
+    )
     fig.suptitle(f"{study}: training loss of each part")
     fig.tight_layout()
     return _save(fig, out / f"{safe_name(study)}_loss_parts.png")
