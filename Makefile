@@ -28,7 +28,7 @@ demo: setup
 	@echo "plot: tables/smoke_val_R1_per_epoch.png"
 	@echo "retrieval figure: tables/smoke_retrievals_test.png"
 
-# The tiny CLIP pretrained on synthetic pedestrians (CLIP's contrastive loss, about 15 minutes
+# The tiny CLIP pretrained on synthetic pedestrians (CLIP's contrastive loss, about 10 minutes
 # on a 2-core CPU), exported as a transformers CLIP folder that configs/synth_finetune.yaml and
 # the synth_* grids start from. Built once: a folder from the same config is reused, one from
 # another (stale) config is refused with the fix named.
