@@ -97,6 +97,12 @@ def _probe_mim(model, batch, other, differ, i: int, acc: _Counts) -> None:
             swapped[key] = batch[key][other]
     semantic = model.heads_spec.mim_target == "semantic"
     images = batch["images"]
+    # the targets do not depend on the caption: computed once for both readings
+    if semantic:
+        labels = batch["patch_labels"]
+        target = labels.argmax(-1) if labels.dtype.is_floating_point else labels
+    else:
+        target = patchify(images.float(), model.encoders.spec.patch)
     for name, b in (("own", batch), ("other", swapped)):
         # the same patches masked for both captions
         b = {**b, "mim_generator": torch.Generator().manual_seed(10_000 + i)}
@@ -104,14 +110,11 @@ def _probe_mim(model, batch, other, differ, i: int, acc: _Counts) -> None:
         mask = mask & differ[:, None]
         suffix = "" if name == "own" else "_other"
         if semantic:
-            labels = batch["patch_labels"]
-            target = labels.argmax(-1) if labels.dtype.is_floating_point else labels
             valid = mask & (target != -100)
             acc.add("mim_acc" + suffix, (pred.argmax(-1) == target)[valid])
             if name == "own":
                 acc.add_prior(target, valid, pred.shape[-1])
         else:
-            target = patchify(images.float(), model.encoders.spec.patch)
             norm = model.cfg.mim.norm_pixels
             n = int(mask.sum())
             acc.add_mean(
