@@ -24,4 +24,6 @@ def test_shipped_grid_trial_ids_are_pinned(name):
 
 
 def test_every_shipped_grid_is_pinned():
-    assert sorted(p.stem for p in GRIDS_DIR.glob("*.yaml")) == sorted(json.loads(GOLDEN.read_text()))
+    assert sorted(p.stem for p in GRIDS_DIR.glob("*.yaml")) == sorted(
+        json.loads(GOLDEN.read_text())
+    )
