@@ -1,140 +1,14 @@
-"""`python analysis/make_tables.py`: benchmark and ablation tables of finished sweeps.
+"""`python analysis/make_tables.py`: benchmark and ablation tables (the same as `bilma tables`).
 
-    python analysis/make_tables.py                          # every study in sqlite:///mlflow.db
-    python analysis/make_tables.py --study smoke --out tables --format all
-    python analysis/make_tables.py --runs runs/ --study main   # trial directories, no MLflow
+Everything is in `bilma.analysis.make_tables`; `--help` lists the options."""
 
-Markdown goes to stdout; with --out, LaTeX (booktabs) and CSV files and the PNG plots go there.
-Runs are grouped by variant, grid point and dataset and aggregated over seeds (mean ± sample
-std, n); ablations show the difference to the grid's first variant with a paired t-test.
-A bad study, store or folder gets one line on stderr and a non-zero exit.
-"""
-
-from __future__ import annotations
-
-import argparse
-import logging
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# From a checkout: this checkout's bilma, whether or not it is installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.runs import ALL_METRICS, DEFAULT_URI, RESULT_METRICS, AnalysisError  # noqa: E402
-
-FORMATS = ("md", "tex", "csv", "all")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python analysis/make_tables.py", description=__doc__.splitlines()[0]
-    )
-    p.add_argument(
-        "--study", action="append", default=None, metavar="NAME", help="study (repeatable)"
-    )
-    src = p.add_mutually_exclusive_group()
-    src.add_argument(
-        "--tracking-uri",
-        default=None,
-        metavar="URI",
-        help=f"MLflow store (default: $MLFLOW_TRACKING_URI, else {DEFAULT_URI})",
-    )
-    src.add_argument(
-        "--runs", type=Path, default=None, metavar="DIR", help="read trial directories instead"
-    )
-    p.add_argument(
-        "--metric",
-        nargs="+",
-        choices=ALL_METRICS,
-        default=list(RESULT_METRICS),
-        help="metrics to show (the first one is plotted against the swept axes); lookalike_*, "
-        "ordinary_* and twin_errors exist for synthetic data with look-alike groups",
-    )
-    p.add_argument(
-        "--baseline",
-        default=None,
-        metavar="VARIANT",
-        help="the variant Δ and paired p are taken against (default: the grid's first)",
-    )
-    p.add_argument("--format", choices=FORMATS, default="md", help="files written into --out")
-    p.add_argument("--out", type=Path, default=None, help="folder for LaTeX, CSV and plots")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    if args.format in ("tex", "csv", "all") and args.out is None:
-        print(f"error: --format {args.format} writes files: add --out DIR", file=sys.stderr)
-        return 2
-    try:
-        return _run(args)
-    except AnalysisError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-
-
-def _run(args: argparse.Namespace) -> int:
-    from analysis import runs
-
-    plots = args.out is not None
-    if args.runs is not None:
-        studies = runs.load_dirs(args.runs, args.study)
-        source = f"trial directories under {args.runs}"
-    else:
-        studies = runs.load_mlflow(args.tracking_uri, args.study, curves=plots)
-        source = f"MLflow at {runs.resolve_uri(args.tracking_uri or DEFAULT_URI)}"
-    if not studies:
-        raise AnalysisError(f"no studies in {source}: run a sweep first")
-    code = 0
-    first = True
-    for study, records in studies.items():
-        try:
-            written = _study(study, records, args)
-        except AnalysisError as e:  # the other studies still get their tables
-            print(f"error: {e}", file=sys.stderr)
-            code = 1
-            continue
-        if not first:
-            print()
-        first = False
-        print(written["md"], end="")
-        if written["files"]:
-            print()
-            for path in written["files"]:
-                print(f"wrote {path}")
-    return code
-
-
-def _study(study: str, records, args: argparse.Namespace) -> dict:
-    from analysis import aggregate, tables
-
-    table = aggregate.build_table(study, records, args.metric, args.baseline)
-    for w in table.warnings:
-        print(f"warning: {study}: {w}", file=sys.stderr)
-    md = tables.markdown(table)
-    files: list[Path] = []
-    if args.out is not None:
-        from analysis import plots  # matplotlib: only when figures are asked for
-        from bilma.fileio import atomic_write_text
-
-        out: Path = args.out
-        out.mkdir(parents=True, exist_ok=True)
-        name = plots.safe_name(study)
-        texts = {"md": md, "tex": tables.latex(table), "csv": tables.csv_text(table)}
-        wanted = ("md", "tex", "csv") if args.format == "all" else (args.format,)
-        for ext in wanted:
-            if ext == "md" and args.format != "all":
-                continue  # plain --format md: Markdown on stdout only
-            path = out / f"{name}.{ext}"
-            atomic_write_text(path, texts[ext])
-            files.append(path)
-        files += plots.axis_plots(table, args.metric[0], out)
-        epoch = plots.epoch_plot(study, records, out)
-        if epoch is not None:
-            files.append(epoch)
-    return {"md": md, "files": files}
-
+from bilma.analysis.make_tables import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,73 +1,14 @@
-"""`python analysis/show_retrievals.py --trial TRIAL_DIR`: retrieval examples as one PNG.
+"""`python analysis/show_retrievals.py --trial runs/<study>`: top-10 retrievals per caption.
 
-For N captions of the split, the caption beside its top-10 gallery images (true matches
-framed green, others red), written to <trial>/figures/retrievals_<split>.png (or --out) and
-logged as an artifact of the trial's MLflow run.
-"""
+Everything is in `bilma.analysis.show_retrievals`; `--help` lists the options."""
 
-from __future__ import annotations
-
-import argparse
-import logging
-import os
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# From a checkout: this checkout's bilma, whether or not it is installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.runs import AnalysisError  # noqa: E402
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python analysis/show_retrievals.py", description=__doc__.splitlines()[0]
-    )
-    p.add_argument(
-        "--trial",
-        type=Path,
-        required=True,
-        help="trial directory runs/<study>/<id> (or a study folder: its best finished trial)",
-    )
-    p.add_argument("--queries", type=int, default=8, help="captions to show (default 8)")
-    p.add_argument("--split", choices=("test", "val"), default="test")
-    p.add_argument("--out", type=Path, default=None, help="PNG path (default: in the trial)")
-    p.add_argument("--data-root", default=None, help="the dataset's folder, if it moved")
-    p.add_argument("--no-mlflow", action="store_true", help="do not log the figure to MLflow")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    if args.queries < 1:
-        print("error: --queries must be at least 1", file=sys.stderr)
-        return 2
-    from analysis import retrievals
-
-    try:
-        trial = retrievals.pick_trial(args.trial)
-        if trial != args.trial:
-            print(f"{args.trial}: showing its best finished trial, {trial}")
-        queries = retrievals.retrieve(trial, args.queries, args.split, args.data_root)
-    except AnalysisError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    out = args.out or trial / "figures" / f"retrievals_{args.split}.png"
-    hits = sum(q.matches[0] for q in queries)
-    title = (
-        f"{trial.name}: top-{len(queries[0].images)} on {args.split} "
-        f"(green: same person; {hits}/{len(queries)} queries right at rank 1)"
-    )
-    retrievals.draw(queries, title, out)
-    print(f"wrote {out}")
-    if not args.no_mlflow:
-        run_id = retrievals.log_to_mlflow(trial, out)
-        if run_id:
-            print(f"logged to MLflow run {run_id} as figures/{out.name}")
-    return 0
-
+from bilma.analysis.show_retrievals import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -33,9 +33,10 @@ sys.path.insert(0, str(REPO))  # benchmarks run from a checkout
 
 # The launcher's follow loop and its types, wherever the layout of the day keeps them.
 try:
-    from bilma.runs.trial_dir import TrialDir
     from bilma.sweep.backends.local import follow_only as _follow
     from bilma.sweep.plan import Action, Planned
+
+    from bilma.runs.trial_dir import TrialDir
 
     RUNNING_ACTION = Action.SKIP_RUNNING
 except ImportError:  # before the package was layered (commit 30b543a and earlier)

@@ -1,4 +1,4 @@
-"""Time `bilma.metrics.retrieval_metrics` on CUHK-PEDES-sized problems (2 CPU threads).
+"""Time `bilma.evaluation.metrics.retrieval_metrics` on CUHK-PEDES-sized problems (2 CPU threads).
 
 Gallery: 3,074 images of 1,000 ids (about 3 each); queries: 2 captions per image plus a few
 third captions = 6,156 (the CUHK-PEDES test split), and ten times as many queries (61,560 x
@@ -34,7 +34,7 @@ import time
 import numpy as np
 import torch
 
-from bilma.metrics import format_metrics, retrieval_metrics
+from bilma.evaluation.metrics import format_metrics, retrieval_metrics
 
 N_IDS, N_GALLERY, N_QUERY = 1000, 3074, 6156
 RUNS = 5

@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tiny_setup import SYNTH_OVERRIDES, tiny_overrides  # noqa: E402
+from support.tiny import SYNTH_OVERRIDES, tiny_overrides  # noqa: E402
 
 from bilma.config import load_config, parse_override  # noqa: E402
 

@@ -35,8 +35,8 @@ def build_store(db: Path, n_runs: int) -> None:
     from mlflow.entities import Metric, Param, RunTag
 
     from bilma.config import load_config
-    from bilma.mirror import config_params
-    from bilma.mlflow_store import ensure_experiment
+    from bilma.tracking.mirror import config_params
+    from bilma.tracking.store import ensure_experiment
 
     uri = f"sqlite:///{db}"
     exp = ensure_experiment(uri, "bench")

@@ -21,6 +21,7 @@ from typing import Any
 # Never reach for the hub: a model id that is not a local folder must fail at once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bilma import resources  # noqa: E402
 from bilma.config import ConfigError  # noqa: E402
 from bilma.data.records import DataError  # noqa: E402
 from bilma.fileio import DiskFull  # noqa: E402
@@ -68,9 +69,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     """Train, then print the test metrics, the chance level and where the run lives."""
     from bilma.config import load_config
     from bilma.data import formats
-    from bilma.metrics import metrics_table
-    from bilma.train import Interrupted, train
-    from bilma.trial import TrialDir
+    from bilma.evaluation.metrics import metrics_table
+    from bilma.runs.trial_dir import TrialDir
+    from bilma.training.trainer import Interrupted, train
 
     cfg = load_config(args.config, args.overrides)
     try:
@@ -99,7 +100,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from bilma.evaluate import main_eval
+    from bilma.evaluation.retrieval import main_eval
 
     if args.checkpoint is not None and args.overrides:
         print("error: overrides go with --config; a checkpoint carries its config", file=sys.stderr)
@@ -108,7 +109,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
-    from bilma.sync import cmd_sync
+    from bilma.tracking.sync import cmd_sync
 
     return cmd_sync(args)
 
@@ -123,7 +124,7 @@ def _cmd_export_clip(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval_lookalike(args: argparse.Namespace) -> int:
-    from bilma.lookalike import main_eval_lookalike
+    from bilma.evaluation.lookalike import main_eval_lookalike
 
     return main_eval_lookalike(args.checkpoint, args.split, args.device)
 
@@ -131,7 +132,7 @@ def _cmd_eval_lookalike(args: argparse.Namespace) -> int:
 def _cmd_pretrain_clip(args: argparse.Namespace) -> int:
     from bilma.config import load_config
     from bilma.export import build_pretrained_clip
-    from bilma.train import Interrupted
+    from bilma.training.trainer import Interrupted
 
     try:
         info = build_pretrained_clip(load_config(args.config, args.overrides), args.out)
@@ -229,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("sync", help="mirror trial directories into MLflow (idempotent)")
-    from bilma.sync import add_sync_args
+    from bilma.tracking.sync import add_sync_args
 
     add_sync_args(p)
     p.set_defaults(func=_cmd_sync)
@@ -238,9 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study_commands(sub)
 
     p = sub.add_parser("demo", help="train the tiny model on synthetic data (make demo)")
-    p.add_argument(
-        "--config", type=Path, default=Path(__file__).parent.parent / "configs" / "synth_tiny.yaml"
-    )
+    p.add_argument("--config", type=Path, default=resources.CONFIGS / "synth_tiny.yaml")
     p.add_argument("overrides", nargs="*", help="key.sub=value")
     p.set_defaults(func=_cmd_train)
     return parser

@@ -137,9 +137,9 @@ def export_clip(
 ) -> dict[str, Any]:
     """Write the checkpoint's encoders and tokenizer as a CLIP folder at `out`; return its
     `bilma_export.json` content."""
-    from bilma import checkpoint as ckpt_io
     from bilma.data.datasets import tokenizer_folder
     from bilma.model.bilma import build_from_signature
+    from bilma.training import checkpoint as ckpt_io
 
     checkpoint, out = Path(checkpoint), Path(out)
     if out.exists() and any(out.iterdir()) and read_export_info(out) is None:
@@ -226,8 +226,8 @@ def check_built(out: Path, cfg: Config) -> bool:
 def build_pretrained_clip(cfg: Config, out: str | Path) -> dict[str, Any]:
     """Pretrain with `cfg` (CLIP's contrastive loss) and export the best checkpoint to `out`,
     once: a folder already built from the same config is reused, a stale one refused."""
-    from bilma.train import train
-    from bilma.trial import TrialDir
+    from bilma.runs.trial_dir import TrialDir
+    from bilma.training.trainer import train
 
     out = Path(out)
     if check_built(out, cfg):

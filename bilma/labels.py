@@ -4,7 +4,7 @@
 - The human parsers' label sets (SCHP conventions) that SemMIM predicts: LIP 20 classes,
   ATR 18, Pascal-Person-Part 7, with their left/right pairs for horizontal flips.
 
-This module sits below `bilma.data`, `bilma.model` and `bilma.losses` so that none of them
+This module sits below `bilma.data`, `bilma.model` and `bilma.model.losses` so that none of them
 imports another for these facts.
 """
 

@@ -8,7 +8,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tiny_setup import SYNTH_OVERRIDES, tiny_overrides  # noqa: F401  (re-exported)
+from support.tiny import SYNTH_OVERRIDES, tiny_overrides  # noqa: F401  (re-exported)
 
 
 @pytest.fixture(scope="session")

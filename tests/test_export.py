@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.paths import CONFIGS
+from support.tiny import tiny_overrides
 
-from bilma.checkpoint import save
 from bilma.config import load_config
 from bilma.data.datasets import load_data
 from bilma.data.records import DataError
@@ -25,7 +26,7 @@ from bilma.export import (
 )
 from bilma.model.bilma import build_model
 from bilma.model.clip import resize_position_table
-from tests.conftest import tiny_overrides
+from bilma.training.checkpoint import save
 
 
 def _features(out):
@@ -111,7 +112,7 @@ def test_export_gives_the_same_features_in_transformers(
 def test_export_reloads_exactly_and_fine_tunes(synth_small, tmp_path, capsys) -> None:
     """A 2:1 grid (8x4): bilma's load path gives back the trained encoders bit for bit, and a
     fine-tuning run starts from the folder (its tokenizer included)."""
-    from bilma.train import train
+    from bilma.training.trainer import train
 
     ckpt, model, tok = _trained_like_checkpoint(synth_small, tmp_path, [128, 64])
     out = tmp_path / "clip"
@@ -133,7 +134,7 @@ def test_export_reloads_exactly_and_fine_tunes(synth_small, tmp_path, capsys) ->
 
     # zero-shot: `eval --config` evaluates the folder's weights untrained, as the source model
     from bilma.__main__ import main
-    from bilma.evaluate import evaluate
+    from bilma.evaluation.retrieval import evaluate
 
     want = evaluate(model, data, "test", cfg, torch.device("cpu"))
     over = tiny_overrides(synth_small, tmp_path / "runs", f"model.pretrained={out}")
@@ -174,7 +175,7 @@ def test_export_refuses_a_foreign_checkpoint(tmp_path) -> None:
 
 def _pretrain_cfg(root: Path, runs: Path, *extra: str):
     return load_config(
-        Path(__file__).parent.parent / "configs" / "synth_pretrain.yaml",
+        CONFIGS / "synth_pretrain.yaml",
         tiny_overrides(
             root,
             runs,
@@ -196,12 +197,12 @@ def test_pretrain_clip_builds_once_and_refuses_a_stale_folder(
     marker = json.loads((out / EXPORT_MARKER).read_text())
     assert marker["pretrain_config"] == info["pretrain_config"]
 
-    import bilma.train
+    import bilma.training.trainer
 
     def no_training(*_a, **_k):
         raise AssertionError("a built folder must be reused, not retrained")
 
-    monkeypatch.setattr(bilma.train, "train", no_training)
+    monkeypatch.setattr(bilma.training.trainer, "train", no_training)
     assert build_pretrained_clip(cfg, out)["pretrain_config"] == info["pretrain_config"]
     stale = _pretrain_cfg(synth_small, tmp_path / "runs", "optim.lr=0.002")
     with pytest.raises(DataError, match="stale: .* differs in optim.lr;"):
@@ -223,7 +224,7 @@ def test_pretrain_clip_builds_once_and_refuses_a_stale_folder(
 def test_the_pretraining_pool_shares_no_identity_with_the_fine_tuning_data() -> None:
     from bilma.data.synth import sample_identities, sample_lookalike_identities, split_sizes
 
-    configs = Path(__file__).parent.parent / "configs"
+    configs = CONFIGS
     pre = load_config(configs / "synth_pretrain.yaml").data
     ft = load_config(configs / "synth_finetune.yaml").data
     assert (pre.synth_pool, ft.synth_pool) == ("pretrain", "finetune")

@@ -25,9 +25,9 @@ from dataclasses import MISSING, dataclass, fields
 import torch
 from torch import nn
 
-from bilma import losses
 from bilma.config import Config
 from bilma.labels import IGNORE_INDEX, get_label_set
+from bilma.model import losses
 from bilma.model.clip import CLIPEncoders, EncoderSpec
 from bilma.model.cross import CrossModal, Head
 from bilma.patches import patchify

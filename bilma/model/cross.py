@@ -5,7 +5,7 @@ residual), a stack of pre-norm transformer blocks, and a final LayerNorm. Used i
 MLM (queries: masked-caption tokens, whose padding the blocks' self-attention can mask;
 keys/values: image tokens) and text->image for MIM (queries: masked-image patch tokens;
 keys/values: caption tokens with a padding mask). `ln_q`, `ln_kv` and `ln_post` are IRRA's
-`ln_pre_t`, `ln_pre_i` and `ln_post` (see `bilma.optim` for their learning rate).
+`ln_pre_t`, `ln_pre_i` and `ln_post` (see `bilma.training.optim` for their learning rate).
 """
 
 from __future__ import annotations

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.paths import REPO
 
 from bilma.config import parse_override
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _root_conftest():

@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
-from tiny_setup import tiny_overrides
+from support.tiny import tiny_overrides
 
-from analysis.branch_probe import main
-from analysis.branches import _Counts, probe_trial, train_loss_parts
+from bilma.analysis.branch_probe import main
+from bilma.analysis.probe import _Counts, probe_trial, train_loss_parts
 from bilma.config import load_config
-from bilma.train import train
-from bilma.trial import TrialDir
+from bilma.runs.trial_dir import TrialDir
+from bilma.training.trainer import train
 
 
 def test_counts_by_hand():

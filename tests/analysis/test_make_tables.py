@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 
 
@@ -158,7 +158,7 @@ def png_size(path: Path) -> tuple[int, int]:
 def test_plots_are_pngs_of_the_expected_size(smoke_sweep, tables):
     from PIL import Image
 
-    from analysis.plots import PIXELS
+    from bilma.analysis.plots import PIXELS
 
     proc, out = tables
     axis = out / f"{smoke_sweep.study}_R1_vs_id_weight.png"

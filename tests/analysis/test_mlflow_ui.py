@@ -20,9 +20,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from cdp_client import Browser
+from support.cdp_client import Browser
+from support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts"
 EXPANDER = "button[data-component-id*='runnamecellrenderer']"
 

@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.paths import REPO
 
-from analysis.retrievals import pick_trial, retrieve
-
-REPO = Path(__file__).resolve().parents[2]
+from bilma.analysis.retrievals import pick_trial, retrieve
 
 
 def best_r1(sweep) -> dict[Path, float]:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from analysis.stats import betainc, mean, paired_t, sample_std, t_two_sided_p
+from bilma.analysis.stats import betainc, mean, paired_t, sample_std, t_two_sided_p
 
 
 def test_mean_and_sample_std():

@@ -11,9 +11,9 @@ import statistics
 
 import pytest
 
-from analysis.aggregate import build_table, load_published
-from analysis.runs import AnalysisError, TrialRecord
-from analysis.tables import csv_text, latex, markdown
+from bilma.analysis.aggregate import build_table, load_published
+from bilma.analysis.records import AnalysisError, TrialRecord
+from bilma.analysis.tables import csv_text, latex, markdown
 
 DATASETS = ("cuhk-pedes", "icfg-pedes", "rstpreid")
 
@@ -140,10 +140,10 @@ def test_no_finished_run_is_an_error():
 def test_main_grid_trials_make_the_main_table(tmp_path):
     """grids/main.yaml's trials, written as trial directories with their results: one row
     per method (the zipped dataset, folder and selection split are no grid point)."""
-    from analysis.runs import load_dirs
+    from bilma.analysis.records import load_dirs
     from bilma.config import dump_yaml
-    from bilma.trial import TrialDir, make_result
-    from sweeps.grid import expand, load_grid
+    from bilma.runs.trial_dir import TrialDir, make_result
+    from bilma.sweep.expand import expand, load_grid
 
     trials = expand(load_grid("main"))
     assert len(trials) == 18

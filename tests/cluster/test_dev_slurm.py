@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
+from support.paths import REPO
 
-SCRIPT = Path(__file__).resolve().parents[2] / "cluster" / "dev-slurm.sh"
+SCRIPT = REPO / "cluster" / "dev-slurm.sh"
 
 
 @pytest.mark.slurm

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from tiny_setup import SYNTH_OVERRIDES
+from support.tiny import SYNTH_OVERRIDES
 
 from bilma.config import load_config
 from bilma.data import datasets

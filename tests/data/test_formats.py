@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from fixtures import (
+from support.data_fixtures import (
     cuhk_entries,
     icfg_entries,
     make_cuhk,

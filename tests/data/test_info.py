@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from fixtures import make_cuhk, make_icfg, make_rstpreid
+from support.data_fixtures import make_cuhk, make_icfg, make_rstpreid
 
 from bilma.data.info import add_data_info_args, main_data_info, run_data_info
 from bilma.data.records import DataError

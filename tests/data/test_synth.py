@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support.synth_captions import names as _names
 
 from bilma.data import synth
 from bilma.data.synth import (
@@ -18,7 +19,6 @@ from bilma.data.synth import (
     SKIN_TONES,
     SYNTH_MARKER,
     Identity,
-    Mention,
     describe,
     draw_figure,
     generate,
@@ -226,26 +226,6 @@ def test_label_names_match_parsing_module() -> None:
     from bilma.data.parsing import LABEL_SETS
 
     assert {n: LABEL_SETS[n].classes for n in LABEL_NAMES} == LABEL_NAMES
-
-
-# Words allowed between a colour and its noun ("red long-sleeved shirt", "long sleeve shirt").
-_BETWEEN = {"long-sleeved", "long", "sleeve", "sleeveless"}
-
-
-def _names(tokens: list[str], m: Mention) -> bool:
-    """Whether `tokens` bind one of the mention's colours to one of its nouns."""
-    for j, tok in enumerate(tokens):
-        if tok not in m.nouns or not all(x in tokens[max(0, j - 3) : j] for x in m.extra):
-            continue
-        after = tokens[j + 1 : j + 3]
-        if len(after) == 2 and after[0] in ("is", "are") and after[1] in m.colours:
-            return True
-        for i in range(j - 1, max(-1, j - 4), -1):
-            if tokens[i] in m.colours:
-                return True
-            if tokens[i] not in _BETWEEN:
-                break
-    return False
 
 
 def test_captions_name_every_attribute(dataset: Path) -> None:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from support.synth_captions import names as _names
 
 from bilma.config import ConfigError, load_config
 from bilma.data import synth
@@ -19,7 +20,6 @@ from bilma.data.synth import (
     sample_lookalike_identities,
     tokenize,
 )
-from tests.data.test_synth import _names
 
 
 def _differences(a, b) -> set[str]:

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny_setup import tiny_overrides
+from support.tiny import tiny_overrides
 
-from bilma.trial import TrialDir
+from bilma.runs.trial_dir import TrialDir
 
 
 def torchrun_train(overrides: list[str], cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from parse_fixtures import ATR18_NAMES
+from support.parse_fixtures import ATR18_NAMES
 
 from bilma.data.parsing import LABEL_SETS
 from bilma.data.synth import LABEL_NAMES

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from parse_fixtures import make_cuhk, make_icfg, make_parser, make_rstpreid
 from PIL import Image
-from tiny_setup import tiny_overrides
+from support.parse_fixtures import make_cuhk, make_icfg, make_parser, make_rstpreid
+from support.tiny import tiny_overrides
 
 from bilma.__main__ import main
 from bilma.data import formats
@@ -142,8 +142,8 @@ def test_unmappable_parser_is_refused_with_its_classes(tmp_path, capsys):
 def test_training_runs_on_parsed_ppp7_maps(synth_small, tmp_path, parser_dir):
     """The synthetic images parsed into ppp7 (mapped from ATR-18) train SemMIM."""
     from bilma.config import load_config
-    from bilma.train import train
-    from bilma.trial import TrialDir
+    from bilma.runs.trial_dir import TrialDir
+    from bilma.training.trainer import train
 
     parsed = tmp_path / "parsed"
     assert (

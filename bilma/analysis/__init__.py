@@ -1,0 +1,1 @@
+"""Analysis: run records -> aggregates over seeds, statistics, tables, plots, probes."""

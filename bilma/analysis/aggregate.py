@@ -1,0 +1,311 @@
+"""From trial records to tables: group by variant, grid point and dataset; aggregate seeds.
+
+A study whose finished trials span several datasets becomes a main table (the papers'
+layout: rows are methods, one column group per dataset, published rows beside ours); a study
+on one dataset becomes an ablation table (variants in the grid's order, swept axes as
+columns, the difference to the baseline with a paired t-test over shared seeds).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bilma import resources
+from bilma.analysis.records import (
+    DATASET_AXES,
+    LOWER_IS_BETTER,
+    RESULT_METRICS,
+    AnalysisError,
+    TrialRecord,
+)
+from bilma.analysis.stats import mean, paired_t, sample_std
+
+PUBLISHED_FILE = resources.PUBLISHED
+DATASET_NAMES = {
+    "cuhk-pedes": "CUHK-PEDES",
+    "icfg-pedes": "ICFG-PEDES",
+    "rstpreid": "RSTPReid",
+    "synth": "synthetic",
+}
+_DATASET_ORDER = list(DATASET_NAMES)
+MIN_SEEDS = 3  # fewer runs than this per row gets a warning
+
+
+@dataclass
+class Cell:
+    """One metric of one row on one dataset: seeds aggregated."""
+
+    values: dict[int, float]  # seed -> value
+    mean: float
+    std: float  # sample std; NaN with one run
+    n: int
+    delta: float | None = None  # mean - baseline mean (ablations)
+    p: float | None = None  # paired t-test, two-sided (NaN: undefined)
+    pairs: int = 0
+    bold: bool = False
+
+    @classmethod
+    def of(cls, values: dict[int, float]) -> Cell:
+        xs = [values[s] for s in sorted(values)]
+        return cls(dict(values), mean(xs), sample_std(xs), len(xs))
+
+
+@dataclass
+class Row:
+    label: str
+    variant_base: str
+    point: tuple[tuple[str, Any], ...]
+    cells: dict[tuple[str, str], Cell]  # (dataset, metric) -> cell
+    n: dict[str, int]  # dataset -> runs aggregated
+    published: bool = False
+    citation: str | None = None
+    baseline: bool = False
+
+
+@dataclass
+class StudyTable:
+    study: str
+    kind: str  # "main" or "ablation"
+    datasets: list[str]
+    metrics: list[str]
+    axes: list[str]  # swept axes shown as columns (ablation) or in labels (main)
+    rows: list[Row]
+    runs: int  # finished runs aggregated
+    selection: list[str]  # "R1 on the val split (CUHK-PEDES)", ...
+    excluded: list[TrialRecord]
+    warnings: list[str] = field(default_factory=list)
+    baseline: str | None = None  # the baseline variant (ablations)
+    sources: dict[str, str] = field(default_factory=dict)  # citation key -> reference
+
+
+def dataset_name(key: str) -> str:
+    return DATASET_NAMES.get(key, key)
+
+
+def short_axes(axes: list[str]) -> dict[str, str]:
+    """Axis key -> the name shown: its last component, or the whole key when ambiguous."""
+    last = [a.rsplit(".", 1)[-1] for a in axes]
+    return {a: (s if last.count(s) == 1 else a) for a, s in zip(axes, last, strict=True)}
+
+
+def fmt_value(v: Any) -> str:
+    """An axis value as YAML writes it inline (0.3, soft, true, [384, 128])."""
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(fmt_value(x) for x in v) + "]"
+    if isinstance(v, bool) or v is None:
+        return yaml.safe_dump(v).splitlines()[0]
+    return str(v)
+
+
+def load_published(path: Path = PUBLISHED_FILE) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """(methods, sources) of the published-numbers file."""
+    data = yaml.safe_load(path.read_text())
+    return list(data["methods"]), {k: " ".join(v.split()) for k, v in data["sources"].items()}
+
+
+def _dedupe(records: list[TrialRecord]) -> list[TrialRecord]:
+    """One record per trial id (a store may hold a trial twice): finished first, then latest."""
+    best: dict[str, TrialRecord] = {}
+    for r in records:
+        old = best.get(r.trial_id)
+        if old is None or (r.finished, r.started) > (old.finished, old.started):
+            best[r.trial_id] = r
+    keep = set(map(id, best.values()))
+    return [r for r in records if id(r) in keep]
+
+
+def _selection_lines(finished: list[TrialRecord], datasets: list[str]) -> list[str]:
+    rules: dict[str, list[str]] = {}
+    for d in datasets:
+        found = Counter(
+            f"{r.selection_metric or 'R1'} on the {r.selection_split or 'unknown'} split"
+            for r in finished
+            if r.dataset == d
+        )
+        for rule in found:
+            rules.setdefault(rule, []).append(dataset_name(d))
+    return [f"{rule} ({', '.join(ds)})" for rule, ds in rules.items()]
+
+
+def _row_order(finished: list[TrialRecord], drop: tuple[str, ...]) -> list[tuple[str, tuple]]:
+    """Row keys: variants in the grid's order (launch order when unknown), points as seen."""
+    first_seen: dict[str, int] = {}
+    index: dict[str, int] = {}
+    keys: list[tuple[str, tuple]] = []
+    for i, r in enumerate(finished):
+        first_seen.setdefault(r.variant_base, i)
+        if r.variant_index >= 0:
+            index.setdefault(r.variant_base, r.variant_index)
+        key = (r.variant_base, r.point(drop))
+        if key not in keys:
+            keys.append(key)
+    rank = {v: (index.get(v, math.inf), first_seen[v]) for v in first_seen}
+    return sorted(keys, key=lambda k: (rank[k[0]], keys.index(k)))
+
+
+def _label(base: str, point: tuple, short: dict[str, str]) -> str:
+    if not point:
+        return base
+    return base + " [" + ", ".join(f"{short[k]}={fmt_value(v)}" for k, v in point) + "]"
+
+
+def build_table(
+    study: str,
+    records: list[TrialRecord],
+    metrics: list[str] | None = None,
+    baseline: str | None = None,
+) -> StudyTable:
+    """The study's table; AnalysisError if it has no finished run. `baseline`: the variant
+    Δ and p are taken against (default: the grid's first)."""
+    metrics = list(metrics or RESULT_METRICS)
+    records = _dedupe(records)
+    finished = [r for r in records if r.finished]
+    excluded = [r for r in records if not r.finished]
+    if not finished:
+        states = Counter(r.state for r in records)
+        what = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "no trial runs"
+        raise AnalysisError(
+            f"study '{study}' has no finished run ({what}); wait for its trials or relaunch "
+            "them (python sweeps/launch.py --grid ...)"
+        )
+    datasets = sorted({r.dataset for r in finished}, key=_dataset_rank)
+    kind = "main" if len(datasets) > 1 else "ablation"
+    # Dataset axes are the column groups of a main table; on one dataset they are no axis.
+    drop = dataset_axes(finished)
+    axes = list(dict.fromkeys(k for r in finished for k, _ in r.point(drop)))
+    short = short_axes(axes)
+    rows = []
+    for base, point in _row_order(finished, drop):
+        mine = [r for r in finished if r.variant_base == base and r.point(drop) == point]
+        cells, n = {}, {}
+        for d in datasets:
+            runs = [r for r in mine if r.dataset == d]
+            n[d] = len({r.seed for r in runs})
+            for m in metrics:
+                # A look-alike metric exists only for runs on a dataset with look-alike groups.
+                values = {r.seed: r.metrics[m] for r in runs if m in r.metrics}
+                if values:
+                    cells[(d, m)] = Cell.of(values)
+        label = _label(base, point, short) if kind == "main" else base
+        rows.append(Row(label, base, point, cells, n))
+    table = StudyTable(
+        study,
+        kind,
+        datasets,
+        metrics,
+        axes,
+        rows,
+        len(finished),
+        _selection_lines(finished, datasets),
+        excluded,
+    )
+    if kind == "ablation":
+        _deltas(table, baseline)
+    else:
+        _add_published(table)
+    _bold(table)
+    few = [
+        f"{_label(r.variant_base, r.point, short)}"
+        f"{'' if kind == 'ablation' else f' on {dataset_name(d)}'} (n={r.n[d]})"
+        for r in table.rows
+        if not r.published
+        for d in datasets
+        if 0 < r.n[d] < MIN_SEEDS
+    ]
+    if few:
+        table.warnings.append(f"fewer than {MIN_SEEDS} seeds for: " + "; ".join(few))
+    return table
+
+
+def dataset_axes(records: list[TrialRecord]) -> tuple[str, ...]:
+    """Axes that only say which dataset a trial ran on: the data.* location keys, and on
+    several datasets any axis that takes one value per dataset (e.g. the zipped
+    eval.select_split of grids/main.yaml)."""
+    datasets = {r.dataset for r in records}
+    if len(datasets) < 2:
+        return DATASET_AXES
+    values: dict[str, dict[str, set]] = {}
+    for r in records:
+        for k, v in r.grid_point.items():
+            values.setdefault(k, {}).setdefault(r.dataset, set()).add(json.dumps(v))
+    follow = [
+        k
+        for k, by_d in values.items()
+        if set(by_d) == datasets and all(len(vs) == 1 for vs in by_d.values())
+    ]
+    return tuple(dict.fromkeys([*DATASET_AXES, *follow]))
+
+
+def _dataset_rank(d: str) -> tuple[int, str]:
+    return (_DATASET_ORDER.index(d) if d in _DATASET_ORDER else len(_DATASET_ORDER), d)
+
+
+def _deltas(table: StudyTable, baseline: str | None = None) -> None:
+    """Δ and paired p against the baseline: `baseline` or the grid's first variant at the same
+    grid point (when the study has one variant: its first row)."""
+    rows = [r for r in table.rows if not r.published]
+    first = rows[0].variant_base
+    if baseline is not None:
+        names = list(dict.fromkeys(r.variant_base for r in rows))
+        if baseline not in names:
+            raise AnalysisError(
+                f"--baseline {baseline!r} is no variant of study '{table.study}'; its variants: "
+                + ", ".join(repr(n) for n in names)
+            )
+        first = baseline
+    table.baseline = first
+    several = len({r.variant_base for r in rows}) > 1
+    by_key = {(r.variant_base, r.point): r for r in rows}
+    for row in rows:
+        base = by_key.get((first, row.point)) if several else rows[0]
+        if base is None:
+            continue
+        if base is row:
+            row.baseline = True
+            continue
+        for key, cell in row.cells.items():
+            ref = base.cells.get(key)
+            if ref is None:
+                continue
+            test = paired_t(ref.values, cell.values)
+            cell.delta = cell.mean - ref.mean
+            cell.p, cell.pairs = test.p, test.pairs
+
+
+def _add_published(table: StudyTable) -> None:
+    methods, sources = load_published()
+    shown = [m for m in methods if any(d in m["results"] for d in table.datasets)]
+    pub_rows = []
+    for m in shown:
+        cells = {}
+        for d in table.datasets:
+            for metric in table.metrics:
+                v = (m["results"].get(d) or {}).get(metric)
+                if v is not None:
+                    cells[(d, metric)] = Cell({}, float(v), math.nan, 0)
+        pub_rows.append(
+            Row(m["name"], m["name"], (), cells, {}, published=True, citation=m["citation"])
+        )
+    table.rows = pub_rows + table.rows
+    used = dict.fromkeys(m["citation"] for m in shown)
+    table.sources = {k: sources[k] for k in used}
+
+
+def _bold(table: StudyTable) -> None:
+    """The best mean per column: the largest, or the smallest for LOWER_IS_BETTER."""
+    for d in table.datasets:
+        for m in table.metrics:
+            cells = [r.cells[(d, m)] for r in table.rows if (d, m) in r.cells]
+            if not cells:
+                continue
+            pick = min if m in LOWER_IS_BETTER else max
+            best = pick(c.mean for c in cells)
+            for c in cells:
+                c.bold = c.mean == best

@@ -1,0 +1,451 @@
+"""Finished and unfinished trials of the studies, read from MLflow or from trial directories.
+
+This is the ONE place in `analysis/` that imports the run schema from `bilma` (the tracking
+URI default, the result metrics, the trial-directory reader): if those names move, fix the
+imports here.
+
+    studies = load_mlflow("sqlite:///mlflow.db", ["smoke"], curves=True)
+    studies = load_dirs("runs", ["smoke"])     # a cluster whose runs were never synced
+    # -> {study: [TrialRecord, ...]} in launch order
+
+A trial's table row comes from what it recorded, never from its display name: the variant's
+base name and position in the grid and the grid point (axis -> value) are read from
+result.json / MLflow tags when present, else from the resolved config (config.yaml's
+tracking section, or the MLflow params of the flattened config).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import yaml
+
+from bilma.runs.trial_dir import GROUP_METRICS, RESULT_METRICS, TrialDir, find_trials
+
+# The run schema, from the library (see the module docstring).
+from bilma.tracking.store import DEFAULT_URI, resolve_uri
+
+# Every test metric a table can show: the five of every trial, then the look-alike ones.
+ALL_METRICS = RESULT_METRICS + GROUP_METRICS
+# Metrics where less is better (the best cell in bold is the smallest).
+LOWER_IS_BETTER = ("twin_errors",)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ALL_METRICS",
+    "DEFAULT_URI",
+    "LOWER_IS_BETTER",
+    "RESULT_METRICS",
+    "AnalysisError",
+    "TrialRecord",
+    "load_dirs",
+    "load_mlflow",
+]
+
+FINISHED, STOPPED = "finished", "stopped"
+# MLflow run status -> trial state as the tables name it.
+_STATE_OF_STATUS = {
+    "FINISHED": FINISHED,
+    "FAILED": "failed",
+    "KILLED": "interrupted",
+    "RUNNING": "running",
+    "SCHEDULED": "pending",
+}
+# Axes that say which dataset a trial ran on: the dataset is its own column, not a grid point.
+DATASET_AXES = ("data.dataset", "data.root", "data.parsing_root", "data.tokenizer")
+
+
+class AnalysisError(RuntimeError):
+    """Bad input for the tables: one line naming the study, store or folder and the fix."""
+
+
+@dataclass
+class TrialRecord:
+    """What the tables need of one trial, whichever store it came from."""
+
+    study: str
+    trial_id: str
+    variant: str  # display label, only shown
+    variant_base: str  # the grid's variant name: the row
+    variant_index: int  # position in the grid (row order); -1 when unknown
+    grid_point: dict[str, Any]  # swept axis -> value
+    seed: int
+    dataset: str
+    state: str  # finished | stopped | failed | interrupted | running | pending | unknown
+    metrics: dict[str, float] = field(default_factory=dict)  # test split, selected checkpoint
+    selection_split: str | None = None
+    selection_metric: str | None = None
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (epoch, R1 on curve_split)
+    curve_split: str | None = None
+    started: float = 0.0  # unix time; orders runs when variant_index is unknown
+    run_id: str | None = None
+    path: Path | None = None
+
+    @property
+    def curve_key(self) -> str:
+        """The MLflow metric of the per-epoch curve: R1 on the selection split."""
+        return f"{self.selection_split or 'val'}/R1"
+
+    @property
+    def finished(self) -> bool:
+        return self.state == FINISHED and all(m in self.metrics for m in RESULT_METRICS)
+
+    def point(self, drop: tuple[str, ...] = DATASET_AXES) -> tuple[tuple[str, Any], ...]:
+        """The grid point as a hashable key, without the dataset axes."""
+        return tuple((k, hashable(v)) for k, v in self.grid_point.items() if k not in drop)
+
+
+def hashable(value: Any) -> Any:
+    """Lists (YAML [384, 128]) as tuples, so grid points can be dictionary keys."""
+    if isinstance(value, list):
+        return tuple(hashable(v) for v in value)
+    return value
+
+
+def _parse_point(raw: Any) -> dict[str, Any]:
+    """A grid point given as a dict or as JSON text ('' and None: no axes)."""
+    if isinstance(raw, dict):
+        return dict(raw)
+    if isinstance(raw, str) and raw.strip():
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            return {}
+        return dict(value) if isinstance(value, dict) else {}
+    return {}
+
+
+def _yaml_value(text: str) -> Any:
+    """An MLflow param or tag back to its value ("0.3" -> 0.3; params are YAML/JSON)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _int(value: Any, default: int = -1) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _order(records: list[TrialRecord]) -> list[TrialRecord]:
+    return sorted(records, key=lambda r: (r.started, r.trial_id))
+
+
+# ----------------------------------------------------------------------------- MLflow
+
+
+def _check_store(uri: str) -> None:
+    """Fail in one line on a store that is not there (MLflow would create an empty SQLite
+    file) or a server that does not answer (MLflow would retry for minutes)."""
+    if uri.startswith("sqlite:///") and ":memory:" not in uri:
+        path = Path(uri[len("sqlite:///") :].split("?", 1)[0])
+        if not path.is_file():
+            raise AnalysisError(
+                f"no MLflow store at {path} (tracking URI {uri}): run a sweep first, or pass "
+                "--tracking-uri URI or --runs DIR"
+            )
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def _from_run(run: Any, study: str) -> TrialRecord | None:
+    """An MLflow Run -> TrialRecord (None for a parent run)."""
+    info, data = run.info, run.data
+    return _record(
+        study, info.run_id, info.status, info.start_time, data.tags, data.params, data.metrics
+    )
+
+
+def _record(
+    study: str,
+    run_id: str,
+    status: str,
+    start_ms: int | None,
+    tags: dict[str, str],
+    params: dict[str, str],
+    metrics: dict[str, float],
+) -> TrialRecord | None:
+    """A trial run's tags, params and latest metrics -> TrialRecord; None for a sweep's
+    parent run or a foreign run."""
+    if tags.get("kind") == "sweep" or "trial_id" not in tags:
+        return None
+    point = {k[len("grid.") :]: _yaml_value(v) for k, v in tags.items() if k.startswith("grid.")}
+    if not point:
+        point = _parse_point(params.get("tracking.grid_point"))
+    variant = tags.get("variant") or params.get("tracking.variant") or ""
+    base = tags.get("variant_base") or params.get("tracking.variant_base") or variant
+    state = _STATE_OF_STATUS.get(status, "unknown")
+    if str(tags.get("stopped_early", "")).lower() == "true":
+        state = STOPPED
+    test = {m: float(metrics[f"test/{m}"]) for m in ALL_METRICS if f"test/{m}" in metrics}
+    if state == FINISHED and any(m not in test for m in RESULT_METRICS):
+        state = "unknown"  # FINISHED without final metrics: not a finished trial
+    return TrialRecord(
+        study=study,
+        trial_id=tags["trial_id"],
+        variant=variant,
+        variant_base=base,
+        variant_index=_int(params.get("tracking.variant_index")),
+        grid_point=point,
+        seed=_int(tags.get("seed", params.get("train.seed"))),
+        dataset=tags.get("dataset") or params.get("data.dataset") or "",
+        state=state,
+        metrics=test,
+        selection_split=tags.get("selection_split") or params.get("eval.select_split"),
+        selection_metric=tags.get("selection_metric") or params.get("eval.select_metric"),
+        started=(start_ms or 0) / 1000.0,
+        run_id=run_id,
+    )
+
+
+def _set_curve(rec: TrialRecord, points: list[tuple[int, int, float]]) -> None:
+    """(step, timestamp, value) points of "<selection split>/R1" -> rec.curve. On the test
+    split the final metric shares the last epoch's step: the earlier point is the epoch's."""
+    by_step: dict[int, tuple[int, float]] = {}
+    for step, ts, value in points:
+        if step not in by_step or (ts, value) < by_step[step]:
+            by_step[step] = (ts, value)
+    rec.curve = sorted((step, v) for step, (_ts, v) in by_step.items())
+    rec.curve_split = rec.selection_split or "val"
+
+
+def load_mlflow(
+    uri: str | None = None, studies: list[str] | None = None, curves: bool = False
+) -> dict[str, list[TrialRecord]]:
+    """{study: trials} from an MLflow store; every study (experiment with trial runs) if
+    `studies` is None. `curves` also reads each finished trial's per-epoch R1.
+
+    A SQLite store is read directly (read-only, only the columns the tables need: 1,000 runs
+    in well under a second, where MLflow's client takes tens of seconds to build every run's
+    params); any other store, or a SQLite schema this reader does not know, through MLflow.
+    """
+    uri = resolve_uri(uri or DEFAULT_URI)
+    _check_store(uri)
+    db = _sqlite_file(uri)
+    if db is not None:
+        try:
+            return _load_sqlite(db, uri, studies, curves)
+        except sqlite3.DatabaseError as e:
+            log.debug("reading %s directly failed (%s); using MLflow's client", db, e)
+    return _load_client(uri, studies, curves)
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///") or ":memory:" in uri:
+        return None
+    return Path(uri[len("sqlite:///") :].split("?", 1)[0])
+
+
+def _choose(experiments: dict[str, str], studies: list[str] | None, uri: str) -> dict[str, str]:
+    """{study: experiment id} of the studies asked for (all when None); unknown ones refused."""
+    if not studies:
+        return dict(sorted(experiments.items()))
+    for name in studies:
+        if name not in experiments:
+            known = ", ".join(sorted(experiments)) or "none"
+            raise AnalysisError(f"unknown study '{name}' at {uri} (studies there: {known})")
+    return {name: experiments[name] for name in studies}
+
+
+def _load_client(uri: str, studies: list[str] | None, curves: bool) -> dict[str, list[TrialRecord]]:
+    from mlflow import MlflowClient  # lazily: importing mlflow costs about a second
+
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        experiments = {e.name: e.experiment_id for e in client.search_experiments()}
+    except Exception as e:
+        raise AnalysisError(
+            f"cannot read the MLflow store at {uri} ({_first_line(e)}); start the server or "
+            "pass --tracking-uri URI, or read trial directories with --runs DIR"
+        ) from None
+    out: dict[str, list[TrialRecord]] = {}
+    for name, exp_id in _choose(experiments, studies, uri).items():
+        records = []
+        token = None
+        while True:
+            page = client.search_runs([exp_id], max_results=50000, page_token=token)
+            records += [r for r in (_from_run(run, name) for run in page) if r is not None]
+            token = page.token
+            if not token:
+                break
+        if records or studies:
+            out[name] = _order(records)
+    if curves:
+        for records in out.values():
+            for rec in records:
+                if rec.finished:
+                    history = client.get_metric_history(rec.run_id, rec.curve_key)
+                    _set_curve(rec, [(m.step, m.timestamp, m.value) for m in history])
+    return out
+
+
+# Params the tables read (the rest of the flattened config is not loaded).
+_PARAMS = (
+    "tracking.variant",
+    "tracking.variant_base",
+    "tracking.variant_index",
+    "tracking.grid_point",
+    "train.seed",
+    "data.dataset",
+    "eval.select_split",
+    "eval.select_metric",
+)
+
+
+def _load_sqlite(
+    db: Path, uri: str, studies: list[str] | None, curves: bool
+) -> dict[str, list[TrialRecord]]:
+    """The same records as `_load_client`, straight from MLflow's SQLite tables."""
+    con = sqlite3.connect(f"file:{quote(str(db))}?mode=ro", uri=True)
+    try:
+        experiments = dict(
+            con.execute(
+                "SELECT name, experiment_id FROM experiments WHERE lifecycle_stage = 'active'"
+            ).fetchall()
+        )
+        out: dict[str, list[TrialRecord]] = {}
+        for name, exp_id in _choose(experiments, studies, uri).items():
+            records = _sqlite_study(con, name, exp_id, curves)
+            if records or studies:
+                out[name] = _order(records)
+        return out
+    finally:
+        con.close()
+
+
+def _sqlite_study(con: Any, name: str, exp_id: Any, curves: bool) -> list[TrialRecord]:
+    in_exp = "run_uuid IN (SELECT run_uuid FROM runs WHERE experiment_id = ?)"
+    runs = con.execute(
+        "SELECT run_uuid, status, start_time FROM runs "
+        "WHERE experiment_id = ? AND lifecycle_stage = 'active'",
+        (exp_id,),
+    ).fetchall()
+    tags: dict[str, dict[str, str]] = {r[0]: {} for r in runs}
+    params: dict[str, dict[str, str]] = {r[0]: {} for r in runs}
+    metrics: dict[str, dict[str, float]] = {r[0]: {} for r in runs}
+    for rid, key, value in con.execute(
+        f"SELECT run_uuid, key, value FROM tags WHERE {in_exp}", (exp_id,)
+    ):
+        tags.get(rid, {})[key] = value
+    marks = ",".join("?" * len(_PARAMS))
+    for rid, key, value in con.execute(
+        f"SELECT run_uuid, key, value FROM params WHERE key IN ({marks}) AND {in_exp}",
+        (*_PARAMS, exp_id),
+    ):
+        params.get(rid, {})[key] = value
+    for rid, key, value, is_nan in con.execute(
+        f"SELECT run_uuid, key, value, is_nan FROM latest_metrics "
+        f"WHERE key LIKE 'test/%' AND {in_exp}",
+        (exp_id,),
+    ):
+        metrics.get(rid, {})[key] = math.nan if is_nan else float(value)
+    records = [
+        r
+        for r in (
+            _record(name, rid, status, start, tags[rid], params[rid], metrics[rid])
+            for rid, status, start in runs
+        )
+        if r is not None
+    ]
+    if curves:
+        history: dict[tuple[str, str], list[tuple[int, int, float]]] = {}
+        for rid, key, step, ts, value in con.execute(
+            f"SELECT run_uuid, key, step, timestamp, value FROM metrics "
+            f"WHERE key LIKE '%/R1' AND is_nan = 0 AND {in_exp}",
+            (exp_id,),
+        ):
+            history.setdefault((rid, key), []).append((int(step), int(ts), float(value)))
+        for rec in records:
+            if rec.finished:
+                _set_curve(rec, history.get((rec.run_id, rec.curve_key), []))
+    return records
+
+
+# ----------------------------------------------------------------------------- directories
+
+
+def _from_dir(path: Path) -> TrialRecord | None:
+    """A trial directory -> TrialRecord; None (with a warning) for an unreadable one."""
+    trial = TrialDir(path)
+    try:
+        cfg = yaml.safe_load(trial.config_path.read_text()) or {}
+        result = trial.read_result()
+        status = trial.status()
+    except Exception as e:  # a hand-edited file: skip it, say which
+        log.warning("skipping %s: %s", path, _first_line(e))
+        return None
+    tracking = cfg.get("tracking") or {}
+    result = result if isinstance(result, dict) else None
+    state = status.get("state") or "unknown"
+    if result is not None:
+        state = FINISHED
+    elif state == "done":
+        state = "unknown"  # done without result.json: not a finished trial
+    src = result or {}
+    variant = src.get("variant") or tracking.get("variant") or ""
+    point = src.get("grid_point")
+    point = _parse_point(point if point is not None else tracking.get("grid_point"))
+    selection = src.get("selection") or {}
+    evalc = cfg.get("eval") or {}
+    rec = TrialRecord(
+        study=src.get("study") or tracking.get("study") or path.parent.name,
+        trial_id=path.name,
+        variant=variant,
+        variant_base=src.get("variant_base") or tracking.get("variant_base") or variant,
+        variant_index=_int(tracking.get("variant_index")),
+        grid_point=point,
+        seed=_int(src.get("seed", (cfg.get("train") or {}).get("seed"))),
+        dataset=src.get("dataset") or (cfg.get("data") or {}).get("dataset") or "",
+        state=state,
+        metrics={k: float(v) for k, v in (src.get("metrics") or {}).items()},
+        selection_split=selection.get("split") or evalc.get("select_split"),
+        selection_metric=selection.get("metric") or evalc.get("select_metric"),
+        started=float(status.get("started") or status.get("updated") or 0.0),
+        path=path,
+    )
+    if rec.finished:
+        split = rec.selection_split or "val"
+        rec.curve = [
+            (int(m["epoch"]), float(m["R1"]))
+            for m in trial.read_metrics()
+            if m.get("split") == split and "R1" in m and "epoch" in m
+        ]
+        rec.curve_split = split
+    return rec
+
+
+def load_dirs(root: str | Path, studies: list[str] | None = None) -> dict[str, list[TrialRecord]]:
+    """{study: trials} from the trial directories under `root` (any depth)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise AnalysisError(f"{root}: no such folder of trial directories; pass --runs DIR")
+    out: dict[str, list[TrialRecord]] = {}
+    for path in find_trials(root):
+        rec = _from_dir(path)
+        if rec is not None:
+            out.setdefault(rec.study, []).append(rec)
+    if studies:
+        for name in studies:
+            if name not in out:
+                known = ", ".join(sorted(out)) or "none"
+                raise AnalysisError(f"unknown study '{name}' under {root} (studies there: {known})")
+    names = studies or sorted(out)
+    return {name: _order(out[name]) for name in names}

@@ -1,0 +1,365 @@
+"""The trainer's configuration: a typed tree of dataclasses, YAML files, overrides, the trial id.
+
+A config file is YAML whose top-level keys are the sections below; it may name a `base:` file
+(relative to itself) whose values it overrides. Command-line overrides are `key.sub=value`,
+with the value parsed as YAML (`mim.mask_ratio=0.3`, `data.image_size=[384,128]`).
+
+Every key is validated: an unknown key names the file and the nearest valid key, a bad value
+names the expected type or range. `trial_id(cfg)` is a short hash of the canonical form of the
+resolved config, leaving out where things live and how they are tracked (`paths`, `tracking`,
+data and weight locations, worker counts): the same experiment gets the same id on any machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from bilma.config.schema import (  # noqa: F401  (re-exported: `from bilma.config import Config`)
+    _HASH,
+    _HELP,
+    _RANGE,
+    Config,
+    DataConfig,
+    EvalConfig,
+    LossConfig,
+    MIMConfig,
+    MLMConfig,
+    ModelConfig,
+    OptimConfig,
+    PathsConfig,
+    TrackingConfig,
+    TrainConfig,
+    _f,
+)
+from bilma.config.yamlfile import safe_load_unique, yaml_error
+
+
+class ConfigError(ValueError):
+    """A bad config: one line naming the file, the key and the fix."""
+
+
+# ----------------------------------------------------------------------------- key tables
+
+
+def _sections() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+
+
+def _leaf_fields() -> dict[str, tuple[dataclasses.Field, Any]]:
+    """Every valid dotted key with its field and resolved type hint."""
+    out = {}
+    for sec, cls in _sections().items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            out[f"{sec}.{f.name}"] = (f, hints[f.name])
+    return out
+
+
+LEAF_FIELDS = _leaf_fields()
+VALID_KEYS: tuple[str, ...] = tuple(LEAF_FIELDS)
+
+
+def suggest(key: str, candidates: typing.Iterable[str] = VALID_KEYS) -> str | None:
+    """The nearest valid key for a typo, or None."""
+    candidates = list(candidates)
+    hits = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    if hits:
+        return hits[0]
+    # A right leaf name in the wrong section ("ratio" typo aside): match on the last part.
+    leaf = key.rsplit(".", 1)[-1]
+    by_leaf = [c for c in candidates if c.rsplit(".", 1)[-1] == leaf]
+    return by_leaf[0] if len(by_leaf) == 1 else None
+
+
+def _unknown_key(key: str, where: str) -> ConfigError:
+    hint = suggest(key)
+    fix = f"did you mean '{hint}'?" if hint else "see `python -m bilma config --keys`"
+    return ConfigError(f"{where}: unknown key '{key}'; {fix}")
+
+
+# ----------------------------------------------------------------------------- value checks
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        return f"a list of {_type_name(inner)}"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, str(tp)
+    )
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    """(ok, value converted to tp). Ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return (value in typing.get_args(tp)), value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return True, None
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                continue
+            ok, v = _coerce(value, arg)
+            if ok:
+                return True, v
+        return False, value
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        out = []
+        for item in value:
+            ok, v = _coerce(item, inner)
+            if not ok:
+                return False, value
+            out.append(v)
+        return True, out
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return (isinstance(value, int) and not isinstance(value, bool)), value
+    if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads `1e-5` (no dot) as a string: accept what Python reads as a number.
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False, value
+        return True, float(value)
+    if tp is str:
+        return isinstance(value, str), value
+    return False, value
+
+
+def _check_value(key: str, value: Any, where: str) -> Any:
+    f, tp = LEAF_FIELDS[key]
+    ok, v = _coerce(value, tp)
+    if not ok:
+        raise ConfigError(f"{where}: {key} = {value!r} is not {_type_name(tp)}")
+    rng = f.metadata.get(_RANGE)
+    if rng is not None and isinstance(v, (int, float)) and not isinstance(v, bool):
+        if not math.isfinite(v):  # nan passes every comparison below, inf an open end
+            raise ConfigError(f"{where}: {key} = {value!r} is not a finite number")
+        lo, hi = rng
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            lo_s = "-inf" if lo is None else lo
+            hi_s = "inf" if hi is None else hi
+            raise ConfigError(f"{where}: {key} = {v!r} is out of range [{lo_s}, {hi_s}]")
+    return v
+
+
+def _check_cross(cfg: Config, where: str) -> None:
+    """Constraints between keys."""
+    h, w = cfg.data.image_size if len(cfg.data.image_size) == 2 else (0, 0)
+    if len(cfg.data.image_size) != 2 or h <= 0 or w <= 0:
+        raise ConfigError(f"{where}: data.image_size must be [height, width], e.g. [384, 128]")
+    if h % 16 or w % 16:
+        raise ConfigError(
+            f"{where}: data.image_size = {cfg.data.image_size} must be multiples of the patch "
+            "size 16 (e.g. [384, 128])"
+        )
+    if cfg.data.synth_lookalike == 1:
+        raise ConfigError(f"{where}: data.synth_lookalike = 1: use 0 (no groups) or 2 to 4")
+    if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
+        raise ConfigError(f"{where}: optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.999]")
+    if cfg.model.embed_dim % cfg.model.cross_heads:
+        raise ConfigError(
+            f"{where}: model.embed_dim = {cfg.model.embed_dim} must be divisible by "
+            f"model.cross_heads = {cfg.model.cross_heads}"
+        )
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _flat_user_dict(tree: Any, where: str) -> dict[str, Any]:
+    """Flatten a YAML mapping and reject unknown keys, naming the file."""
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections (data:, model:, ...)")
+    flat: dict[str, Any] = {}
+    for sec, body in tree.items():
+        if sec == "base":
+            continue
+        if not isinstance(sec, str):
+            raise ConfigError(f"{where}: key {sec!r} is not a string")
+        if sec in _sections() and not isinstance(body, dict):
+            raise ConfigError(f"{where}: section '{sec}' must be a mapping of keys")
+        for k, v in flatten(body, sec + ".").items() if isinstance(body, dict) else [(sec, body)]:
+            if k in flat:  # `optim: {lr: ..}` and `optim.lr: ..` in one file
+                raise ConfigError(f"{where}: key '{k}' is given twice (dotted and nested)")
+            flat[k] = v
+    for k in flat:
+        if k not in LEAF_FIELDS:
+            raise _unknown_key(k, where)
+    return flat
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    try:
+        return safe_load_unique(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}{yaml_error(e)}") from None
+
+
+def load_yaml_chain(path: str | Path, _seen: tuple[Path, ...] = ()) -> list[tuple[str, dict]]:
+    """[(file, flat values)] from the root `base:` down to `path`, each validated for keys."""
+    path = Path(path)
+    real = path.resolve()
+    if real in _seen:
+        raise ConfigError(f"{path}: `base:` files form a cycle")
+    tree = _read_yaml(path)
+    chain: list[tuple[str, dict]] = []
+    if isinstance(tree, dict) and tree.get("base"):
+        base = tree["base"]
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: base must be a path to a YAML file")
+        base_path = Path(base)
+        if not base_path.is_absolute():
+            base_path = path.parent / base_path
+        if not base_path.exists():
+            raise ConfigError(f"{path}: base file '{base}' not found (looked at {base_path})")
+        chain = load_yaml_chain(base_path, (*_seen, real))
+    chain.append((str(path), _flat_user_dict(tree, str(path))))
+    return chain
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'mim.mask_ratio=0.3' -> ('mim.mask_ratio', 0.3); values are YAML ('null', '[1,2]')."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected key=value, e.g. train.epochs=10")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def apply_values(cfg: Config, flat: dict[str, Any], where: str) -> Config:
+    """Return a copy of cfg with dotted keys set, each checked for name, type and range."""
+    data = to_dict(cfg)
+    for key, value in flat.items():
+        if key not in LEAF_FIELDS:
+            raise _unknown_key(key, where)
+        sec, name = key.split(".", 1)
+        data[sec][name] = _check_value(key, value, where)
+    out = from_dict(data)
+    _check_cross(out, where)
+    return out
+
+
+def load_config(
+    path: str | Path | None = None, overrides: typing.Sequence[str] | dict[str, Any] = ()
+) -> Config:
+    """Defaults <- base files <- `path` <- overrides, validated at each step."""
+    cfg = Config()
+    if path is not None:
+        for where, flat in load_yaml_chain(path):
+            cfg = apply_values(cfg, flat, where)
+    if isinstance(overrides, dict):
+        flat = dict(overrides)
+        where = "overrides"
+    else:
+        flat = dict(parse_override(o) for o in overrides)
+        where = "command line"
+    if flat:
+        cfg = apply_values(cfg, flat, where)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any], where: str = "config") -> Config:
+    """Build a Config from a nested dict (e.g. a saved config.yaml), checking every key."""
+    flat = _flat_user_dict(data, where)
+    sections = {}
+    for sec, cls in _sections().items():
+        values = {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith(sec + ".")}
+        sections[sec] = cls(**values)
+    return Config(**sections)
+
+
+def validate(cfg: Config, where: str = "config") -> Config:
+    """Re-check every value (for configs built in code)."""
+    return apply_values(Config(), flatten(to_dict(cfg)), where)
+
+
+# ----------------------------------------------------------------------------- identity
+
+
+def canonical(cfg: Config) -> str:
+    """Canonical JSON of the parts that define the experiment (see the module docstring)."""
+    out: dict[str, Any] = {}
+    for key, (f, _tp) in LEAF_FIELDS.items():
+        mode = f.metadata.get(_HASH, True)
+        if mode is False:
+            continue
+        sec, name = key.split(".", 1)
+        value = getattr(getattr(cfg, sec), name)
+        if mode == "basename" and isinstance(value, str):
+            value = os.path.basename(os.path.normpath(value))
+        out[key] = value
+    return json.dumps(out, sort_keys=True, separators=(",", ":"))
+
+
+def trial_id(cfg: Config, length: int = 10) -> str:
+    """A short stable hash of `canonical(cfg)`: the trial directory's name."""
+    return hashlib.sha256(canonical(cfg).encode()).hexdigest()[:length]
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def describe_keys() -> str:
+    """Every key with its type, default and help, for `python -m bilma config --keys`."""
+    default = flatten(to_dict(Config()))
+    lines = []
+    for key, (f, tp) in LEAF_FIELDS.items():
+        rng = f.metadata.get(_RANGE)
+        extra = f" in [{rng[0]}, {rng[1]}]" if rng else ""
+        help_ = f.metadata.get(_HELP) or ""
+        lines.append(f"{key:34s} {default[key]!r:24} {_type_name(tp)}{extra}. {help_}".rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,126 @@
+"""Every error a researcher can act on, under one root: `BilmaError`.
+
+Each is one line that names the file, key or line and the fix; `exit_code` is what a command
+exits with. Every command's `main` catches `BilmaError` alone (`run_command`) and prints that
+line; anything else is a bug and keeps its traceback.
+
+    2   bad input: a config, grid, profile, dataset or trial directory to fix
+    1   the environment: a full disk, MLflow out of reach
+    128 + N   stopped by signal N after saving (run the same command to resume)
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+
+class BilmaError(Exception):
+    """The root: a problem told in one line, with the exit code of the command that meets it."""
+
+    exit_code = 2
+    label = "error"  # the word before the message: "error: ..."
+
+
+# ----------------------------------------------------------------------------- bad input (2)
+
+
+class ConfigError(BilmaError, ValueError):
+    """A bad trainer config: the file, the key and the fix."""
+
+
+class GridError(BilmaError, ValueError):
+    """A bad grid file: the file, the key (and variant) and the fix."""
+
+
+class SearchError(BilmaError, ValueError):
+    """A bad `search:` or `scheduler:` section (load_grid re-raises it as a GridError)."""
+
+
+class ProfileError(BilmaError, ValueError):
+    """A bad SLURM profile: the file, the key and the fix."""
+
+
+class DataError(BilmaError, ValueError):
+    """A missing or malformed dataset file: the file, the line and the fix."""
+
+
+class LabelMapError(DataError):
+    """A parser whose classes cannot be placed in the requested label set."""
+
+
+class AnalysisError(BilmaError, RuntimeError):
+    """Bad input for the tables: the study, store or folder and the fix."""
+
+
+class RunRecordError(BilmaError, ValueError):
+    """A trial directory that cannot be used as asked."""
+
+
+class TrialConflictError(RunRecordError):
+    """A trial directory holds a different experiment than the config being run."""
+
+
+class TrialBusy(RunRecordError):
+    """Another live process holds the trial's lock: it is training that trial now."""
+
+    exit_code = 3
+
+
+# ----------------------------------------------------------------------------- environment (1)
+
+
+class DiskFull(BilmaError, RuntimeError):
+    """A file could not be written for lack of space; what was there before is intact."""
+
+    exit_code = 1
+
+
+class TrackingError(BilmaError, RuntimeError):
+    """MLflow could not be brought up to date (sync, parent runs): the URI and the fix."""
+
+    exit_code = 1
+
+
+# ----------------------------------------------------------------------------- signals
+
+
+class Interrupted(BilmaError):
+    """Training stopped by a signal after saving `ckpt/last.pt`."""
+
+    label = "interrupted"
+
+    def __init__(self, signum: int, epoch: int, step: int, path: Path):
+        self.signum, self.epoch, self.step, self.path = signum, epoch, step, path
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"{name} received: saved epoch {epoch + 1} step {step} to {path}; run the same "
+            "command to resume"
+        )
+
+    def __reduce__(self):  # picklable across processes (Ray, submitit results)
+        return (type(self), (self.signum, self.epoch, self.step, self.path))
+
+    @property
+    def exit_code(self) -> int:  # type: ignore[override]
+        return 128 + self.signum
+
+
+class TrialInterrupted(BilmaError, RuntimeError):
+    """A trial job stopped on a signal after saving; launching again resumes it."""
+
+    exit_code = 1
+
+
+def run_command(func: Callable[[], int], message: Callable[[BilmaError], str] | None = None) -> int:
+    """`func()`'s exit code; a `BilmaError` is printed as one line and exits with its code."""
+    try:
+        return func()
+    except BilmaError as e:
+        print(f"{e.label}: {(message or str)(e)}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,108 @@
+"""Retrieval on look-alikes against ordinary identities (synthetic data with look-alike groups).
+
+A synthetic dataset made with `data.synth_lookalike = k` lists its groups in its marker: k
+identities equal in every described attribute but one local one. Here the text-to-image
+metrics of a split are computed separately for the captions of group members (look-alike
+queries) and of the other identities (ordinary queries), each against the whole gallery, and
+for look-alike queries the share of Rank-1 mistakes that land on a group-mate: how much a
+model confuses people who differ only in their shoes, bag, hat or scarf.
+
+`python -m bilma eval-lookalike --checkpoint CKPT [--split test]`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from bilma.config import Config
+from bilma.data.records import DataError
+from bilma.evaluation.metrics import retrieval_metrics
+
+
+def lookalike_groups(root: str | Path) -> dict[int, int]:
+    """pid -> group number for every member of a look-alike group of a synthetic dataset."""
+    from bilma.data.synth import SYNTH_MARKER
+
+    marker = Path(root) / SYNTH_MARKER
+    try:
+        params = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise DataError(f"{marker}: not a synthetic dataset's marker") from None
+    groups = params.get("lookalike_groups")
+    if not groups:
+        raise DataError(
+            f"{root} has no look-alike groups; generate the dataset with data.synth_lookalike=2 "
+            "(configs/synth_finetune.yaml does) in a new data.root"
+        )
+    return {int(pid): n for n, g in enumerate(groups) for pid in g["ids"]}
+
+
+def metrics_by_group(
+    sim: torch.Tensor,
+    query_pids: torch.Tensor,
+    gallery_pids: torch.Tensor,
+    group_of: dict[int, int],
+) -> dict[str, dict[str, float]]:
+    """{"look-alike": ..., "ordinary": ..., "all": ...} metrics of a [queries, gallery]
+    similarity; "look-alike" also has `twin_errors`: percent of its Rank-1 mistakes whose
+    top image shows a member of the query's own group."""
+    qp, gp = query_pids.cpu(), gallery_pids.cpu()
+    member = torch.tensor([int(p) in group_of for p in qp.tolist()], dtype=torch.bool)
+    out = {"all": retrieval_metrics(sim, qp, gp)}
+    for name, rows in (("look-alike", member), ("ordinary", ~member)):
+        if bool(rows.any()):
+            out[name] = retrieval_metrics(sim[rows.to(sim.device)], qp[rows], gp)
+    if bool(member.any()):
+        top = gp[sim[member.to(sim.device)].argmax(dim=1).cpu()]
+        wrong = top != qp[member]
+        same_group = torch.tensor(
+            [
+                group_of.get(int(t), -1) == group_of[int(q)]
+                for t, q in zip(top.tolist(), qp[member].tolist(), strict=True)
+            ],
+            dtype=torch.bool,
+        )
+        n_wrong = int(wrong.sum())
+        share = 100.0 * int((wrong & same_group).sum()) / n_wrong if n_wrong else 0.0
+        out["look-alike"]["twin_errors"] = share
+    return out
+
+
+def flat_group_metrics(by_group: dict[str, dict[str, float]]) -> dict[str, float]:
+    """`metrics_by_group` output -> the result.json keys of `bilma.runs.trial_dir.GROUP_METRICS`."""
+    out = {}
+    for kind, key in (("look-alike", "lookalike"), ("ordinary", "ordinary")):
+        if kind in by_group:
+            out[f"{key}_R1"] = by_group[kind]["R1"]
+            out[f"{key}_mAP"] = by_group[kind]["mAP"]
+    if "twin_errors" in by_group.get("look-alike", {}):
+        out["twin_errors"] = by_group["look-alike"]["twin_errors"]
+    return out
+
+
+def groups_of_config(cfg: Config) -> dict[int, int] | None:
+    """The look-alike groups of cfg's dataset, or None when it has none (any real dataset)."""
+    if cfg.data.dataset != "synth" or not cfg.data.synth_lookalike:
+        return None
+    return lookalike_groups(cfg.data.root)
+
+
+def main_eval_lookalike(checkpoint: Path, split: str, device_name: str | None = None) -> int:
+    """Evaluate a checkpoint on look-alike and ordinary queries and print the table."""
+    from bilma.data.datasets import load_data
+    from bilma.evaluation.metrics import metrics_table
+    from bilma.evaluation.retrieval import encode_split
+    from bilma.training.checkpoint import load_for_eval
+
+    device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, cfg, _ = load_for_eval(checkpoint, device)
+    group_of = lookalike_groups(cfg.data.root)
+    data = load_data(cfg, check_parse_maps=False)
+    t, tp, v, vp = encode_split(model, data, split, cfg, device)
+    rows = metrics_by_group(t @ v.T, tp, vp, group_of)
+    print(f"{checkpoint} on the {split} split of {cfg.data.root}, by kind of query:")
+    print(metrics_table(rows))
+    return 0

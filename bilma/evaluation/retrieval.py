@@ -1,0 +1,116 @@
+"""Text-to-image retrieval evaluation: every caption of a split against every image of it.
+
+`python -m bilma eval --checkpoint PATH [--split test|val]` loads a checkpoint (with the config
+saved in it), encodes captions and images in batches under inference mode and prints the
+metrics as a table.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from bilma.config import Config
+from bilma.data.datasets import ImageSet, PedesData, TextSet, eval_loader
+from bilma.device import autocast_for
+from bilma.evaluation.metrics import retrieval_metrics
+
+log = logging.getLogger(__name__)
+
+
+@torch.inference_mode()
+def encode_split(
+    model, data: PedesData, split: str, cfg: Config, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(text features, text pids, image features, image pids), features L2-normalised."""
+    texts, images = TextSet(data, split), ImageSet(data, split, cfg.data.image_size)
+    bs, workers = cfg.eval.batch_size, cfg.data.num_workers
+    amp = autocast_for(cfg, device)
+    text_feats = []
+    for ids, _ in eval_loader(texts, bs, 0):
+        with amp:
+            text_feats.append(model.encode_text(ids.to(device)).float())
+    image_feats = []
+    for imgs, _ in eval_loader(images, bs, workers):
+        with amp:
+            image_feats.append(model.encode_image(imgs.to(device)).float())
+    t = F.normalize(torch.cat(text_feats), dim=-1)
+    v = F.normalize(torch.cat(image_feats), dim=-1)
+    return t, texts.pids.to(device), v, images.pids.to(device)
+
+
+def evaluate(
+    model,
+    data: PedesData,
+    split: str,
+    cfg: Config,
+    device: torch.device,
+    groups: dict[int, int] | None = None,
+) -> dict[str, float]:
+    """R1, R5, R10, mAP, mINP (percent) of text-to-image retrieval on `split`; with look-alike
+    `groups` (pid -> group, `bilma.evaluation.lookalike`) also `bilma.runs.trial_dir.GROUP_METRICS`."""
+    was_training = model.training
+    model.eval()
+    t0 = time.perf_counter()
+    try:
+        t, tp, v, vp = encode_split(model, data, split, cfg, device)
+        if groups is None:
+            metrics = retrieval_metrics(t @ v.T, tp, vp)
+        else:
+            from bilma.evaluation.lookalike import flat_group_metrics, metrics_by_group
+
+            by_group = metrics_by_group(t @ v.T, tp, vp, groups)
+            metrics = {**by_group["all"], **flat_group_metrics(by_group)}
+    finally:
+        model.train(was_training)
+    log.debug(
+        "evaluated %s: %d captions x %d images in %.1f s",
+        split,
+        len(t),
+        len(v),
+        time.perf_counter() - t0,
+    )
+    return metrics
+
+
+def main_eval(
+    checkpoint: Path | None,
+    split: str,
+    device_name: str | None = None,
+    config: Path | None = None,
+    overrides: list[str] | None = None,
+) -> int:
+    """Evaluate a saved checkpoint, or (`config`) the config's model as built, untrained:
+    the zero-shot retrieval of its `model.pretrained` weights; print the metrics table."""
+    from bilma.data.datasets import load_data
+    from bilma.evaluation.lookalike import groups_of_config
+    from bilma.evaluation.metrics import metrics_table
+
+    device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if checkpoint is not None:
+        from bilma.training.checkpoint import load_for_eval
+
+        model, cfg, info = load_for_eval(checkpoint, device)
+        data = load_data(cfg, check_parse_maps=False)
+        what = f"{checkpoint} (epoch {info.get('epoch')})"
+    else:
+        from bilma.config import load_config
+        from bilma.model.bilma import build_model
+
+        cfg = load_config(config, overrides or [])
+        data = load_data(cfg, check_parse_maps=False)
+        tok = data.tokenizer
+        model = build_model(cfg, tok.vocab_size, tok.eot_id, data.num_train_ids).to(device)
+        source = cfg.model.pretrained or f"random {cfg.model.name} weights"
+        what = f"{source} untrained (zero-shot, {config})"
+    if not data.split(split)[0]:
+        print(f"error: {cfg.data.dataset} at {cfg.data.root} has no {split} split")
+        return 2
+    print(f"evaluating {what} on the {split} split of {cfg.data.dataset}")
+    metrics = evaluate(model, data, split, cfg, device, groups_of_config(cfg))
+    print(metrics_table({f"{cfg.data.dataset} {split}": metrics}))
+    return 0

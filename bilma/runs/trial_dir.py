@@ -1,0 +1,372 @@
+"""Trial directories: the source of truth of a run, and the one home of their schema.
+
+A trial lives in `runs/<study>/<trial_id>/` (the id: `bilma.config.trial_id`). MLflow is only a
+mirror of it (`bilma.tracking.mirror`) that `python -m bilma sync` can always rebuild. A directory holds:
+
+    config.yaml       the resolved config (written once; a different experiment is refused)
+    status.json       {"state": pending|running|done|failed|interrupted|stopped, "attempts",
+                       "updated" (unix time), "host", "pid", "slurm_job_id",
+                       "slurm_array_job_id", "slurm_array_task_id", "started", "error",
+                       "traceback", "stopped_epoch", "stop_reason"}
+    metrics.jsonl     append-only (records past last.pt's epoch are dropped on resume),
+                      one JSON object per line: {"epoch", "step", "split", "time"
+                       (unix time, added if missing), <metric>: number, ...}
+    result.json       exists only when the trial is done (schema below)
+    ckpt/last.pt, ckpt/best.pt   written with `atomic_torch_save`; a new best is written to
+                      ckpt/best.next.pt and renamed to best.pt once last.pt names its epoch
+    train.log, provenance.json   (git commit + dirty flag, host, versions, SLURM id, command)
+    mlflow.json       {"run_id", "experiment_id", "tracking_uri", "parent_run_id", "by_uri":
+                       {uri: {...}}}: a resumed trial continues its own MLflow run
+
+States: pending (submitted), running, done (result.json written), failed (an exception;
+"error" and "traceback" say which), interrupted (a stop signal; ckpt/last.pt resumes it),
+stopped (ended early on purpose, e.g. by an ASHA scheduler through `train(on_eval=...)`:
+ckpt/last.pt holds its last evaluated epoch ("stopped_epoch"), there is no result.json, and
+neither `train` nor a relaunch runs it again: `TrialDir.is_finished()`).
+
+result.json (what the analysis code reads)::
+
+    {"trial_id": str, "study": str, "variant": str, "seed": int, "dataset": str,
+     "variant_base": str,          # the grid's variant name without axis values ("" if none)
+     "grid_point": {axis: value},  # the grid axes' values of this trial ({} if none)
+     "metrics": {"R1", "R5", "R10", "mAP", "mINP"}   # test split, selected checkpoint
+                  # (+ GROUP_METRICS on a synthetic dataset with look-alike groups)
+     "selection": {"split": "val"|"test", "metric": "R1", "epoch": int, "value": float},
+     "val_metrics": {"R1", ...} | null,              # val split, selected checkpoint
+     "epochs": int, "train_seconds": float, "finished": ISO 8601 time with offset}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from bilma.config import Config, ConfigError, canonical, dump_yaml, load_config, trial_id
+from bilma.fileio import (
+    DiskFull,
+    atomic_write_json,
+    atomic_write_text,
+    disk_full_message,
+    is_disk_full,
+    json_default,
+)
+from bilma.runs.provenance import collect_provenance, now_iso, slurm_env
+
+log = logging.getLogger(__name__)
+
+STATES = ("pending", "running", "done", "failed", "interrupted", "stopped")
+# States after which a relaunch runs nothing: done, or stopped early on purpose.
+FINISHED_STATES = ("done", "stopped")
+RESULT_METRICS = ("R1", "R5", "R10", "mAP", "mINP")
+# Test metrics a trial adds when its synthetic dataset has look-alike groups (bilma/lookalike.py):
+# Rank-1 and mAP of the look-alike and of the ordinary queries, and the percent of look-alike
+# Rank-1 mistakes that land on a group-mate.
+GROUP_METRICS = ("lookalike_R1", "lookalike_mAP", "ordinary_R1", "ordinary_mAP", "twin_errors")
+# Fields of a metrics record that are not metrics.
+RECORD_FIELDS = ("epoch", "step", "split", "time")
+
+
+class TrialConflictError(ConfigError):
+    """A trial directory holds a different experiment than the config being run."""
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's content; None if it does not exist, a ConfigError naming it if bad."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as e:
+        # Written atomically, so this is a hand edit or a foreign file: say which.
+        raise ConfigError(f"{path}: line {e.lineno}: invalid JSON: {e.msg}") from None
+
+
+class TrialDir:
+    """One trial's directory `runs/<study>/<trial_id>/`: the source of truth of a run."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @classmethod
+    def for_config(cls, cfg: Config) -> TrialDir:
+        return cls(Path(cfg.paths.runs) / cfg.tracking.study / trial_id(cfg))
+
+    def __repr__(self) -> str:
+        return f"TrialDir({str(self.path)!r})"
+
+    # -- layout
+    @property
+    def trial_id(self) -> str:
+        return self.path.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def status_path(self) -> Path:
+        return self.path / "status.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def result_path(self) -> Path:
+        return self.path / "result.json"
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.path / "ckpt"
+
+    @property
+    def last_ckpt(self) -> Path:
+        return self.ckpt_dir / "last.pt"
+
+    @property
+    def best_ckpt(self) -> Path:
+        return self.ckpt_dir / "best.pt"
+
+    @property
+    def best_candidate(self) -> Path:
+        """The new best checkpoint, until last.pt naming its epoch is committed."""
+        return self.ckpt_dir / "best.next.pt"
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / "train.log"
+
+    @property
+    def provenance_path(self) -> Path:
+        return self.path / "provenance.json"
+
+    @property
+    def mlflow_path(self) -> Path:
+        return self.path / "mlflow.json"
+
+    # -- config
+    def init(self, cfg: Config) -> None:
+        """Create the directory and its config.yaml; refuse a different experiment."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.ckpt_dir.mkdir(exist_ok=True)
+        if not self.config_path.exists():
+            atomic_write_text(self.config_path, dump_yaml(cfg))
+            return
+        old = self.read_config()
+        if canonical(old) != canonical(cfg):
+            a, b = json.loads(canonical(old)), json.loads(canonical(cfg))
+            diff = [f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in a if a[k] != b.get(k)]
+            more = f" (+{len(diff) - 5} more)" if len(diff) > 5 else ""
+            raise TrialConflictError(
+                f"{self.config_path} holds a different experiment than the config being run "
+                f"({'; '.join(diff[:5])}{more}); use another paths.runs or remove {self.path}"
+            )
+
+    def read_config(self) -> Config:
+        """The trial's resolved config, validated (errors name config.yaml)."""
+        return load_config(self.config_path)
+
+    # -- status
+    def status(self) -> dict[str, Any]:
+        return read_json(self.status_path) or {}
+
+    def set_status(self, state: str, **fields: Any) -> dict[str, Any]:
+        """Update status.json (keeping every earlier field, e.g. the last error) atomically."""
+        if state not in STATES:
+            raise ValueError(f"unknown trial state {state!r}; expected one of {', '.join(STATES)}")
+        st = self.status()
+        st.setdefault("attempts", 0)
+        st.update(fields)
+        st["state"] = state
+        st["updated"] = time.time()
+        atomic_write_json(self.status_path, st)
+        return st
+
+    def start_attempt(self) -> int:
+        """Count one more attempt (first run, resume, requeue) and mark the trial running."""
+        attempts = int(self.status().get("attempts", 0)) + 1
+        self.set_status(
+            "running",
+            attempts=attempts,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            **slurm_env(),
+            started=time.time(),
+        )
+        return attempts
+
+    def is_done(self) -> bool:
+        return self.result_path.exists()
+
+    def is_finished(self) -> bool:
+        """Done, or stopped early on purpose: a relaunch must not run it again."""
+        return self.is_done() or self.status().get("state") in FINISHED_STATES
+
+    # -- metrics
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """Append one record as a JSON line, flushed and fsync'd; adds "time" if missing."""
+        rec = dict(record)
+        rec.setdefault("time", time.time())
+        line = json.dumps(rec, default=json_default).encode("utf-8") + b"\n"
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._append(line)
+        except OSError as e:
+            if is_disk_full(e):
+                raise DiskFull(disk_full_message(self.metrics_path)) from None
+            raise
+
+    def _append(self, line: bytes) -> None:
+        with open(self.metrics_path, "a+b") as f:
+            # A kill mid-write leaves a line with no newline: end it first, or this record
+            # would be glued onto the torn one and lost with it.
+            f.seek(0, os.SEEK_END)
+            if f.tell() > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    line = b"\n" + line
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """Every complete record; a torn line (a kill mid-write) is skipped with a warning."""
+        try:
+            raw = self.metrics_path.read_bytes()
+        except FileNotFoundError:
+            return []
+        out = []
+        for n, line in enumerate(raw.decode("utf-8", errors="replace").split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                rec = None
+            if not isinstance(rec, dict):
+                log.warning("%s:%d: skipping a torn or unreadable line", self.metrics_path, n)
+                continue
+            out.append(rec)
+        return out
+
+    def truncate_metrics(self, epochs: int) -> int:
+        """Keep only the records of the first `epochs` epochs (those ckpt/last.pt committed);
+        rewrites metrics.jsonl atomically; the number of records (or torn lines) dropped.
+
+        A kill between an epoch's records and its last.pt would otherwise repeat the epoch."""
+        try:
+            raw = self.metrics_path.read_bytes()
+        except FileNotFoundError:
+            return 0
+        keep, dropped = [], 0
+        for line in raw.decode("utf-8", errors="replace").split("\n"):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                rec = None
+            if isinstance(rec, dict) and int(rec.get("epoch") or 0) <= epochs:
+                keep.append(line + "\n")
+            else:
+                dropped += 1
+        if dropped:
+            atomic_write_text(self.metrics_path, "".join(keep))
+        return dropped
+
+    # -- result
+    def write_result(self, result: dict[str, Any]) -> None:
+        """Write result.json (atomically): from now on the trial counts as done."""
+        atomic_write_json(self.result_path, result)
+
+    def read_result(self) -> dict[str, Any] | None:
+        return read_json(self.result_path)
+
+    # -- provenance
+    def write_provenance(self) -> dict[str, Any]:
+        """Record this attempt's provenance; earlier attempts are kept under "previous"."""
+        info = collect_provenance()
+        old = read_json(self.provenance_path)
+        if isinstance(old, dict):
+            info["previous"] = [*old.pop("previous", []), old]
+        atomic_write_json(self.provenance_path, info)
+        return info
+
+    def read_provenance(self) -> dict[str, Any]:
+        return read_json(self.provenance_path) or {}
+
+
+def find_trials(runs_root: str | Path) -> list[Path]:
+    """Every trial directory (one holding config.yaml) under runs_root, at any depth, sorted."""
+    root = Path(runs_root)
+    if (root / "config.yaml").is_file():
+        return [root]
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if "config.yaml" in filenames:
+            found.append(Path(dirpath))
+            dirnames[:] = []  # a trial's own folders (ckpt/) hold no trials
+        else:
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    return sorted(found)
+
+
+def grid_point(cfg: Config) -> dict[str, Any]:
+    """`tracking.grid_point` (a JSON object in the config) as {axis: value}."""
+    text = cfg.tracking.grid_point
+    try:
+        point = json.loads(text or "{}")
+    except json.JSONDecodeError as e:
+        point, why = None, f"invalid JSON ({e.msg})"
+    else:
+        why = "not a JSON object"
+    if not isinstance(point, dict):
+        raise ConfigError(
+            f"tracking.grid_point = {text!r}: {why}; expected axis -> value, e.g. "
+            "'{\"mim.mask_ratio\": 0.3}'"
+        )
+    return point
+
+
+def make_result(
+    cfg: Config,
+    test_metrics: dict[str, float],
+    selection: dict[str, Any],
+    val_metrics: dict[str, float] | None,
+    epochs: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """A result.json dict (schema in the module docstring), identity fields from cfg."""
+    missing = [k for k in RESULT_METRICS if k not in test_metrics]
+    if missing:
+        raise ValueError(f"test metrics lack {', '.join(missing)}")
+    missing = [k for k in ("split", "metric", "epoch", "value") if k not in selection]
+    if missing:
+        raise ValueError(f"selection lacks {', '.join(missing)}")
+    return {
+        "trial_id": trial_id(cfg),
+        "study": cfg.tracking.study,
+        "variant": cfg.tracking.variant,
+        "seed": cfg.train.seed,
+        "dataset": cfg.data.dataset,
+        "variant_base": cfg.tracking.variant_base,
+        "grid_point": grid_point(cfg),
+        "metrics": {k: float(v) for k, v in test_metrics.items()},
+        "selection": {
+            "split": str(selection["split"]),
+            "metric": str(selection["metric"]),
+            "epoch": int(selection["epoch"]),
+            "value": float(selection["value"]),
+        },
+        "val_metrics": None
+        if val_metrics is None
+        else {k: float(v) for k, v in val_metrics.items()},
+        "epochs": int(epochs),
+        "train_seconds": float(seconds),
+        "finished": now_iso(),
+    }

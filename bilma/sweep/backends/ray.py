@@ -1,0 +1,325 @@
+"""Ray Tune backend: `python sweeps/launch.py --grid FILE --backend ray`.
+
+Each Tune trial trains one trial directory through `bilma.training.trainer.train`, exactly as the local
+and SLURM backends do (same ids, same MLflow child runs). The trainer knows no Ray: it gets an
+`on_eval` callback that reports every evaluation to Tune with a small checkpoint (which epoch
+of which trial directory; the weights stay in `ckpt/last.pt`), so a scheduler (ASHA) can stop
+a trial and Tune can restart one whose worker died; the trainer then resumes from its own
+checkpoint. A trial stopped early ends as state "stopped" with its last metrics, its MLflow run
+KILLED with the tag stopped_early=true, whether the trainer or (when Ray killed the worker
+first) this driver records it.
+
+Tune's own files live in `runs/<study>/.tune/<experiment>/`; the experiment's name is a hash of
+the trials, the search and the scheduler, so running the same command again restores it:
+finished and stopped trials are not run again (their evaluations are only reported) and
+unfinished ones resume.
+
+Ray itself: a running cluster (--ray-address or $RAY_ADDRESS), else a local one bound to
+127.0.0.1 with this machine's cores ($BILMA_RAY_NUM_CPUS to give it fewer) and a temporary
+directory of its own, shut down at the end. cluster/ray.sbatch starts one across a SLURM
+allocation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from bilma.config import Config, ConfigError, apply_values
+from bilma.runs.trial_dir import TrialDir
+from bilma.sweep.backends.ray_trainable import record_failed, record_stopped, run_trial
+from bilma.sweep.expand import Grid, GridError, Trial
+from bilma.sweep.job import read_launch
+from bilma.sweep.search import Scheduler, Search, SearchError, check_optuna
+from bilma.tracking.mirror import MlflowMirror
+
+log = logging.getLogger(__name__)
+
+TUNE_DIR = ".tune"  # runs/<study>/.tune/: hidden, so find_trials never walks it
+
+
+@dataclass
+class RayOptions:
+    address: str | None = None  # a running cluster; None: $RAY_ADDRESS, else a local Ray
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    num_cpus: int | None = None  # local Ray only (default: every core)
+    verbose: bool = False
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_space(grid: Grid, base: Config) -> None:
+    """Every bound and choice of `search.space` must make a valid config (found before Ray)."""
+    for key, (dist, args) in grid.search.space.items():
+        for value in args:
+            try:
+                apply_values(base, {key: value}, "x")
+            except ConfigError as e:
+                body = str(e).split(": ", 1)[-1]
+                raise GridError(f"{grid.path}: search.space: {key} {dist} {args}: {body}") from None
+
+
+def fingerprint(trials: list[Trial], search: Search, scheduler: Scheduler) -> str:
+    text = json.dumps(
+        [sorted(t.trial_id for t in trials), repr(search), repr(scheduler)], sort_keys=True
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+# ----------------------------------------------------------------------------- the driver
+
+
+class Recorder(tune.Callback):
+    """Progress lines, and the end of each trial written into its directory."""
+
+    def __init__(self, metric: str) -> None:
+        self.metric = metric
+
+    @staticmethod
+    def _dir(trial) -> TrialDir | None:
+        path = (trial.last_result or {}).get("trial_dir")
+        return TrialDir(path) if path else None
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        print(
+            f"{time.strftime('%H:%M:%S')} {_name(result['trial_dir'])}: epoch {result['epoch']} "
+            f"{self.metric} {result[self.metric]:.2f}",
+            flush=True,
+        )
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        d = self._dir(trial)
+        if d is None:
+            return
+        result = d.read_result()
+        if result is not None:
+            m = result["metrics"]
+            print(
+                f"  finished {_name(d.path)}: test R1 {m['R1']:.2f} mAP {m['mAP']:.2f}", flush=True
+            )
+            return
+        epoch = (trial.last_result or {}).get("epoch", "?")
+        record_stopped(d, d.read_config(), f"by the scheduler after epoch {epoch}")
+        print(f"  stopped early {_name(d.path)} after epoch {epoch}", flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        d = self._dir(trial)
+        if d is None:
+            print(f"  FAILED Ray trial {trial.trial_id} before its first evaluation", flush=True)
+            return
+        record_failed(d, d.read_config(), f"Ray trial {trial.trial_id} failed (worker died?)")
+        print(f"  FAILED {_name(d.path)}: {d.status().get('error', '')}", flush=True)
+
+
+def _name(path: str | Path) -> str:
+    launch = read_launch(Path(path))
+    return f"{launch.get('variant', Path(path).name)} seed={launch.get('seed', '?')}"
+
+
+def _distribution(dist: str, args: list[Any]):
+    if dist == "choice":
+        return tune.choice(args)
+    return {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}[dist](
+        *args
+    )
+
+
+def tune_setup(grid: Grid, n_bases: int) -> tuple[dict[str, Any], Any, int]:
+    """(param_space, search_alg, num_samples) for the grid's `search:`."""
+    search: Search = grid.search
+    space = {k: _distribution(d, a) for k, (d, a) in search.space.items()}
+    if search.method == "grid":
+        return {"base": tune.grid_search(list(range(n_bases)))}, None, 1
+    if search.method == "random":
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        alg = BasicVariantGenerator(random_state=search.seed)
+        # Tune's grid x samples: num_samples draws of the space for each trial of the grid.
+        return (
+            {"base": tune.grid_search(list(range(n_bases))), "space": space},
+            alg,
+            search.num_samples,
+        )
+    check_optuna()
+    from ray.tune.search.optuna import OptunaSearch
+
+    base = tune.choice(list(range(n_bases))) if n_bases > 1 else 0
+    return {"base": base, "space": space}, OptunaSearch(seed=search.seed), search.num_samples
+
+
+def make_scheduler(grid: Grid, trials: list[Trial]):
+    sched: Scheduler = grid.scheduler
+    if sched.name == "fifo":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    max_t = sched.max_t or max(t.config.train.epochs for t in trials)
+    return ASHAScheduler(
+        time_attr="epoch",
+        grace_period=sched.grace_period,
+        reduction_factor=sched.reduction_factor,
+        max_t=max_t,
+    )
+
+
+@contextlib.contextmanager
+def ray_session(opts: RayOptions) -> Iterator[str]:
+    """Connect to a running Ray, or start a local one on 127.0.0.1 (shut down at the end)."""
+    import ray
+
+    # Workers import the installed bilma, like the driver: nothing of a checkout goes on
+    # their path (a worker importing another copy of the code would train something else).
+    env = {}
+    for key in ("HF_HUB_OFFLINE", "MLFLOW_TRACKING_URI"):
+        if os.environ.get(key):
+            env[key] = os.environ[key]
+    address = opts.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=opts.verbose)
+        try:
+            yield f"the Ray cluster at {address}"
+        finally:
+            ray.shutdown()  # disconnects; the cluster keeps running
+        return
+    os.environ.pop("RAY_ADDRESS", None)  # set but empty: ray.init would look for a cluster
+    os.environ.update(env)  # the local workers inherit this process's environment
+    tmp = tempfile.mkdtemp(prefix="bilma-ray-")  # short: Ray's socket paths must stay < 108
+    cpus = opts.num_cpus or int(os.environ.get("BILMA_RAY_NUM_CPUS") or 0) or os.cpu_count() or 1
+    ray.init(
+        num_cpus=cpus,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        _temp_dir=tmp,
+        log_to_driver=opts.verbose,
+    )
+    try:
+        yield f"a local Ray on 127.0.0.1 with {cpus} CPUs"
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check(grid: Grid, trials: list[Trial]) -> str:
+    """What can be found wrong before anything is written or started; the Tune metric."""
+    if grid.search.method == "optuna":
+        try:
+            check_optuna()
+        except SearchError as e:
+            raise GridError(f"{grid.path}: {e}") from None
+    check_space(grid, trials[0].config)
+    metrics = {t.config.eval.select_metric for t in trials}
+    if len(metrics) > 1:
+        raise GridError(f"{grid.path}: trials select on different metrics ({metrics}); use one")
+    return metrics.pop()
+
+
+def options(args: Any) -> RayOptions:
+    """From the launcher's flags; per-trial resources from --profile when it is not the
+    default one (cpus_per_task, gpus_per_node: one trial per job in the SLURM backend)."""
+    cpus, gpus = 1.0, 0.0
+    if getattr(args, "profile", "default") != "default":
+        from bilma.sweep.backends.profiles import load_profile
+
+        prof = load_profile(args.profile)
+        cpus, gpus = float(prof.cpus_per_task), float(prof.gpus_per_node)
+    return RayOptions(
+        address=args.ray_address,
+        cpus_per_trial=args.cpus_per_trial if args.cpus_per_trial is not None else cpus,
+        gpus_per_trial=args.gpus_per_trial if args.gpus_per_trial is not None else gpus,
+        verbose=bool(getattr(args, "verbose", False)),
+    )
+
+
+def run_ray(
+    grid: Grid, trials: list[Trial], parent: str | None, opts: RayOptions, metric: str | None = None
+) -> int:
+    """Run the grid's trials on Ray Tune; 0 when every trial is done or stopped early."""
+    metric = metric or check(grid, trials)
+    cfg0 = trials[0].config
+    # One checkpoint kept per trial forces an experiment snapshot at each report: wanted
+    # (a relaunch restores the latest state), so Tune's warning about it is noise.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    storage = (Path(cfg0.paths.runs) / grid.study / TUNE_DIR).resolve()
+    name = f"tune-{fingerprint(trials, grid.search, grid.scheduler)}"
+    with ray_session(opts) as where:
+        print(f"Ray Tune on {where}; Tune's files in {storage / name}", flush=True)
+        recorder = Recorder(metric)
+        tuner = _tuner(grid, trials, parent, opts, storage, name, metric, recorder)
+        results = tuner.fit()
+    return _summary(results, recorder, metric)
+
+
+def _tuner(grid, trials, parent, opts, storage: Path, name: str, metric: str, recorder):
+    bases = [t.config for t in trials]
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, bases=bases, parent=parent),
+        {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial},
+    )
+    path = storage / name
+    if tune.Tuner.can_restore(str(path)):
+        print(f"restoring the Ray Tune experiment {name}", flush=True)
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+    param_space, alg, num_samples = tune_setup(grid, len(bases))
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode="max",
+            scheduler=make_scheduler(grid, trials),
+            search_alg=alg,
+            num_samples=num_samples,
+            reuse_actors=False,  # a fresh process per trial: its own threads and state
+        ),
+        run_config=tune.RunConfig(
+            storage_path=str(storage),
+            name=name,
+            callbacks=[recorder],
+            verbose=1 if opts.verbose else 0,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # A dead worker: Tune restarts the trial, the trainer resumes from ckpt/last.pt.
+            failure_config=tune.FailureConfig(max_failures=2),
+        ),
+    )
+
+
+def _summary(results, recorder, metric: str) -> int:
+    counts = {"done": 0, "stopped": 0, "failed": 0, "other": 0}
+    for r in results:
+        path = (r.metrics or {}).get("trial_dir")
+        state = _settle(TrialDir(path)) if path else None
+        counts[state if state in counts else ("failed" if r.error else "other")] += 1
+    print(
+        f"Ray Tune: {counts['done']} done, {counts['stopped']} stopped early, "
+        f"{counts['failed']} failed"
+        + (f", {counts['other']} unfinished" if counts["other"] else ""),
+        flush=True,
+    )
+    return 1 if counts["failed"] or counts["other"] else 0
+
+
+def _settle(trial: TrialDir) -> str | None:
+    """The trial's final state; its MLflow run brought up to date from the directory (a worker
+    killed between result.json and ending its run would leave the run RUNNING)."""
+    state = "done" if trial.read_result() is not None else trial.status().get("state")
+    cfg = trial.read_config()
+    if state in ("done", "stopped", "failed") and cfg.tracking.enabled:
+        try:
+            MlflowMirror(trial, cfg).sync()
+        except Exception as e:  # MLflow down: the directory has it all
+            log.warning("MLflow: could not sync %s (%s); run `python -m bilma sync`", trial.path, e)
+    return state

@@ -1,0 +1,220 @@
+"""The Ray side of one trial: Tune's trainable (it trains a trial directory through
+`bilma.training.trainer.train` with an `on_eval` that reports to Tune) and how a trial's end is written
+into its directory and MLflow run. The driver (Tuner, callbacks) is `sweeps/ray_backend.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from bilma.config import Config, apply_values
+from bilma.fileio import atomic_write_json
+from bilma.runs.trial_dir import TrialDir
+from bilma.sweep.job import LAUNCH_FILE, read_launch
+from bilma.tracking.mirror import MlflowMirror
+
+log = logging.getLogger(__name__)
+
+POINTER = "trial.json"  # the one file of a Tune checkpoint
+_DDP_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+# ----------------------------------------------------------------------------- trial configs
+
+
+def _short(value: Any) -> Any:
+    """Sampled floats rounded to 4 significant digits: readable labels, reproducible ids."""
+    return float(f"{value:.4g}") if isinstance(value, float) else value
+
+
+def trial_config(base: Config, sampled: dict[str, Any], where: str = "search") -> Config:
+    """`base` with the searcher's values; the variant label names them like a grid axis."""
+    if not sampled:
+        return base
+    values = {k: _short(v) for k, v in sampled.items()}
+    cfg = apply_values(base, values, where)
+    label = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in values.items())
+    variant = f"{base.tracking.variant} {{{label}}}"
+    return dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, variant=variant))
+
+
+# ----------------------------------------------------------------------------- the trainable
+
+
+class Reporter:
+    """The trainer's `on_eval`: one `tune.report` per evaluation record, with a checkpoint
+    naming the trial directory and epoch. Ray ends a stopped trial by raising SystemExit in
+    `tune.report`; that becomes the trainer's StopTrial.
+
+    The last epoch's evaluation is reported only after the trainer has written result.json
+    (`final`): ASHA stops every trial that reaches max_t, which must not cut the test
+    evaluation of a trial that finished its epochs."""
+
+    def __init__(self, cfg: Config, after_epoch: int = 0):
+        self.metric = cfg.eval.select_metric
+        self.last_epoch = cfg.train.epochs
+        self.after = after_epoch  # records up to this epoch were reported before a restore
+
+    def __call__(self, record: dict[str, Any], trial: TrialDir) -> None:
+        from bilma.training.trainer import StopTrial
+
+        epoch = int(record["epoch"])
+        if epoch >= self.last_epoch:
+            return  # see `final`
+        try:
+            self._report(record, trial)
+        except SystemExit:
+            raise StopTrial(f"by the scheduler after epoch {epoch}") from None
+
+    def final(self, trial: TrialDir) -> None:
+        """Report the last evaluation and the test metrics of a done trial."""
+        result = trial.read_result()
+        evals = [r for r in trial.read_metrics() if r.get("split") != "train"]
+        if result is None or not evals:
+            return
+        test = {f"test/{k}": float(v) for k, v in result["metrics"].items()}
+        with contextlib.suppress(SystemExit):  # a stop decision now has nothing to stop
+            self._report(evals[-1], trial, test)
+
+    def _report(self, record: dict[str, Any], trial: TrialDir, extra: dict | None = None) -> None:
+        epoch = int(record["epoch"])
+        if epoch <= self.after or self.metric not in record:
+            return
+        split = record.get("split")
+        metrics = {
+            f"{split}/{k}": float(v)
+            for k, v in record.items()
+            if isinstance(v, int | float) and k not in ("epoch", "step", "time")
+        }
+        metrics.update(extra or {})
+        metrics.update(
+            {"epoch": epoch, self.metric: float(record[self.metric]), "trial_dir": str(trial.path)}
+        )
+        with tempfile.TemporaryDirectory(prefix="bilma-tune-ckpt-") as tmp:
+            pointer = {"trial_dir": str(trial.path), "epoch": epoch}
+            (Path(tmp) / POINTER).write_text(json.dumps(pointer))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        self.after = epoch
+
+
+def _checkpoint_epoch() -> int:
+    """The epoch of the Tune checkpoint this trial was restored from (0: a fresh start)."""
+    ckpt = tune.get_checkpoint()
+    if ckpt is None:
+        return 0
+    with ckpt.as_directory() as d, contextlib.suppress(OSError, ValueError, KeyError):
+        return int(json.loads((Path(d) / POINTER).read_text())["epoch"])
+    return 0
+
+
+@contextlib.contextmanager
+def _trial_lock(trial: TrialDir) -> Iterator[None]:
+    """One process trains a directory at a time (two samples of one config, a worker of a
+    killed driver still exiting): the second waits, then finds the trial done or resumes."""
+    trial.path.mkdir(parents=True, exist_ok=True)
+    with open(trial.path / ".ray.lock", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _log_to(path: Path) -> Iterator[None]:
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old = root.level
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old)
+        handler.close()
+
+
+def run_trial(config: dict[str, Any], bases: list[Config], parent: str | None) -> None:
+    """Tune's trainable: train (or resume, or replay) one trial directory."""
+    from bilma.training.trainer import StopTrial, train
+
+    # One trial is one process: inside a SLURM allocation the worker inherits the Ray node's
+    # task variables, which would make the trainer start DDP across the job's tasks.
+    for key in ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS", "SLURM_NPROCS", *_DDP_VARS):
+        os.environ.pop(key, None)
+    cfg = trial_config(bases[config["base"]], config.get("space") or {})
+    trial = TrialDir.for_config(cfg)
+    with _trial_lock(trial), _log_to(trial.path / "ray.log"):
+        trial.init(cfg)
+        if not read_launch(trial.path):  # a sampled trial: prepare() never saw it
+            atomic_write_json(
+                trial.path / LAUNCH_FILE,
+                {
+                    "study": cfg.tracking.study,
+                    "variant": cfg.tracking.variant,
+                    "seed": cfg.train.seed,
+                    "parent_run_id": parent,
+                    "launched": time.time(),
+                },
+            )
+        # A trial a scheduler stopped stays stopped, like a done one: a relaunch (even one
+        # whose driver died before Tune saved that decision) only reports its evaluations.
+        stopped = trial.status().get("state") == "stopped" and trial.read_result() is None
+        reporter = Reporter(cfg, _checkpoint_epoch())
+        try:
+            # Evaluations already on disk (a relaunch, a retried worker, a trial done by
+            # another backend) are reported first, so the scheduler sees every epoch.
+            for record in trial.read_metrics():
+                if record.get("split") != "train":
+                    reporter(record, trial)
+            if stopped:
+                log.info("%s was stopped early; not resumed", trial.path)
+                return
+            train(cfg, parent_run_id=parent, progress=False, on_eval=reporter)
+            reporter.final(trial)
+        except StopTrial as e:  # stopped during the replay: the trainer did not run
+            record_stopped(trial, cfg, str(e))
+
+
+# ----------------------------------------------------------------------------- the driver
+
+
+def record_stopped(trial: TrialDir, cfg: Config, why: str) -> None:
+    """State "stopped" with the last metrics, MLflow run KILLED + stopped_early=true.
+    Idempotent; a done trial (result.json) is left alone."""
+    if trial.read_result() is not None:
+        return
+    if trial.status().get("state") != "stopped":
+        trial.set_status("stopped", error=f"stopped early {why}".strip())
+    if cfg.tracking.enabled:
+        try:
+            mirror = MlflowMirror(trial, cfg)
+            mirror.sync()  # run KILLED, last metrics logged
+            import mlflow
+
+            mlflow.MlflowClient(mirror.uri).set_tag(mirror.run_id, "stopped_early", "true")
+        except Exception as e:  # MLflow down: `python -m bilma sync` later
+            log.warning("MLflow: could not mark %s stopped (%s)", trial.trial_id, e)
+
+
+def record_failed(trial: TrialDir, cfg: Config, why: str) -> None:
+    """A trial whose worker died without the trainer recording it."""
+    if trial.read_result() is not None or trial.status().get("state") in ("failed", "stopped"):
+        return
+    trial.set_status("failed", error=why)
+    if cfg.tracking.enabled:
+        with contextlib.suppress(Exception):
+            MlflowMirror(trial, cfg).sync()

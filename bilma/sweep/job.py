@@ -1,0 +1,77 @@
+"""The callable a backend runs for one trial: a submitit Checkpointable holding only a path.
+
+Everything a trial needs is in its directory (`config.yaml`; `launch.json` with the sweep's
+MLflow parent run and the launching command's tracking settings, which win over config.yaml's),
+so the pickle carries no mutable state and a requeued job simply calls the trainer again,
+which resumes from `ckpt/last.pt`.
+
+Signals: the trainer saves on SIGTERM/SIGUSR2/SIGINT and raises `Interrupted`. For SIGUSR2
+(SLURM's time-limit and preemption signal, and submitit's local timeout) the job hands the
+signal back to submitit's own handler, which checkpoints this object and requeues the job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from bilma.logs import configure as configure_logging
+
+LAUNCH_FILE = "launch.json"
+
+
+class TrialInterrupted(RuntimeError):
+    """The trial stopped on a signal after saving; launching again resumes it."""
+
+
+class TrialJob(submitit.helpers.Checkpointable):
+    def __init__(self, trial_dir: str | Path):
+        self.trial_dir = str(trial_dir)
+
+    def __repr__(self) -> str:
+        return f"TrialJob({self.trial_dir!r})"
+
+    def __call__(self) -> dict[str, Any]:
+        from bilma.runs.trial_dir import TrialDir
+        from bilma.training.trainer import Interrupted, train
+
+        configure_logging()  # a fresh job process logs like the command line
+        trial = TrialDir(Path(self.trial_dir))
+        launch = read_launch(trial.path)
+        cfg = with_tracking(trial.read_config(), launch)
+        try:
+            return train(cfg, parent_run_id=launch.get("parent_run_id"))
+        except Interrupted as e:
+            if e.signum == signal.SIGUSR2 and _submitit_handles(signal.SIGUSR2):
+                # submitit's handler: checkpoint (this object) and requeue, then exit.
+                signal.raise_signal(signal.SIGUSR2)
+            raise TrialInterrupted(str(e)) from None
+
+
+def _submitit_handles(signum: int) -> bool:
+    handler = signal.getsignal(signum)
+    return callable(handler) and "submitit" in getattr(handler, "__module__", "")
+
+
+def with_tracking(cfg: Any, launch: dict[str, Any]) -> Any:
+    """The trial's config with the launching command's tracking settings (launch.json):
+    a relaunch or --retry-failed mirrors where the current command says, not where the
+    first launch did (tracking settings are not part of the trial id)."""
+    tracking = launch.get("tracking")
+    if not isinstance(tracking, dict):
+        return cfg
+    changes = {k: tracking[k] for k in ("enabled", "uri") if k in tracking}
+    return dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, **changes))
+
+
+def read_launch(trial_dir: Path) -> dict[str, Any]:
+    path = Path(trial_dir) / LAUNCH_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}

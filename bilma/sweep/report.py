@@ -1,0 +1,64 @@
+"""Tables of a sweep's trials, read from their directories."""
+
+from __future__ import annotations
+
+from bilma.sweep.launcher import Planned, read_result, read_status
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
+    fmt = "  ".join(f"{{:{w}}}" for w in widths)
+    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*r) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _log_path(p: Planned) -> str:
+    status = read_status(p.dir)
+    job = status.get("job_id")
+    if status.get("backend") == "local" and job:
+        return str(p.dir.path / "logs" / f"{job}_0_log.err")
+    if status.get("backend") == "slurm" and job:
+        # submitit's folder of the SLURM backend: runs/<study>/slurm/<job id>/
+        return str(p.dir.path.parent / "slurm" / str(job) / f"{job}_0_log.err")
+    return str(p.dir.path)
+
+
+def status_table(planned: list[Planned], slurm: dict[str, str] | None = None) -> str:
+    """Variant, seed, trial id, state, attempts, test R1 and where the log is; with `slurm`
+    (trial id -> job id and SLURM state), SLURM's view next to the directory's."""
+    rows = []
+    for p in planned:
+        status = read_status(p.dir)
+        result, problem = read_result(p.dir)
+        state = "done" if result else status.get("state", "new")
+        if p.action == "running" and state != "pending":
+            state = "running"
+        if problem or state == "unreadable":  # the reason instead of a state
+            state = problem or status["error"]
+        r1 = f"{result['metrics']['R1']:.2f}" if result else ""
+        rows.append(
+            [
+                p.trial.variant,
+                str(p.trial.seed),
+                p.dir.trial_id,
+                state,
+                str(status.get("attempts", 0)),
+                r1,
+                _log_path(p),
+            ]
+        )
+        if slurm:
+            rows[-1].insert(4, slurm.get(p.dir.trial_id, ""))
+    header = ["variant", "seed", "trial", "state", "attempts", "R1", "log"]
+    if slurm:
+        header.insert(4, "slurm job")
+    return _table(header, rows)
+
+
+def plan_table(planned: list[Planned]) -> str:
+    """What a launch would do with each trial."""
+    rows = [[p.trial.variant, str(p.trial.seed), p.dir.trial_id, p.action, p.note] for p in planned]
+    return _table(["variant", "seed", "trial", "action", "note"], rows)

@@ -1,0 +1,1 @@
+"""The MLflow mirror of the run record: the store, the mirror, sync, and reading runs back."""

@@ -1,0 +1,87 @@
+"""`python -m bilma sync`: rebuild the MLflow mirror of every trial directory under a folder.
+
+Idempotent: a metric point already in MLflow is not logged again, a run is found again by its
+trial id, so it can run after any crash, or against a new server, as often as wanted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from bilma.config import ConfigError
+from bilma.runs.trial_dir import TrialDir, find_trials
+from bilma.tracking.mirror import MlflowMirror, first_line
+from bilma.tracking.store import TrackingError, resolve_uri
+
+log = logging.getLogger(__name__)
+
+
+def sync(runs_root: str | Path, uri: str | None = None) -> dict[str, int]:
+    """Mirror every trial directory under runs_root into MLflow; idempotent.
+
+    The URI: `uri`, else each trial's tracking.uri (the default one defers to
+    $MLFLOW_TRACKING_URI). Raises TrackingError if MLflow fails (nothing is lost: run again).
+    """
+    counts = {"trials": 0, "runs_created": 0, "points_logged": 0, "skipped": 0}
+    for path in find_trials(runs_root):
+        trial = TrialDir(path)
+        try:
+            cfg = trial.read_config()
+        except ConfigError as e:
+            log.warning("skipping %s: %s", path, e)
+            counts["skipped"] += 1
+            continue
+        mirror = MlflowMirror(trial, cfg, uri=uri or resolve_uri(cfg.tracking.uri))
+        try:
+            n = mirror.sync()
+        except TrackingError:
+            raise
+        except ConfigError as e:  # a hand-edited status.json or result.json
+            log.warning("skipping %s: %s", path, e)
+            counts["skipped"] += 1
+            continue
+        except Exception as e:
+            raise TrackingError(
+                f"{path}: could not sync to MLflow at {mirror.uri} ({first_line(e)}); "
+                "check the URI or the server, then run sync again"
+            ) from e
+        counts["trials"] += 1
+        counts["runs_created"] += int(mirror.created)
+        counts["points_logged"] += n
+        log.info(
+            "synced %s -> run %s (%s, %d points)",
+            path,
+            mirror.run_id,
+            "new" if mirror.created else "existing",
+            n,
+        )
+    return counts
+
+
+def add_sync_args(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `python -m bilma sync`."""
+    parser.add_argument("--runs", type=Path, default=Path("runs"), help="trial directories root")
+    parser.add_argument(
+        "--uri", default=None, help="MLflow tracking URI (default: each trial's tracking.uri)"
+    )
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """`python -m bilma sync --runs DIR [--uri URI]`."""
+    if not Path(args.runs).is_dir():
+        print(f"error: {args.runs}: no such folder of trial directories", file=sys.stderr)
+        return 2
+    try:
+        counts = sync(args.runs, args.uri)
+    except TrackingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"synced {counts['trials']} trials: {counts['runs_created']} runs created, "
+        f"{counts['points_logged']} metric points logged"
+        + (f", {counts['skipped']} skipped (bad config.yaml)" if counts["skipped"] else "")
+    )
+    return 0

@@ -1,0 +1,1 @@
+"""One trial's training: the Trainer recipe, checkpoints, optimizer, signals, progress, sinks."""

@@ -1,0 +1,491 @@
+"""The trainer: `python -m bilma train --config FILE [key=value ...]`.
+
+One run = one trial directory (`bilma.runs.trial_dir`). Starting a run whose directory holds
+`ckpt/last.pt` resumes from it; one whose `result.json` exists reports it and does nothing,
+and so does one stopped early on purpose (state "stopped").
+On SIGTERM, SIGUSR2 (SLURM's preemption and time-limit signals) or SIGINT (Ctrl-C), also when
+sent to the whole process group with the DataLoader workers, the trainer finishes the current
+step, saves `ckpt/last.pt` and exits with 128 + the signal number; the same command resumes.
+metrics.jsonl holds exactly the epochs last.pt committed (a resume drops later records), and
+best.pt always agrees with last.pt about the best epoch. A full disk ends the trial "failed"
+with one line naming the folder and the space needed; the previous checkpoint stays intact. In deterministic mode on CPU a resumed run ends with exactly the weights and metrics
+of an uninterrupted one: data order and augmentation are functions of (seed, epoch, index),
+MIM masks of (seed, step), and the checkpoint holds every optimizer and RNG state.
+
+`train(cfg, on_eval=...)` calls `on_eval(record, trial)` on rank 0 after each evaluation has
+been committed (record in metrics.jsonl and ckpt/last.pt saved); raising `StopTrial` there
+ends the trial in state "stopped" (how a Ray Tune scheduler such as ASHA stops a trial).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from bilma.config import Config
+from bilma.data.datasets import TrainSet, ensure_synthetic, load_data, train_loader
+from bilma.device import (
+    Dist,
+    amp_dtype,
+    autocast_for,
+    close_distributed,
+    init_distributed,
+    max_over_processes,
+    pick_device,
+)
+from bilma.evaluation.lookalike import groups_of_config
+from bilma.evaluation.metrics import format_metrics
+from bilma.evaluation.retrieval import evaluate
+from bilma.fileio import remove_stale_tmp
+from bilma.model.bilma import build_model
+from bilma.runs.lock import acquire_trial_lock, release_trial_lock
+from bilma.runs.reuse import data_root_warning
+from bilma.runs.trial_dir import TrialDir, grid_point, make_result
+from bilma.training import checkpoint
+from bilma.training.optim import lr_factor, param_groups
+from bilma.training.progress import Progress
+from bilma.training.seed import mim_generator, seed_everything
+from bilma.training.signals import StopFlag
+from bilma.training.sinks import FanOutSink, MlflowSink, TrialSink
+
+log = logging.getLogger(__name__)
+
+# on_eval(record, trial): the evaluation record just committed, and the trial's directory.
+EvalCallback = Callable[[dict[str, Any], TrialDir], None]
+
+
+class Interrupted(Exception):
+    """Training stopped by a signal after saving `ckpt/last.pt`."""
+
+    def __init__(self, signum: int, epoch: int, step: int, path: Path):
+        self.signum, self.epoch, self.step, self.path = signum, epoch, step, path
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"{name} received: saved epoch {epoch + 1} step {step} to {path}; run the same "
+            "command to resume"
+        )
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class StopTrial(Exception):
+    """Raised by an `on_eval` callback: end the trial now, in state "stopped" (not an error).
+
+    A stop after the last epoch's evaluation is no early stop: the trial finishes as usual.
+    """
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class State:
+    epoch: int = 0  # epoch in progress (0-based)
+    step_in_epoch: int = 0  # optimizer steps done in that epoch
+    global_step: int = 0
+    best: dict[str, Any] = field(default_factory=dict)  # {"epoch", "value", "metrics"}
+    train_seconds: float = 0.0
+    # running loss sums of the epoch in progress, so a resumed epoch reports the same means
+    loss_sums: dict[str, float] = field(default_factory=dict)
+    loss_count: int = 0
+
+
+def train(
+    cfg: Config,
+    parent_run_id: str | None = None,
+    progress: bool = True,
+    on_eval: EvalCallback | None = None,
+) -> dict[str, Any]:
+    """Run (or resume, or report) the trial of `cfg`; returns its result.json content, or {}
+    on a non-zero rank and for a trial stopped early (state "stopped").
+
+    Raises `Interrupted` after saving when a stop signal arrives. `on_eval(record, trial)`
+    runs on rank 0 after each committed evaluation; it may raise `StopTrial`.
+    """
+    trial = TrialDir.for_config(cfg)
+    acquire_trial_lock(trial.path)  # one process per trial, whoever started it (bilma/lock.py)
+    try:
+        if moved := data_root_warning(trial.config_path, cfg):  # data.root: not in the trial id
+            log.warning(moved)
+        return _train(cfg, trial, parent_run_id, progress, on_eval)
+    finally:
+        release_trial_lock(trial.path)
+
+
+def _train(
+    cfg: Config,
+    trial: TrialDir,
+    parent_run_id: str | None,
+    progress: bool,
+    on_eval: EvalCallback | None,
+) -> dict[str, Any]:
+    done = trial.read_result()
+    if done is not None:
+        log.info("trial %s is already done: %s", trial.path, format_metrics(done["metrics"]))
+        return done
+    status = trial.status()
+    if status.get("state") == "stopped":
+        log.info(
+            "trial %s was stopped early after epoch %s; it is not trained again (remove the "
+            "folder to start it over)",
+            trial.path,
+            status.get("stopped_epoch", "?"),
+        )
+        return {}
+    grid_point(cfg)  # a malformed tracking.grid_point fails now, not after training
+
+    d = init_distributed()
+    device = pick_device(d)
+    sinks = FanOutSink()
+    if d.main:
+        trial.init(cfg)
+        stale = [p for folder in (trial.path, trial.ckpt_dir) for p in remove_stale_tmp(folder)]
+        if stale:
+            log.info("removed %d temporary file(s) a killed run left", len(stale))
+        attempt = trial.start_attempt()
+        trial.write_provenance()
+        log.info("trial %s, attempt %d, on %s", trial.path, attempt, device)
+        sinks.add(TrialSink(trial))
+
+    trainer = Trainer(cfg, trial, d, device, sinks, on_eval=on_eval, progress=progress)
+    try:
+        trainer.setup()
+        if d.main and cfg.tracking.enabled:
+            sinks.add(MlflowSink.start(trial, cfg, parent_run_id))
+        trainer.stop.install()  # after data loading: its helper processes keep default handlers
+        return trainer.fit()
+    except Interrupted as e:
+        sinks.close("interrupted", error=str(e))
+        raise
+    except StopTrial as e:
+        epochs = trainer.state.epoch
+        sinks.close("stopped", stopped_epoch=epochs, stop_reason=str(e) or "on_eval stopped it")
+        if d.main:
+            log.info("trial %s stopped early after epoch %d: %s", trial.path, epochs, e)
+        return {}
+    except BaseException as e:
+        sinks.close(
+            "failed",
+            error=f"{type(e).__name__}: {e}".splitlines()[0],
+            traceback=traceback.format_exc(),
+        )
+        raise
+    finally:
+        trainer.stop.restore()
+        close_distributed(d)
+
+
+class Trainer:
+    """One trial's training recipe: the state lives on self, one method per phase.
+
+    `setup()` builds data, model, optimizer and scaler (and resumes from ckpt/last.pt);
+    `fit()` trains epoch by epoch (`_train_epoch`, `_step`, `_end_epoch`, `_evaluate`,
+    `_save_last`) and returns `finish()`'s result. Rank 0 writes every record to `sinks`.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        trial: TrialDir,
+        d: Dist,
+        device: torch.device,
+        sinks: FanOutSink,
+        on_eval: EvalCallback | None = None,
+        progress: bool = True,
+    ):
+        self.cfg, self.trial, self.d, self.device = cfg, trial, d, device
+        self.sinks, self.on_eval, self.progress = sinks, on_eval, progress
+        self.stop = StopFlag()
+        self.state = State()
+        self.factor = 1.0  # learning-rate factor of the epoch in progress
+
+    # -- setup
+    def setup(self) -> None:
+        """Seed, data, model, optimizer, scaler; the state of ckpt/last.pt if there is one."""
+        cfg, d = self.cfg, self.d
+        seed_everything(cfg.train.seed + d.rank, cfg.train.deterministic)
+        if cfg.data.dataset == "synth" and d.main:
+            ensure_synthetic(cfg.data)  # one process generates, the others wait for it
+        if d.world > 1:
+            dist.barrier()
+        self.data = data = load_data(cfg)
+        self.train_set = TrainSet(data, cfg)
+        self.model = build_model(
+            cfg, data.tokenizer.vocab_size, data.tokenizer.eot_id, data.num_train_ids
+        )
+        self.model.to(self.device)
+        self.optimizer = torch.optim.Adam(
+            param_groups(self.model, cfg), betas=tuple(cfg.optim.betas), eps=cfg.optim.eps
+        )
+        for g in self.optimizer.param_groups:
+            g["initial_lr"] = g["lr"]
+        fp16 = amp_dtype(cfg, self.device) == torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        if self.trial.last_ckpt.exists():
+            self._resume(self.trial.last_ckpt)
+            log.info(
+                "resuming from %s: epoch %d, step %d",
+                self.trial.last_ckpt,
+                self.state.epoch + 1,
+                self.state.step_in_epoch,
+            )
+        if d.main:
+            self._settle_after_kill()
+
+    def _settle_after_kill(self) -> None:
+        """Undo what a kill left past the committed last.pt: records of later epochs, and a
+        best-checkpoint candidate that last.pt does not name."""
+        trial, state = self.trial, self.state
+        dropped = trial.truncate_metrics(state.epoch)
+        if dropped:
+            log.info(
+                "dropped %d metrics record(s) past epoch %d (not in ckpt/last.pt)",
+                dropped,
+                state.epoch,
+            )
+        checkpoint.settle_best(trial.best_candidate, trial.best_ckpt, state.best.get("epoch"))
+
+    def _resume(self, path: Path) -> None:
+        ckpt = checkpoint.load(path, self.device)
+        checkpoint.load_model_state(self.model, ckpt, path)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        checkpoint.set_rng_state(ckpt["rng"])
+        self.state = State(**ckpt["state"])
+
+    def _setup_loop(self) -> None:
+        """The (DDP-wrapped) network, the loader and its sampler, steps per epoch."""
+        cfg, d, data = self.cfg, self.d, self.data
+        self.net: torch.nn.Module = self.model
+        if d.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[d.local_rank] if self.device.type == "cuda" else None
+            )
+        self.loader, self.sampler = train_loader(
+            self.train_set, cfg.train.batch_size, cfg.data.num_workers, d.rank, d.world
+        )
+        steps_full = len(self.sampler) // cfg.train.batch_size
+        self.steps = min(steps_full, cfg.train.max_steps_per_epoch or steps_full)
+        if self.steps == 0:
+            raise ValueError(
+                f"train.batch_size = {cfg.train.batch_size} is larger than the "
+                f"{len(self.train_set)} training pairs per process; lower it"
+            )
+        self.select_split = cfg.eval.select_split
+        if not data.split(self.select_split)[0]:
+            log.warning(
+                "%s has no %s split: selecting checkpoints on test",
+                cfg.data.dataset,
+                self.select_split,
+            )
+            self.select_split = "test"
+        if d.main:
+            log.info(
+                "training %s on %s: %d pairs, %d ids, %d steps/epoch x %d epochs, batch %d x "
+                "%d process(es)",
+                cfg.model.pretrained or cfg.model.name,
+                cfg.data.dataset,
+                len(self.train_set),
+                data.num_train_ids,
+                self.steps,
+                cfg.train.epochs,
+                cfg.train.batch_size,
+                d.world,
+            )
+
+    # -- the loop
+    def fit(self) -> dict[str, Any]:
+        """Train the remaining epochs, then `finish()`."""
+        self._setup_loop()
+        self.net.train()
+        while self.state.epoch < self.cfg.train.epochs:
+            bar = self._train_epoch()
+            self._end_epoch(bar)
+        return self.finish()
+
+    def _train_epoch(self) -> Progress:
+        """The remaining steps of the epoch in progress; raises `Interrupted` on a signal."""
+        cfg, state = self.cfg, self.state
+        self.factor = lr_factor(state.epoch, cfg)
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["initial_lr"] * self.factor
+        self.sampler.set_epoch(state.epoch, start=state.step_in_epoch * cfg.train.batch_size)
+        show = self.progress and self.d.main
+        bar = Progress(state.epoch, cfg.train.epochs, self.steps, cfg.train.log_every, show)
+        bar.sums, bar.count = dict(state.loss_sums), state.loss_count
+        t_epoch = time.perf_counter()
+        it = iter(self.loader)
+        self.stop.guard_sigchld()  # torch installs its SIGCHLD handler with the iterator
+        while state.step_in_epoch < self.steps:
+            try:
+                batch = next(it)
+            except RuntimeError as e:
+                # The failed fetch comes before the step: the state is that of the last step.
+                if self.stop.worker_died(e):
+                    self._interrupt(bar, time.perf_counter() - t_epoch)
+                raise
+            self._step(batch, bar)
+            if self._should_stop():
+                self._interrupt(bar, time.perf_counter() - t_epoch)
+        del it
+        state.train_seconds += time.perf_counter() - t_epoch
+        return bar
+
+    def _interrupt(self, bar: Progress, seconds: float) -> None:
+        """Save ckpt/last.pt at the current step and raise `Interrupted`."""
+        state = self.state
+        state.train_seconds += seconds
+        state.loss_sums, state.loss_count = dict(bar.sums), bar.count
+        if self.d.main:
+            self._save_last()
+        signum = self.stop.signum or signal.SIGTERM
+        raise Interrupted(signum, state.epoch, state.step_in_epoch, self.trial.last_ckpt)
+
+    def _step(self, batch: dict[str, torch.Tensor], bar: Progress) -> None:
+        """One optimizer step."""
+        cfg, state, device = self.cfg, self.state, self.device
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        batch["mim_generator"] = mim_generator(cfg.train.seed, state.global_step, self.d.rank)
+        with autocast_for(cfg, device):
+            out = self.net(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out["loss"]).backward()
+        if cfg.optim.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        state.step_in_epoch += 1
+        state.global_step += 1
+        parts = {k: float(v.detach()) for k, v in out.items()}
+        if not math.isfinite(parts["loss"]):
+            raise FloatingPointError(
+                f"loss is {parts['loss']} at epoch {state.epoch + 1} step {state.step_in_epoch}: "
+                "lower optim.lr or set optim.grad_clip"
+            )
+        bar.update(state.step_in_epoch, parts, len(batch["pids"]) * self.d.world)
+
+    def _should_stop(self) -> bool:
+        """Every process stops at the same step: the flag is shared with an all-reduce."""
+        self.stop.signum = max_over_processes(self.stop.signum, self.d)
+        return bool(self.stop.signum)
+
+    def _end_epoch(self, bar: Progress) -> None:
+        """Records of the epoch (train, and evaluation when due), committed with last.pt."""
+        cfg, state, d = self.cfg, self.state, self.d
+        epoch = state.epoch + 1  # 1-based: the epoch just trained
+        records: list[dict[str, Any]] = [
+            {
+                "epoch": epoch,
+                "step": state.global_step,
+                "split": "train",
+                **bar.means(),
+                "lr": cfg.optim.lr * self.factor,
+                "samples_per_s": bar.rate,
+            }
+        ]
+        due = epoch % cfg.eval.every == 0 or epoch == cfg.train.epochs
+        try:
+            evaluated = self._evaluate(epoch) if d.main and due else None
+        except RuntimeError as e:  # its loader's workers died of a stop signal
+            if self.stop.worker_died(e):
+                self._interrupt(bar, 0.0)  # resumes with this evaluation
+            raise
+        if evaluated is not None:
+            records.append(evaluated)
+        state.epoch += 1
+        state.step_in_epoch = 0
+        state.loss_sums, state.loss_count = {}, 0
+        if d.main:
+            for record in records:
+                self.sinks.log_record(record)
+            self._save_last()  # commits the epoch, and names the best one
+            checkpoint.promote_best(self.trial.best_candidate, self.trial.best_ckpt)
+        self._after_commit(evaluated)
+
+    def _evaluate(self, epoch: int) -> dict[str, Any]:
+        """Evaluate on the selection split; keep ckpt/best.pt. The record of it."""
+        cfg, state = self.cfg, self.state
+        metrics = evaluate(self.model, self.data, self.select_split, cfg, self.device)
+        value = metrics[cfg.eval.select_metric]
+        log.info("epoch %d %s: %s", epoch, self.select_split, format_metrics(metrics))
+        if not state.best or value > state.best["value"]:
+            state.best = {"epoch": epoch, "value": value, "metrics": metrics}
+            # best.pt is replaced only after last.pt names this epoch (`_end_epoch`)
+            checkpoint.save(
+                self.trial.best_candidate, self.model, cfg, epoch=epoch, metrics=metrics
+            )
+        return {"epoch": epoch, "step": state.global_step, "split": self.select_split, **metrics}
+
+    def _after_commit(self, evaluated: dict[str, Any] | None) -> None:
+        """Call on_eval with a committed evaluation; every process learns whether it stopped
+        the trial (the all-reduce also keeps the processes in step, as a barrier did)."""
+        request: StopTrial | None = None
+        if evaluated is not None and self.on_eval is not None:
+            try:
+                self.on_eval(evaluated, self.trial)
+            except StopTrial as e:
+                request = e
+        stop = max_over_processes(int(request is not None), self.d)
+        if not stop:
+            return
+        if self.state.epoch >= self.cfg.train.epochs:
+            log.info("stop requested after the last epoch: finishing the trial as usual")
+            return
+        raise request or StopTrial("stopped on rank 0")
+
+    def _save_last(self) -> None:
+        state, scaler = self.state, self.scaler
+        checkpoint.save(
+            self.trial.last_ckpt,
+            self.model,
+            self.cfg,
+            optimizer=self.optimizer.state_dict(),
+            scaler=scaler.state_dict() if scaler.is_enabled() else None,
+            rng=checkpoint.rng_state(),
+            state=state.__dict__.copy(),
+            epoch=state.epoch,
+            step=state.global_step,
+        )
+
+    # -- the end
+    def finish(self) -> dict[str, Any]:
+        """Test the best checkpoint, write the result, close the sinks (rank 0; others: {})."""
+        if not self.d.main:
+            return {}
+        cfg, state, trial = self.cfg, self.state, self.trial
+        best = checkpoint.load(trial.best_ckpt, self.device)
+        checkpoint.load_model_state(self.model, best, trial.best_ckpt)
+        groups = groups_of_config(cfg)  # look-alike metrics beside the usual ones (synth)
+        test = evaluate(self.model, self.data, "test", cfg, self.device, groups)
+        selection = {
+            "split": self.select_split,
+            "metric": cfg.eval.select_metric,
+            "epoch": state.best["epoch"],
+            "value": state.best["value"],
+        }
+        val = state.best["metrics"] if self.select_split == "val" else None
+        result = make_result(cfg, test, selection, val, cfg.train.epochs, state.train_seconds)
+        self.sinks.log_result(result)
+        self.sinks.close("done")
+        log.info(
+            "done: test %s (checkpoint of epoch %d, selected by %s %s)",
+            format_metrics(test),
+            selection["epoch"],
+            self.select_split,
+            cfg.eval.select_metric,
+        )
+        return result

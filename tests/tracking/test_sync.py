@@ -1,0 +1,126 @@
+"""`bilma sync`: rebuilding MLflow from trial directories, idempotently."""
+
+# ruff: noqa: F811 (pytest fixtures imported from tracking_support are used as parameters)
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from support.tracking import (  # noqa: F401 (fixtures are used by name)
+    _isolated,
+    client,
+    finish_trial,
+    history,
+    make_cfg,
+    runs_of,
+    store,
+    write_records,
+)
+
+from bilma.runs.trial_dir import (
+    TrialDir,
+)
+from bilma.tracking.mirror import MlflowMirror, config_params
+from bilma.tracking.store import TrackingError
+from bilma.tracking.sync import sync
+
+# MLflow's own SQLAlchemy usage, not ours.
+pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
+
+
+def test_sync_a_trial_written_without_mlflow_and_twice(tmp_path: Path, store: str) -> None:
+    cfg = make_cfg(tmp_path, store, study="offline", **{"tracking.enabled": False})
+    trial = TrialDir.for_config(cfg)
+    trial.init(cfg)
+    trial.write_provenance()
+    trial.start_attempt()
+    recs = write_records(trial, range(1, 4))
+    finish_trial(trial, cfg, epochs=3)
+    (other := TrialDir(tmp_path / "runs" / "offline" / "bad")).path.mkdir(parents=True)
+    other.config_path.write_text("train: {epochs: -1}\n")  # skipped with a warning
+
+    counts = sync(tmp_path / "runs", store)
+    # 3 epochs x (train/loss + val/R1 + val/mAP) + 5 test metrics + train_seconds
+    assert counts == {"trials": 1, "runs_created": 1, "points_logged": 15, "skipped": 1}
+    (run,) = runs_of(store, "offline")
+    run_id = run.info.run_id
+    assert run.info.status == "FINISHED" and run.data.tags["trial_id"] == trial.trial_id
+    assert run.data.params == config_params(cfg)
+    assert history(store, run_id, "train/loss") == [(e, 3.0 / e) for e in (1, 2, 3)]
+    assert history(store, run_id, "val/R1") == [(1, 10.0), (2, 20.0), (3, 30.0)]
+    stamps = sorted(m.timestamp for m in client(store).get_metric_history(run_id, "val/mAP"))
+    assert stamps == [int(r["time"] * 1000) for r in recs if r["split"] == "val"]
+    assert run.data.metrics["test/R1"] == 55.5
+    assert json.loads(trial.mlflow_path.read_text())["run_id"] == run_id
+
+    again = sync(tmp_path / "runs", store)
+    assert again == {"trials": 1, "runs_created": 0, "points_logged": 0, "skipped": 1}
+    assert [r.info.run_id for r in runs_of(store, "offline")] == [run_id]
+    for key, n in (("train/loss", 3), ("val/R1", 3), ("val/mAP", 3), ("test/R1", 1)):
+        assert len(client(store).get_metric_history(run_id, key)) == n
+
+
+def test_sync_adds_only_the_missing_points(tmp_path: Path, store: str) -> None:
+    cfg = make_cfg(tmp_path, store, study="partial")
+    trial = TrialDir.for_config(cfg)
+    trial.init(cfg)
+    trial.start_attempt()
+    mirror = MlflowMirror(trial, cfg)
+    run_id = mirror.start()
+    for rec in write_records(trial, range(1, 3)):
+        mirror.log_record(rec)  # live, until MLflow went away
+    write_records(trial, range(3, 5))  # on disk only
+    trial.set_status("interrupted")
+
+    counts = sync(tmp_path / "runs", store)
+    assert counts["runs_created"] == 0 and counts["points_logged"] == 2 * 3
+    assert [r.info.run_id for r in runs_of(store, "partial")] == [run_id]
+    assert history(store, run_id, "val/R1") == [(e, 10.0 * e) for e in (1, 2, 3, 4)]
+    assert len(client(store).get_metric_history(run_id, "train/loss")) == 4
+    assert client(store).get_run(run_id).info.status == "KILLED"
+
+
+def test_sync_to_an_unreachable_server_fails_clearly(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    cfg = make_cfg(tmp_path)
+    trial = TrialDir.for_config(cfg)
+    trial.init(cfg)
+    with pytest.raises(TrackingError, match=r"http://127\.0\.0\.1:9.*run sync again"):
+        sync(tmp_path / "runs", "http://127.0.0.1:9")
+
+
+def test_a_second_runs_folder_never_rewrites_a_finished_run(tmp_path: Path, store: str) -> None:
+    """Copy B of a trial failed before copy A finished: syncing B after A keeps FINISHED;
+    a copy whose state is newer than the run's end (a later relaunch) still wins."""
+    import time
+
+    cfg_b = make_cfg(tmp_path / "b", store, study="twofolders", **{"tracking.enabled": False})
+    b = TrialDir.for_config(cfg_b)
+    b.init(cfg_b)
+    b.start_attempt()
+    write_records(b, range(1, 2))
+    b.set_status("failed", error="RuntimeError: out of memory")
+    time.sleep(0.05)
+    cfg_a = make_cfg(tmp_path / "a", store, study="twofolders", **{"tracking.enabled": False})
+    a = TrialDir.for_config(cfg_a)
+    assert a.trial_id == b.trial_id
+    a.init(cfg_a)
+    a.start_attempt()
+    write_records(a, range(1, 3))
+    finish_trial(a, cfg_a, epochs=2)
+
+    sync(tmp_path / "a" / "runs", store)
+    counts = sync(tmp_path / "b" / "runs", store)
+    (run,) = runs_of(store, "twofolders")  # matched by trial id: no second run
+    assert counts["runs_created"] == 0
+    assert run.info.status == "FINISHED"
+    assert history(store, run.info.run_id, "val/R1") == [(1, 10.0), (2, 20.0)]  # no duplicate
+
+    # B is relaunched and fails again, now after A's end: its newer state is shown
+    time.sleep(0.05)
+    b.set_status("failed", error="RuntimeError: out of memory again")
+    sync(tmp_path / "b" / "runs", store)
+    (run,) = runs_of(store, "twofolders")
+    assert run.info.status == "FAILED"

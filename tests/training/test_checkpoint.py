@@ -1,0 +1,116 @@
+"""Reading checkpoints: a real one round-trips; a bad file gets one line saying what it is."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from bilma.config import load_config
+from bilma.data.records import DataError
+from bilma.model.bilma import build_model
+from bilma.training import checkpoint
+
+TINY = [
+    "model.name=tiny",
+    "model.embed_dim=64",
+    "model.cross_depth=1",
+    "model.cross_heads=4",
+    "mim.depth=1",
+    "data.image_size=[128,64]",
+    "data.text_length=48",
+]
+
+
+class Foreign:
+    """An object another program might have pickled into its checkpoint."""
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    cfg = load_config(None, TINY)
+    model = build_model(cfg, vocab_size=100, eot_id=99, num_ids=5)
+    path = tmp_path_factory.mktemp("ckpt") / "last.pt"
+    checkpoint.save(path, model, cfg, epoch=3)
+    return path
+
+
+def bad_load(path: Path) -> str:
+    with pytest.raises(DataError) as e:
+        checkpoint.load(path)
+    message = str(e.value)
+    assert "\n" not in message and "\x1b" not in message, message
+    assert "weights_only" not in message  # never torch's advice to load unsafely
+    assert message.startswith(f"cannot read checkpoint {path}: not a bilma checkpoint (")
+    return message
+
+
+def test_a_real_checkpoint_round_trips(saved):
+    ckpt = checkpoint.load(saved)
+    assert ckpt["epoch"] == 3 and ckpt["format"] == checkpoint.FORMAT
+    model, cfg, info = checkpoint.load_for_eval(saved, torch.device("cpu"))
+    assert info == {"epoch": 3} and cfg.model.embed_dim == 64
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ckpt["model"][k]), k
+
+
+def test_random_bytes(tmp_path):
+    path = tmp_path / "random.pt"
+    path.write_bytes(b"\x51\x4d\x9c\x79" + os.urandom(4092))
+    assert "(not a PyTorch file: it starts with the bytes 51 4d 9c 79)" in bad_load(path)
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.pt"
+    path.write_bytes(b"")
+    assert "(the file is empty)" in bad_load(path)
+
+
+def test_truncated_checkpoint(saved, tmp_path):
+    data = saved.read_bytes()
+    path = tmp_path / "half.pt"
+    path.write_bytes(data[: len(data) // 2])  # an interrupted copy
+    assert "(a truncated or damaged PyTorch file: copy it again)" in bad_load(path)
+
+
+def test_checkpoint_holding_python_objects(tmp_path):
+    path = tmp_path / "foreign.pt"
+    torch.save({"model": {}, "trainer": Foreign()}, path)
+    message = bad_load(path)
+    assert "it holds Python objects (" in message and "Foreign) that a safe load refuses" in message
+
+
+def test_plain_pickle(tmp_path):
+    import collections
+    import pickle
+
+    path = tmp_path / "plain.pkl"
+    path.write_bytes(pickle.dumps({"a": collections.OrderedDict()}, protocol=4))
+    assert "(a plain Python pickle, not a file written by torch.save)" in bad_load(path)
+
+
+def test_a_torch_file_of_another_kind(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save({"state_dict": {"w": torch.ones(2)}}, path)
+    with pytest.raises(DataError, match="is not a bilma checkpoint \\(no model signature in it\\)"):
+        checkpoint.load(path)
+
+
+def test_a_gpu_checkpoint_loads_on_the_cpu(saved, tmp_path, monkeypatch):
+    """Storages recorded as on cuda:0 (what a GPU run writes) load here with map_location."""
+    ckpt = checkpoint.load(saved)
+    path = tmp_path / "gpu.pt"
+    with monkeypatch.context() as m:
+        m.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save(ckpt, path)
+    if not torch.cuda.is_available():  # the file really says cuda: a bare load fails here
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=True)
+    for where in ("cpu", None, torch.device("cpu")):
+        loaded = checkpoint.load(path, map_location=where)
+        w = loaded["model"]
+        assert all(t.device.type == "cpu" for t in w.values())
+        assert all(torch.equal(w[k], ckpt["model"][k]) for k in ckpt["model"])

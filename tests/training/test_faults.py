@@ -1,0 +1,421 @@
+"""Reliability: signals to the whole process group, kills between writes, a full disk, an
+MLflow store that is down. The trial directory must always be complete and resumable."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from support.paths import REPO
+from support.tiny import tiny_overrides
+
+from bilma.config import load_config
+from bilma.runs.trial_dir import TrialDir
+
+pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
+
+
+def cli(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "bilma", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
+
+
+def strip(recs: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("time", "samples_per_s")} for r in recs]
+
+
+def the_trial(runs: Path) -> TrialDir:
+    (path,) = list(runs.glob("*/*"))
+    return TrialDir(path)
+
+
+def assert_same_run(a: TrialDir, b: TrialDir) -> None:
+    ra, rb = a.read_result(), b.read_result()
+    assert ra["metrics"] == rb["metrics"] and ra["selection"] == rb["selection"]
+    wa = torch.load(a.last_ckpt, weights_only=True)["model"]
+    wb = torch.load(b.last_ckpt, weights_only=True)["model"]
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    assert strip(a.read_metrics()) == strip(b.read_metrics())
+
+
+# ----------------------------------------------------------------------------- group signals
+
+
+@pytest.fixture(scope="module")
+def clean_run(synth_small, tmp_path_factory) -> TrialDir:
+    """The uninterrupted reference run (2 epochs x 6 steps, DataLoader workers)."""
+    tmp = tmp_path_factory.mktemp("clean")
+    args = ["train", "--config", "/dev/null", *tiny_overrides(synth_small, tmp / "runs")]
+    proc = cli([*args, "data.num_workers=2"], tmp)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    return the_trial(tmp / "runs")
+
+
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)]
+)
+def test_group_signal_with_workers_interrupts_and_resumes_exactly(
+    signum, clean_run, synth_small, tmp_path
+):
+    """`timeout`/`scancel`/Ctrl-C signal every process of the group, workers included: the
+    trial ends interrupted with last.pt at the current step, and resumes to the same result."""
+    args = [
+        "train",
+        "--config",
+        "/dev/null",
+        *tiny_overrides(synth_small, tmp_path / "runs"),
+        "data.num_workers=2",
+        "train.log_every=1",
+    ]
+    proc = cli(args, tmp_path, start_new_session=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "] 3/6 " in line and "epoch 1/2" in line:  # mid-epoch, workers busy prefetching
+            os.killpg(proc.pid, signum)
+            break
+    rest, _ = proc.communicate(timeout=120)
+    out = "".join(seen) + rest
+    assert proc.returncode == 128 + signum, out
+    assert "is killed by signal" not in out and "Traceback" not in out, out
+    trial = the_trial(tmp_path / "runs")
+    status = trial.status()
+    assert status["state"] == "interrupted", status
+    name = signal.Signals(signum).name
+    assert status["error"].startswith(f"{name} received: saved epoch 1 step ")
+    state = torch.load(trial.last_ckpt, weights_only=True)["state"]
+    assert state["epoch"] == 0 and 3 <= state["step_in_epoch"] < 6
+
+    resumed = cli(args, tmp_path, start_new_session=True)
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+    assert "resuming from" in out
+    assert_same_run(clean_run, trial)
+
+
+# ----------------------------------------------------------------------------- kills between writes
+
+
+def test_kill_between_records_and_last_pt_keeps_history_exact(synth_small, tmp_path, monkeypatch):
+    """A kill after epoch 2's records but before its last.pt: the resumed run holds each
+    (epoch, split) once in metrics.jsonl and MLflow, best.pt agrees with last.pt, and the
+    killed writer's temporary files are gone."""
+    import mlflow
+
+    from bilma.training import trainer as train_mod
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            synth_small,
+            tmp_path / "runs",
+            "train.epochs=3",
+            "tracking.enabled=true",
+            f"tracking.uri={uri}",
+            "tracking.study=kills",
+        ),
+    )
+
+    class Killed(BaseException):
+        pass
+
+    real_save_last = train_mod.Trainer._save_last
+
+    def save_last(self):
+        if self.state.epoch == 2 and self.state.step_in_epoch == 0:
+            raise Killed  # as SIGKILL would: records of epoch 2 are written, last.pt is not
+        real_save_last(self)
+
+    monkeypatch.setattr(train_mod.Trainer, "_save_last", save_last)
+    with pytest.raises(Killed):
+        train_mod.train(cfg, progress=False)
+    trial = TrialDir.for_config(cfg)
+    assert [(r["epoch"], r["split"]) for r in trial.read_metrics()][-2:] == [
+        (2, "train"),
+        (2, "val"),
+    ]
+    last = torch.load(trial.last_ckpt, weights_only=True)
+    best = torch.load(trial.best_ckpt, weights_only=True)
+    assert last["state"]["epoch"] == 1 and best["epoch"] == last["state"]["best"]["epoch"] == 1
+    stale = trial.ckpt_dir / ".last.pt.4194000.deadbeef.tmp"  # a killed writer's (pid gone)
+    stale.write_bytes(b"torn")
+
+    monkeypatch.setattr(train_mod.Trainer, "_save_last", real_save_last)
+    result = train_mod.train(cfg, progress=False)
+    keys = [(r["epoch"], r["split"]) for r in trial.read_metrics()]
+    assert keys == [(e, s) for e in (1, 2, 3) for s in ("train", "val")]
+    assert not stale.exists() and not trial.best_candidate.exists()
+    last = torch.load(trial.last_ckpt, weights_only=True)
+    best = torch.load(trial.best_ckpt, weights_only=True)
+    assert best["epoch"] == last["state"]["best"]["epoch"] == result["selection"]["epoch"]
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("kills").experiment_id])
+    for key in ("val/R1", "train/loss"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3]
+
+
+def test_a_leftover_best_candidate_is_promoted_or_dropped(tmp_path):
+    from bilma.training.checkpoint import settle_best
+
+    best, cand = tmp_path / "best.pt", tmp_path / "best.next.pt"
+    torch.save({"epoch": 1}, best)
+    torch.save({"epoch": 2}, cand)
+    settle_best(cand, best, best_epoch=1)  # killed before last.pt named epoch 2: drop it
+    assert not cand.exists() and torch.load(best, weights_only=True)["epoch"] == 1
+    torch.save({"epoch": 2}, cand)
+    settle_best(cand, best, best_epoch=2)  # killed after last.pt, before the rename
+    assert not cand.exists() and torch.load(best, weights_only=True)["epoch"] == 2
+
+
+def test_truncate_metrics_keeps_committed_epochs(tmp_path):
+    trial = TrialDir(tmp_path / "t")
+    for e in (1, 2, 3):
+        trial.append_metrics({"epoch": e, "split": "train", "loss": 1.0 / e})
+    with open(trial.metrics_path, "ab") as f:
+        f.write(b'{"epoch": 3, "split": "va')  # torn by a kill
+    assert trial.truncate_metrics(2) == 2
+    assert [r["epoch"] for r in trial.read_metrics()] == [1, 2]
+    assert trial.truncate_metrics(2) == 0
+    assert not list(trial.path.glob(".*.tmp"))
+
+
+# ----------------------------------------------------------------------------- a full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 MB tmpfs (needs mount privileges; tests run as root here)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    cmd = ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)]
+    if subprocess.run(cmd, capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(folder: Path, leave: int) -> Path:
+    """Fill the disk of `folder`, then free `leave` bytes."""
+    filler = folder / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+        except OSError:
+            pass
+    with open(filler, "ab") as f:
+        f.truncate(max(0, filler.stat().st_size - leave))
+    return filler
+
+
+def test_disk_full_is_one_line_and_the_relaunch_resumes(synth_small, tmp_path, small_disk):
+    from bilma.training.checkpoint import DiskFull
+    from bilma.training.trainer import train
+
+    cfg = load_config(None, tiny_overrides(synth_small, small_disk / "runs"))
+    filler: list[Path] = []
+
+    def on_eval(record, trial):
+        if record["epoch"] == 1:  # epoch 1 is committed; the disk fills up now
+            filler.append(fill(small_disk, leave=256 * 1024))
+
+    with pytest.raises(DiskFull) as info:
+        train(cfg, progress=False, on_eval=on_eval)
+    trial = TrialDir.for_config(cfg)
+    msg = str(info.value)
+    assert msg.startswith("disk full: cannot write ") and f"in {trial.ckpt_dir}: it needs" in msg
+    assert "MB free now" in msg and "run the same command to resume" in msg
+    status = trial.status()
+    assert status["state"] == "failed" and status["error"] == f"DiskFull: {msg}"
+    assert torch.load(trial.last_ckpt, weights_only=True)["state"]["epoch"] == 1  # intact
+    assert not list(trial.ckpt_dir.glob(".*.tmp"))
+
+    filler[0].unlink()
+    result = train(cfg, progress=False)
+    assert result["epochs"] == 2
+    keys = [(r["epoch"], r["split"]) for r in trial.read_metrics()]
+    assert keys == [(1, "train"), (1, "val"), (2, "train"), (2, "val")]
+
+
+def test_disk_full_at_start_is_one_line(synth_small, tmp_path, small_disk):
+    fill(small_disk, leave=0)
+    args = ["train", "--config", "/dev/null", *tiny_overrides(synth_small, small_disk / "runs")]
+    proc = cli(args, tmp_path)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out
+    lines = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in out, out
+    assert lines[0].startswith(f"error: disk full: cannot write in {small_disk}/runs")
+
+
+# ----------------------------------------------------------------------------- MLflow down
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mlflow_warnings(text: str, uri: str) -> list[str]:
+    return [ln for ln in text.splitlines() if f"MLflow at {uri}" in ln]
+
+
+def test_train_cli_with_no_server_trains_warns_once_and_sync_mirrors_later(synth_small, tmp_path):
+    """An http tracking URI with nothing listening: the trial trains to the end, one warning
+    line names the URI and the fix, and `sync` mirrors the trial afterwards."""
+    from bilma.tracking.sync import sync
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    runs = tmp_path / "runs"
+    args = [
+        "train",
+        "--config",
+        "/dev/null",
+        *tiny_overrides(synth_small, runs, "train.epochs=1", "tracking.study=down"),
+        "tracking.enabled=true",
+        f"tracking.uri={uri}",
+    ]
+    proc = cli(args, tmp_path)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    (line,) = mlflow_warnings(out, uri)
+    assert "python -m bilma sync" in line and "Traceback" not in out
+    trial = the_trial(runs)
+    assert trial.status()["state"] == "done" and trial.read_result()["epochs"] == 1
+    assert trial.last_ckpt.exists() and trial.best_ckpt.exists()
+
+    store = f"sqlite:///{tmp_path}/later.db"
+    assert sync(runs, store)["runs_created"] == 1
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=store)
+    (run,) = client.search_runs([client.get_experiment_by_name("down").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/R1")] == [1]
+
+
+@pytest.mark.parametrize("kind", ["under_a_file", "locked"])
+def test_train_with_an_unusable_sqlite_store(kind, synth_small, tmp_path, monkeypatch, caplog):
+    """A SQLite store that cannot be created (its folder would be under a regular file: root
+    writes read-only folders, so that is the honest unwritable case here) or that another
+    connection holds locked in a write transaction: the trial trains and warns once."""
+    from bilma.tracking.store import ensure_experiment
+    from bilma.training.trainer import train
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    lock = None
+    if kind == "under_a_file":
+        (tmp_path / "plain").write_text("a file, not a folder\n")
+        uri = f"sqlite:///{tmp_path}/plain/mlflow.db"
+    else:
+        uri = f"sqlite:///{tmp_path}/locked.db"
+        ensure_experiment(uri, "other")  # the store exists; its tables too
+        lock = sqlite3.connect(tmp_path / "locked.db", isolation_level=None, timeout=0)
+        lock.execute("BEGIN EXCLUSIVE")  # another process in the middle of a write
+    overrides = ("train.epochs=1", "tracking.enabled=true", f"tracking.uri={uri}")
+    cfg = load_config(None, tiny_overrides(synth_small, tmp_path / "runs", *overrides))
+    try:
+        t0 = time.monotonic()
+        result = train(cfg, progress=False)
+        took = time.monotonic() - t0
+    finally:
+        if lock is not None:
+            lock.rollback()
+            lock.close()
+    trial = TrialDir.for_config(cfg)
+    assert trial.status()["state"] == "done" and result == trial.read_result()
+    lines = mlflow_warnings(caplog.text, uri)
+    assert len(lines) == 1 and "python -m bilma sync" in lines[0], caplog.text
+    assert took < 120
+
+
+def test_a_relaunch_mirrors_where_the_current_command_says(synth_small, tmp_path, monkeypatch):
+    """--retry-failed and relaunches: launch.json's tracking settings (the current command)
+    win over the ones frozen in the trial's config.yaml."""
+    import mlflow
+
+    from bilma.config import dump_yaml
+    from bilma.fileio import atomic_write_json
+    from bilma.sweep.job import LAUNCH_FILE, TrialJob
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plain").write_text("x\n")
+    old_uri = f"sqlite:///{tmp_path}/plain/old.db"  # where the first launch pointed: broken
+    new_uri = f"sqlite:///{tmp_path}/new.db"
+    overrides = ("train.epochs=1", "tracking.enabled=true", f"tracking.uri={old_uri}")
+    cfg = load_config(None, tiny_overrides(synth_small, tmp_path / "runs", *overrides))
+    trial = TrialDir.for_config(cfg)
+    trial.init(cfg)
+    assert f"uri: {old_uri}" in dump_yaml(trial.read_config())
+    launch = {"parent_run_id": None, "tracking": {"enabled": True, "uri": new_uri}}
+    atomic_write_json(trial.path / LAUNCH_FILE, launch)
+    TrialJob(trial.path)()
+    client = mlflow.MlflowClient(tracking_uri=new_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("default").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["trial_id"] == trial.trial_id
+
+
+@pytest.mark.slow
+def test_debug_backend_with_no_server_finishes(synth_small, tmp_path):
+    """The launcher: no parent run (one warning naming the URI and `sync`), trials train."""
+    import yaml
+
+    from bilma.config import parse_override
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    overrides = tiny_overrides(
+        synth_small, tmp_path / "runs", "train.epochs=1", "train.max_steps_per_epoch=2"
+    )
+    settings = dict(parse_override(o) for o in overrides)
+    settings.update({"data.root": str(synth_small), "paths.runs": str(tmp_path / "runs")})
+    settings.update({"tracking.enabled": True, "tracking.uri": uri})
+    grid = {"study": "nodb", "seeds": [1], "set": settings, "variants": {"only": {}}}
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
+    repo = REPO
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(repo / "sweeps" / "launch.py"),
+            "--grid",
+            "g.yaml",
+            "--backend",
+            "debug",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert len(list((tmp_path / "runs" / "nodb").glob("*/result.json"))) == 1, out
+    parent = [ln for ln in out.splitlines() if "without a parent run" in ln]
+    assert len(parent) == 1 and uri in parent[0] and "python -m bilma sync" in parent[0], out
+    assert "Traceback" not in out
