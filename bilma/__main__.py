@@ -1,266 +1,30 @@
-"""`python -m bilma <command>`: the library's command line.
+"""`bilma <command>` (= `python -m bilma <command>`): dispatch only.
 
-Commands: train, eval, sync (mirror trial directories to MLflow), synth (generate the
-synthetic dataset), data-info (counts per split), config (show keys or a resolved config),
-demo (trains configs/synth_tiny.yaml: what `make demo` runs), parse (human-parsing maps for
-SemMIM with a local transformers parser), parse-report (what a set of maps holds),
-export-clip (a checkpoint's encoders as a transformers CLIP folder), pretrain-clip (build such
-a folder once from a pretraining config), eval-lookalike (metrics on look-alike against
-ordinary identities).
+`bilma sweep`, `bilma tables`, ... are whole tools with their own options (`commands.TOOLS`);
+the other commands (train, eval, sync, synth, data-info, config, parse, ...) are
+`bilma.commands`. `bilma --help` lists them all.
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
+import importlib
 import os
 import sys
-from pathlib import Path
-from typing import Any
 
 # Never reach for the hub: a model id that is not a local folder must fail at once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bilma import resources  # noqa: E402
-from bilma.config import ConfigError  # noqa: E402
-from bilma.data.records import DataError  # noqa: E402
-from bilma.fileio import DiskFull  # noqa: E402
-from bilma.logs import configure as configure_logging  # noqa: E402
-
-
-def _cmd_synth(args: argparse.Namespace) -> int:
-    from bilma.data import formats, synth
-    from bilma.data.info import format_table
-
-    stats = synth.generate(
-        args.out,
-        ids=args.ids,
-        images_per_id=args.images_per_id,
-        seed=args.seed,
-        height=args.height,
-        width=args.width,
-        workers=args.workers,
-    )
-    records = formats.read_annotations("synth", args.out)
-    print(format_table(formats.dataset_stats(records)))
-    print(f"wrote {args.out} in {stats.get('seconds', 0):.1f} s")
-    return 0
-
-
-def _cmd_data_info(args: argparse.Namespace) -> int:
-    from bilma.data.info import run_data_info
-
-    return run_data_info(args)
-
-
-def _cmd_config(args: argparse.Namespace) -> int:
-    from bilma import config
-
-    if args.keys:
-        print(config.describe_keys())
-        return 0
-    cfg = config.load_config(args.config, args.overrides)
-    print(config.dump_yaml(cfg), end="")
-    print(f"# trial id: {config.trial_id(cfg)}")
-    return 0
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    """Train, then print the test metrics, the chance level and where the run lives."""
-    from bilma.config import load_config
-    from bilma.data import formats
-    from bilma.evaluation.metrics import metrics_table
-    from bilma.runs.trial_dir import TrialDir
-    from bilma.training.trainer import Interrupted, train
-
-    cfg = load_config(args.config, args.overrides)
-    try:
-        result = train(cfg)
-    except Interrupted as e:
-        print(f"interrupted: {e}", file=sys.stderr)
-        return e.exit_code
-    if not result:  # a non-zero rank of a distributed run
-        return 0
-    test_ids = {
-        r.pid
-        for r in formats.read_annotations(cfg.data.dataset, cfg.data.root)
-        if r.split == "test"
-    }
-    sel = result["selection"]
-    print(
-        f"\ntext-to-image retrieval on the {cfg.data.dataset} test split, {len(test_ids)} identities "
-        f"(chance R1 {100 / max(len(test_ids), 1):.2f}%):"
-    )
-    print(metrics_table({cfg.tracking.variant or cfg.model.name: result["metrics"]}))
-    print(f"checkpoint of epoch {sel['epoch']}, selected by {sel['split']} {sel['metric']}")
-    print(f"trial directory: {TrialDir.for_config(cfg).path}")
-    if cfg.tracking.enabled:
-        print(f"compare runs: mlflow ui --backend-store-uri {cfg.tracking.uri}")
-    return 0
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from bilma.evaluation.retrieval import main_eval
-
-    if args.checkpoint is not None and args.overrides:
-        print("error: overrides go with --config; a checkpoint carries its config", file=sys.stderr)
-        return 2
-    return main_eval(args.checkpoint, args.split, args.device, args.config, args.overrides)
-
-
-def _cmd_sync(args: argparse.Namespace) -> int:
-    from bilma.tracking.sync import cmd_sync
-
-    return cmd_sync(args)
-
-
-def _cmd_export_clip(args: argparse.Namespace) -> int:
-    from bilma.export import export_clip
-
-    info = export_clip(args.checkpoint, args.out)
-    h, w = info["image_size"]
-    print(f"wrote {args.out}: a transformers CLIP folder for {h}x{w} images (model.pretrained)")
-    return 0
-
-
-def _cmd_eval_lookalike(args: argparse.Namespace) -> int:
-    from bilma.evaluation.lookalike import main_eval_lookalike
-
-    return main_eval_lookalike(args.checkpoint, args.split, args.device)
-
-
-def _cmd_pretrain_clip(args: argparse.Namespace) -> int:
-    from bilma.config import load_config
-    from bilma.export import build_pretrained_clip
-    from bilma.training.trainer import Interrupted
-
-    try:
-        info = build_pretrained_clip(load_config(args.config, args.overrides), args.out)
-    except Interrupted as e:  # the same command resumes the pretraining, then exports
-        print(f"interrupted: {e}", file=sys.stderr)
-        return e.exit_code
-    print(f"pretrained CLIP in {args.out} (pretraining config {info['pretrain_config']})")
-    return 0
-
-
-def _add_data_commands(sub: Any) -> None:
-    """synth, data-info, config, parse, parse-report."""
-    p = sub.add_parser("synth", help="generate the synthetic pedestrian dataset")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--ids", type=int, default=1200, help="identities (default 1200)")
-    p.add_argument("--images-per-id", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--height", type=int, default=384)
-    p.add_argument("--width", type=int, default=128)
-    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    p.set_defaults(func=_cmd_synth)
-
-    from bilma.data.info import add_data_info_args
-
-    p = sub.add_parser("data-info", help="identities, images and captions per split")
-    add_data_info_args(p)
-    p.set_defaults(func=_cmd_data_info)
-
-    p = sub.add_parser("config", help="print a resolved config and its trial id")
-    p.add_argument("--config", type=Path, help="YAML file")
-    p.add_argument("--keys", action="store_true", help="list every key with its default")
-    p.add_argument("overrides", nargs="*", help="key.sub=value")
-    p.set_defaults(func=_cmd_config)
-
-    from bilma.parse.cli import add_parse_args, add_report_args, cmd_parse, cmd_report
-
-    p = sub.add_parser("parse", help="write SemMIM parse maps with a local transformers parser")
-    add_parse_args(p)
-    p.set_defaults(func=cmd_parse)
-
-    p = sub.add_parser("parse-report", help="class shares of parse maps; IoU against others")
-    add_report_args(p)
-    p.set_defaults(func=cmd_report)
-
-
-def _add_study_commands(sub: Any) -> None:
-    """export-clip, eval-lookalike, pretrain-clip: the laptop-scale study's tools."""
-    p = sub.add_parser("export-clip", help="write a checkpoint's encoders as a CLIP folder")
-    p.add_argument("--checkpoint", type=Path, required=True, help="e.g. runs/.../ckpt/best.pt")
-    p.add_argument("--out", type=Path, required=True, help="folder for model.pretrained")
-    p.set_defaults(func=_cmd_export_clip)
-
-    p = sub.add_parser(
-        "eval-lookalike", help="retrieval on look-alike against ordinary identities (synth)"
-    )
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--split", choices=("test", "val"), default="test")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.set_defaults(func=_cmd_eval_lookalike)
-
-    p = sub.add_parser(
-        "pretrain-clip", help="build a pretrained CLIP folder once (train, then export-clip)"
-    )
-    p.add_argument("--config", type=Path, required=True, help="e.g. configs/synth_pretrain.yaml")
-    p.add_argument("--out", type=Path, required=True, help="e.g. data/clip-synth-tiny")
-    p.add_argument("overrides", nargs="*", help="key.sub=value")
-    p.set_defaults(func=_cmd_pretrain_clip)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bilma", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("train", help="train (or resume, or report) one run")
-    p.add_argument(
-        "--config", type=Path, required=True, help="YAML file, e.g. configs/synth_tiny.yaml"
-    )
-    p.add_argument("overrides", nargs="*", help="key.sub=value, e.g. train.epochs=5")
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser(
-        "eval", help="evaluate a checkpoint, or a config's model untrained (zero-shot)"
-    )
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--checkpoint", type=Path)
-    what.add_argument(
-        "--config",
-        type=Path,
-        help="zero-shot: the config's model as built, e.g. the weights of model.pretrained",
-    )
-    p.add_argument("overrides", nargs="*", help="key.sub=value (with --config)")
-    p.add_argument("--split", choices=("test", "val"), default="test")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.set_defaults(func=_cmd_eval)
-
-    p = sub.add_parser("sync", help="mirror trial directories into MLflow (idempotent)")
-    from bilma.tracking.sync import add_sync_args
-
-    add_sync_args(p)
-    p.set_defaults(func=_cmd_sync)
-
-    _add_data_commands(sub)
-    _add_study_commands(sub)
-
-    p = sub.add_parser("demo", help="train the tiny model on synthetic data (make demo)")
-    p.add_argument("--config", type=Path, default=resources.CONFIGS / "synth_tiny.yaml")
-    p.add_argument("overrides", nargs="*", help="key.sub=value")
-    p.set_defaults(func=_cmd_train)
-    return parser
-
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
-    try:
-        return args.func(args)
-    except (ConfigError, DataError) as e:
-        from bilma.data.datasets import root_cause
+    argv = sys.argv[1:] if argv is None else list(argv)
+    from bilma.commands import TOOLS
 
-        print(f"error: {root_cause(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except DiskFull as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if argv and argv[0] in TOOLS:
+        tool = importlib.import_module(TOOLS[argv[0]][0])
+        return tool.main(argv[1:], prog=f"bilma {argv[0]}")
+    from bilma import commands
+
+    return commands.main(argv)
 
 
 if __name__ == "__main__":

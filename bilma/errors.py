@@ -51,8 +51,18 @@ class LabelMapError(DataError):
     """A parser whose classes cannot be placed in the requested label set."""
 
 
+class CheckpointMismatch(DataError):
+    """A checkpoint whose model differs from the one the config builds."""
+
+
+class PretrainedNotFound(DataError):
+    """A pretrained folder that does not exist or is not a CLIP model."""
+
+
 class AnalysisError(BilmaError, RuntimeError):
     """Bad input for the tables: the study, store or folder and the fix."""
+
+    exit_code = 1
 
 
 class RunRecordError(BilmaError, ValueError):

@@ -19,11 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from bilma.errors import DiskFull  # noqa: F401  (importable from here too)
+
 TMP_GLOB = ".*.tmp"
-
-
-class DiskFull(RuntimeError):
-    """A file could not be written for lack of space; what was there before is intact."""
 
 
 def disk_full_message(path: str | Path, needed: int | None = None) -> str:

@@ -18,12 +18,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bilma.analysis.records import AnalysisError  # noqa: E402
+from bilma.errors import run_command
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python analysis/branch_probe.py", description=__doc__.splitlines()[0]
-    )
+def build_parser(prog: str = "python analysis/branch_probe.py") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--study", required=True, help="study name (runs/<study>/)")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="runs root (default runs/)")
     p.add_argument("--max-pairs", type=int, default=800, help="val pairs per trial (800)")
@@ -32,14 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python analysis/branch_probe.py") -> int:
+    args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    try:
-        return _run(args)
-    except AnalysisError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_command(lambda: _run(args))
 
 
 def _run(args: argparse.Namespace) -> int:

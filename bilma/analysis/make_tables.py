@@ -18,14 +18,13 @@ import sys
 from pathlib import Path
 
 from bilma.analysis.records import ALL_METRICS, DEFAULT_URI, RESULT_METRICS, AnalysisError  # noqa: E402
+from bilma.errors import run_command
 
 FORMATS = ("md", "tex", "csv", "all")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python analysis/make_tables.py", description=__doc__.splitlines()[0]
-    )
+def build_parser(prog: str = "python analysis/make_tables.py") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument(
         "--study", action="append", default=None, metavar="NAME", help="study (repeatable)"
     )
@@ -58,17 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python analysis/make_tables.py") -> int:
+    args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     if args.format in ("tex", "csv", "all") and args.out is None:
         print(f"error: --format {args.format} writes files: add --out DIR", file=sys.stderr)
         return 2
-    try:
-        return _run(args)
-    except AnalysisError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_command(lambda: _run(args))
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ from urllib.parse import quote
 
 import yaml
 
+from bilma.errors import AnalysisError  # noqa: F401  (importable from here too)
 from bilma.runs.trial_dir import GROUP_METRICS, RESULT_METRICS, TrialDir, find_trials
 
 # The run schema, from the library (see the module docstring).
@@ -62,10 +63,6 @@ _STATE_OF_STATUS = {
 }
 # Axes that say which dataset a trial ran on: the dataset is its own column, not a grid point.
 DATASET_AXES = ("data.dataset", "data.root", "data.parsing_root", "data.tokenizer")
-
-
-class AnalysisError(RuntimeError):
-    """Bad input for the tables: one line naming the study, store or folder and the fix."""
 
 
 @dataclass

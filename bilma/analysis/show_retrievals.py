@@ -15,13 +15,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bilma.analysis.records import AnalysisError  # noqa: E402
+from bilma.errors import run_command  # noqa: E402
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python analysis/show_retrievals.py", description=__doc__.splitlines()[0]
-    )
+def build_parser(prog: str = "python analysis/show_retrievals.py") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument(
         "--trial",
         type=Path,
@@ -36,22 +34,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python analysis/show_retrievals.py") -> int:
+    args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     if args.queries < 1:
         print("error: --queries must be at least 1", file=sys.stderr)
         return 2
+    return run_command(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     from bilma.analysis import retrievals
 
-    try:
-        trial = retrievals.pick_trial(args.trial)
-        if trial != args.trial:
-            print(f"{args.trial}: showing its best finished trial, {trial}")
-        queries = retrievals.retrieve(trial, args.queries, args.split, args.data_root)
-    except AnalysisError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    trial = retrievals.pick_trial(args.trial)
+    if trial != args.trial:
+        print(f"{args.trial}: showing its best finished trial, {trial}")
+    queries = retrievals.retrieve(trial, args.queries, args.split, args.data_root)
     out = args.out or trial / "figures" / f"retrievals_{args.split}.png"
     hits = sum(q.matches[0] for q in queries)
     title = (

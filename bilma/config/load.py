@@ -13,7 +13,6 @@ data and weight locations, worker counts): the same experiment gets the same id 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import math
@@ -42,12 +41,9 @@ from bilma.config.schema import (  # noqa: F401  (re-exported: `from bilma.confi
     TrainConfig,
     _f,
 )
-from bilma.config.yamlfile import safe_load_unique, yaml_error
-
-
-class ConfigError(ValueError):
-    """A bad config: one line naming the file, the key and the fix."""
-
+from bilma.config.yamlfile import did_you_mean, safe_load_unique, yaml_error
+from bilma.config.yamlfile import suggest as _suggest
+from bilma.errors import ConfigError  # noqa: F401  (importable from here too)
 
 # ----------------------------------------------------------------------------- key tables
 
@@ -72,20 +68,12 @@ VALID_KEYS: tuple[str, ...] = tuple(LEAF_FIELDS)
 
 
 def suggest(key: str, candidates: typing.Iterable[str] = VALID_KEYS) -> str | None:
-    """The nearest valid key for a typo, or None."""
-    candidates = list(candidates)
-    hits = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
-    if hits:
-        return hits[0]
-    # A right leaf name in the wrong section ("ratio" typo aside): match on the last part.
-    leaf = key.rsplit(".", 1)[-1]
-    by_leaf = [c for c in candidates if c.rsplit(".", 1)[-1] == leaf]
-    return by_leaf[0] if len(by_leaf) == 1 else None
+    """The nearest valid config key for a typo, or None (`yamlfile.suggest` over the keys)."""
+    return _suggest(key, candidates)
 
 
 def _unknown_key(key: str, where: str) -> ConfigError:
-    hint = suggest(key)
-    fix = f"did you mean '{hint}'?" if hint else "see `python -m bilma config --keys`"
+    fix = did_you_mean(key, VALID_KEYS, "see `python -m bilma config --keys`")
     return ConfigError(f"{where}: unknown key '{key}'; {fix}")
 
 

@@ -1,7 +1,10 @@
-"""YAML as config and grid files are read: safe, and a key given twice is an error."""
+"""YAML as config, grid and profile files are read: safe, and a key given twice is an error;
+and the one `suggest()` behind every "did you mean ...?" of their errors."""
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from typing import Any
 
 import yaml
@@ -38,3 +41,25 @@ def yaml_error(e: yaml.YAMLError) -> str:
     line = f" line {mark.line + 1}" if mark is not None else ""
     problem = getattr(e, "problem", None) or str(e).splitlines()[0]
     return f":{line}: invalid YAML: {problem}"
+
+
+def suggest(word: Any, candidates: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The nearest candidate to a misspelt key, name or choice, or None.
+
+    A dotted key whose last part is right but whose section is not (`train.mask_ratio`) finds
+    the one candidate with that last part."""
+    word, candidates = str(word), [str(c) for c in candidates]
+    hits = difflib.get_close_matches(word, candidates, n=1, cutoff=cutoff)
+    if hits:
+        return hits[0]
+    leaf = word.rsplit(".", 1)[-1]
+    by_leaf = [c for c in candidates if "." in c and c.rsplit(".", 1)[-1] == leaf]
+    return by_leaf[0] if len(by_leaf) == 1 else None
+
+
+def did_you_mean(
+    word: Any, candidates: Iterable[str], otherwise: str = "", cutoff: float = 0.6
+) -> str:
+    """ "did you mean 'x'?" for the nearest candidate, else `otherwise`."""
+    hint = suggest(word, candidates, cutoff)
+    return f"did you mean '{hint}'?" if hint else otherwise

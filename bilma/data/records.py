@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bilma.errors import DataError  # noqa: F401  (importable from here too)
+
 SPLITS = ("train", "val", "test")
 
 
@@ -22,7 +24,3 @@ class Record:
     captions: tuple[str, ...]
     split: str
     source_id: int
-
-
-class DataError(ValueError):
-    """Bad input data: the message names the file, the entry and the fix."""

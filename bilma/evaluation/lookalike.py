@@ -88,21 +88,3 @@ def groups_of_config(cfg: Config) -> dict[int, int] | None:
     if cfg.data.dataset != "synth" or not cfg.data.synth_lookalike:
         return None
     return lookalike_groups(cfg.data.root)
-
-
-def main_eval_lookalike(checkpoint: Path, split: str, device_name: str | None = None) -> int:
-    """Evaluate a checkpoint on look-alike and ordinary queries and print the table."""
-    from bilma.data.datasets import load_data
-    from bilma.evaluation.metrics import metrics_table
-    from bilma.evaluation.retrieval import encode_split
-    from bilma.training.checkpoint import load_for_eval
-
-    device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, cfg, _ = load_for_eval(checkpoint, device)
-    group_of = lookalike_groups(cfg.data.root)
-    data = load_data(cfg, check_parse_maps=False)
-    t, tp, v, vp = encode_split(model, data, split, cfg, device)
-    rows = metrics_by_group(t @ v.T, tp, vp, group_of)
-    print(f"{checkpoint} on the {split} split of {cfg.data.root}, by kind of query:")
-    print(metrics_table(rows))
-    return 0

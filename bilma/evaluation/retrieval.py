@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from bilma.config import Config
 from bilma.data.datasets import ImageSet, PedesData, TextSet, eval_loader
 from bilma.device import autocast_for
+from bilma.evaluation.lookalike import flat_group_metrics, metrics_by_group
 from bilma.evaluation.metrics import retrieval_metrics
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,6 @@ def evaluate(
         if groups is None:
             metrics = retrieval_metrics(t @ v.T, tp, vp)
         else:
-            from bilma.evaluation.lookalike import flat_group_metrics, metrics_by_group
-
             by_group = metrics_by_group(t @ v.T, tp, vp, groups)
             metrics = {**by_group["all"], **flat_group_metrics(by_group)}
     finally:
@@ -75,42 +73,3 @@ def evaluate(
         time.perf_counter() - t0,
     )
     return metrics
-
-
-def main_eval(
-    checkpoint: Path | None,
-    split: str,
-    device_name: str | None = None,
-    config: Path | None = None,
-    overrides: list[str] | None = None,
-) -> int:
-    """Evaluate a saved checkpoint, or (`config`) the config's model as built, untrained:
-    the zero-shot retrieval of its `model.pretrained` weights; print the metrics table."""
-    from bilma.data.datasets import load_data
-    from bilma.evaluation.lookalike import groups_of_config
-    from bilma.evaluation.metrics import metrics_table
-
-    device = torch.device(device_name or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if checkpoint is not None:
-        from bilma.training.checkpoint import load_for_eval
-
-        model, cfg, info = load_for_eval(checkpoint, device)
-        data = load_data(cfg, check_parse_maps=False)
-        what = f"{checkpoint} (epoch {info.get('epoch')})"
-    else:
-        from bilma.config import load_config
-        from bilma.model.bilma import build_model
-
-        cfg = load_config(config, overrides or [])
-        data = load_data(cfg, check_parse_maps=False)
-        tok = data.tokenizer
-        model = build_model(cfg, tok.vocab_size, tok.eot_id, data.num_train_ids).to(device)
-        source = cfg.model.pretrained or f"random {cfg.model.name} weights"
-        what = f"{source} untrained (zero-shot, {config})"
-    if not data.split(split)[0]:
-        print(f"error: {cfg.data.dataset} at {cfg.data.root} has no {split} split")
-        return 2
-    print(f"evaluating {what} on the {split} split of {cfg.data.dataset}")
-    metrics = evaluate(model, data, split, cfg, device, groups_of_config(cfg))
-    print(metrics_table({f"{cfg.data.dataset} {split}": metrics}))
-    return 0

@@ -27,6 +27,7 @@ from torch import nn
 
 from bilma.config import Config
 from bilma.data.records import DataError
+from bilma.errors import PretrainedNotFound  # noqa: F401  (importable from here too)
 
 # Encoder sizes: (width, layers, heads, mlp) for vision and text, patch size.
 SIZES: dict[str, dict] = {
@@ -58,10 +59,6 @@ class EncoderSpec:
         d = asdict(self)
         d["grid"] = list(self.grid)
         return d
-
-
-class PretrainedNotFound(DataError):
-    """A pretrained folder that does not exist or is not a CLIP model."""
 
 
 def _hf_config(spec: EncoderSpec):

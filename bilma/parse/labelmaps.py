@@ -21,12 +21,9 @@ from typing import Any
 import numpy as np
 
 from bilma.data.parsing import LABEL_SETS, LabelSet, get_label_set
+from bilma.errors import LabelMapError  # noqa: F401  (importable from here too)
 
 MAPS_DIR = Path(__file__).parent / "maps"
-
-
-class LabelMapError(ValueError):
-    """A parser whose classes cannot be placed in the requested label set."""
 
 
 def normalise(name: str) -> str:

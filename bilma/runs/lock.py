@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bilma.config import ConfigError
+from bilma.errors import TrialBusy  # noqa: F401  (importable from here too)
 
 LOCK_NAME = ".lock"
 CLAIM_NAME = ".claim"
@@ -39,10 +39,6 @@ _ORPHAN_S = 20.0
 # Resolved trial dir -> (fd, pid of the process that took it). Taking the lock again in the
 # same process is a no-op: two flocks of one process on two descriptors would block each other.
 _held: dict[Path, tuple[int, int]] = {}
-
-
-class TrialBusy(ConfigError):
-    """Another live process holds the trial's lock: it is training that trial now."""
 
 
 def lock_path(trial_dir: str | Path) -> Path:

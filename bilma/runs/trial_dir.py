@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from bilma.config import Config, ConfigError, canonical, dump_yaml, load_config, trial_id
+from bilma.errors import TrialConflictError  # noqa: F401  (importable from here too)
 from bilma.fileio import (
     DiskFull,
     atomic_write_json,
@@ -69,10 +70,6 @@ RESULT_METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 GROUP_METRICS = ("lookalike_R1", "lookalike_mAP", "ordinary_R1", "ordinary_mAP", "twin_errors")
 # Fields of a metrics record that are not metrics.
 RECORD_FIELDS = ("epoch", "step", "split", "time")
-
-
-class TrialConflictError(ConfigError):
-    """A trial directory holds a different experiment than the config being run."""
 
 
 def read_json(path: Path) -> Any:

@@ -23,8 +23,9 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python sweeps/launch.py", description=__doc__.splitlines()[0])
+def build_parser(prog: str = "python sweeps/launch.py") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    p.set_defaults(prog=prog)  # the status command printed after a submit is said the same way
     p.add_argument("--grid", required=True, help="grid YAML, or a name in sweeps/grids/")
     p.add_argument("--backend", choices=("local", "slurm", "ray", "debug"), default="local")
     p.add_argument(
@@ -68,21 +69,14 @@ def _positive(kind: type):
     return parse
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python sweeps/launch.py") -> int:
+    args = build_parser(prog).parse_args(argv)
     from bilma.logs import configure
 
     configure(logging.DEBUG if args.verbose else logging.WARNING)
-    from bilma.config import ConfigError
-    from bilma.data.records import DataError
-    from bilma.sweep.backends.profiles import ProfileError
-    from bilma.sweep.expand import GridError
+    from bilma.errors import run_command
 
-    try:
-        return _run(args)
-    except (GridError, ConfigError, DataError, ProfileError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command(lambda: _run(args))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -174,4 +168,4 @@ def _status_command(args: argparse.Namespace) -> str:
     import shlex
 
     sets = [a for s in args.set for a in ("--set", s)]
-    return shlex.join(["python", "sweeps/launch.py", "--grid", args.grid, *sets, "--status"])
+    return shlex.join([*shlex.split(args.prog), "--grid", args.grid, *sets, "--status"])

@@ -12,7 +12,6 @@ fix) before anything runs; neither writes a file or creates a folder.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import itertools
 import json
 import logging
@@ -23,6 +22,7 @@ from typing import Any, Literal
 import yaml
 
 from bilma.config import LEAF_FIELDS, Config, ConfigError, apply_values, trial_id
+from bilma.config.yamlfile import did_you_mean
 from bilma.sweep.gridfile import (
     _SEED_KEY,
     _STUDY_KEY,
@@ -103,8 +103,8 @@ def _literal_hint(key: str, value: Any) -> str:
             args += [a for a in typing.get_args(t) if isinstance(a, str)]
     if not isinstance(value, str) or not args:
         return ""
-    hits = difflib.get_close_matches(value, args, n=1, cutoff=0.5)
-    return f"; did you mean '{hits[0]}'?" if hits else ""
+    hint = did_you_mean(value, args, cutoff=0.5)
+    return f"; {hint}" if hint else ""
 
 
 # ----------------------------------------------------------------------------- expansion

@@ -12,7 +12,6 @@ fix. Nothing here writes a file or creates a folder.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,9 +28,9 @@ from bilma.config import (
     ConfigError,
     load_config,
     parse_override,
-    suggest,
 )
-from bilma.config.yamlfile import safe_load_unique, yaml_error
+from bilma.config.yamlfile import did_you_mean, safe_load_unique, yaml_error
+from bilma.errors import GridError  # noqa: F401  (importable from here too)
 
 GRIDS_DIR = resources.GRIDS
 
@@ -39,10 +38,6 @@ DEFAULT_VARIANT = "default"
 # Keys the grid sets itself from `study:`, the variant label and `seeds:`.
 _STUDY_KEY, _VARIANT_KEY, _SEED_KEY = "tracking.study", "tracking.variant", "train.seed"
 _SIMPLE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-class GridError(ValueError):
-    """A bad grid file: one message naming the file, the key (and variant) and the fix."""
 
 
 # ----------------------------------------------------------------------------- data
@@ -125,8 +120,7 @@ def _flat(tree: Any, where: str, what: str = "a mapping of config keys") -> dict
 
 
 def _fix_for(key: str, candidates: Iterable[str] = VALID_KEYS) -> str:
-    hint = suggest(key, candidates)
-    return f"did you mean '{hint}'?" if hint else "see `python -m bilma config --keys`"
+    return did_you_mean(key, candidates, "see `python -m bilma config --keys`")
 
 
 def _check_keys(flat: dict[str, Any], where: str, owned: dict[str, str]) -> None:
@@ -336,8 +330,7 @@ def _parse_exclude(raw: Any, p: _Parsing) -> dict[str, Any]:
         for key, value in flat.items():
             if key == "variant":
                 if not isinstance(value, str) or value not in variants:
-                    hint = suggest(str(value), variants)
-                    fix = f"did you mean '{hint}'?" if hint else f"variants: {', '.join(variants)}"
+                    fix = did_you_mean(value, variants, f"variants: {', '.join(variants)}")
                     raise GridError(f"{where}: no variant {value!r}; {fix}")
             elif key not in LEAF_FIELDS and key not in axis_names:
                 fix = _fix_for(key, ["variant", *sorted(axis_names), *VALID_KEYS])
@@ -399,8 +392,7 @@ def load_grid(name_or_path: str | Path, extra_set: Sequence[str] = ()) -> Grid:
     tree = _read_grid_yaml(path, gf)
     for key in tree:
         if key not in SECTIONS:
-            hint = difflib.get_close_matches(str(key), TOP_KEYS, n=1, cutoff=0.5)
-            fix = f"did you mean '{hint[0]}'?" if hint else f"valid keys: {', '.join(TOP_KEYS)}"
+            fix = did_you_mean(key, TOP_KEYS, f"valid keys: {', '.join(TOP_KEYS)}", cutoff=0.5)
             raise GridError(f"{gf}: unknown top-level key '{key}'; {fix}")
     parsing = _Parsing(path, gf, extra_set)
     for key, parse in SECTIONS.items():

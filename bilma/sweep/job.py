@@ -20,13 +20,10 @@ from typing import Any
 
 import submitit
 
+from bilma.errors import TrialInterrupted  # noqa: F401  (importable from here too)
 from bilma.logs import configure as configure_logging
 
 LAUNCH_FILE = "launch.json"
-
-
-class TrialInterrupted(RuntimeError):
-    """The trial stopped on a signal after saving; launching again resumes it."""
 
 
 class TrialJob(submitit.helpers.Checkpointable):

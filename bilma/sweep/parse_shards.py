@@ -40,11 +40,11 @@ class ParseShardJob(submitit.helpers.Checkpointable):
         return parse_dataset(ParseOptions(**self.options))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python sweeps/parse.py") -> argparse.ArgumentParser:
     from bilma.data.formats import ALL_DATASETS
     from bilma.parse.cli import LABEL_SET_NAMES
 
-    p = argparse.ArgumentParser(prog="python sweeps/parse.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--dataset", required=True, choices=ALL_DATASETS)
     p.add_argument("--root", required=True, type=Path)
     p.add_argument("--model", required=True, type=Path, help="local parser folder")
@@ -147,8 +147,8 @@ def run_local(args: argparse.Namespace, shards: list[dict[str, Any]]) -> int:
     return 1 if failed else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python sweeps/parse.py") -> int:
+    args = build_parser(prog).parse_args(argv)
     from bilma.logs import configure
 
     configure()
@@ -156,14 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --shards must be >= 1", file=sys.stderr)
         return 2
     shards = shard_options(args)
-    from bilma.data.records import DataError
-    from bilma.sweep.backends.profiles import ProfileError
+    from bilma.errors import run_command
 
-    try:
-        return _run(args, shards)
-    except (DataError, ProfileError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command(lambda: _run(args, shards))
 
 
 def _run(args: argparse.Namespace, shards: list[dict[str, Any]]) -> int:

@@ -21,19 +21,17 @@ SLURM backends ignore them.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any
+
+from bilma.config.yamlfile import did_you_mean
+from bilma.errors import SearchError  # noqa: F401  (importable from here too)
 
 METHODS = ("grid", "random", "optuna")
 SCHEDULERS = ("fifo", "asha")
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint")
 _SEARCH_KEYS = ("method", "num_samples", "seed", "space")
 _SCHEDULER_KEYS = ("name", "grace_period", "reduction_factor", "max_t")
-
-
-class SearchError(ValueError):
-    """A bad `search:` or `scheduler:` section (load_grid re-raises it as a GridError)."""
 
 
 @dataclass(frozen=True)
@@ -53,8 +51,7 @@ class Scheduler:
 
 
 def _hint(value: Any, choices: tuple[str, ...]) -> str:
-    hits = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
-    return f"did you mean '{hits[0]}'?" if hits else f"valid: {', '.join(choices)}"
+    return did_you_mean(value, choices, f"valid: {', '.join(choices)}", cutoff=0.5)
 
 
 def _mapping(raw: Any, where: str, allowed: tuple[str, ...], example: str) -> dict[str, Any]:
@@ -141,10 +138,7 @@ def parse_search(raw: Any, where: str, valid_keys: Any = None, owned: Any = ()) 
     if raw.get("space") is not None:
         for key, dist in _flat_space(raw["space"], f"{where}.space").items():
             if valid_keys is not None and key not in valid_keys:
-                hint = difflib.get_close_matches(key, list(valid_keys), n=1, cutoff=0.6)
-                fix = (
-                    f"did you mean '{hint[0]}'?" if hint else "see `python -m bilma config --keys`"
-                )
+                fix = did_you_mean(key, valid_keys, "see `python -m bilma config --keys`")
                 raise SearchError(f"{where}.space: unknown key '{key}'; {fix}")
             if key in owned:
                 raise SearchError(

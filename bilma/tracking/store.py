@@ -9,11 +9,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from bilma.errors import TrackingError  # noqa: F401  (importable from here too)
+
 DEFAULT_URI = "sqlite:///mlflow.db"
-
-
-class TrackingError(RuntimeError):
-    """MLflow could not be brought up to date (sync, parent runs): names the URI and the fix."""
 
 
 def resolve_uri(uri: str | None) -> str:

@@ -21,15 +21,12 @@ import torch
 
 from bilma.config import Config, from_dict, to_dict
 from bilma.data.records import DataError
+from bilma.errors import CheckpointMismatch  # noqa: F401  (importable from here too)
 from bilma.fileio import DiskFull, atomic_torch_save, disk_full_message, fsync_dir
 from bilma.model.bilma import BiLMa, build_from_signature, model_signature, signature_mismatch
 
 FORMAT = 1
 log = logging.getLogger(__name__)
-
-
-class CheckpointMismatch(DataError):
-    """A checkpoint whose model differs from the one the config builds."""
 
 
 def _nbytes(obj: Any) -> int:

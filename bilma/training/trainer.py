@@ -43,6 +43,7 @@ from bilma.device import (
     max_over_processes,
     pick_device,
 )
+from bilma.errors import Interrupted  # noqa: F401  (importable from here too)
 from bilma.evaluation.lookalike import groups_of_config
 from bilma.evaluation.metrics import format_metrics
 from bilma.evaluation.retrieval import evaluate
@@ -62,22 +63,6 @@ log = logging.getLogger(__name__)
 
 # on_eval(record, trial): the evaluation record just committed, and the trial's directory.
 EvalCallback = Callable[[dict[str, Any], TrialDir], None]
-
-
-class Interrupted(Exception):
-    """Training stopped by a signal after saving `ckpt/last.pt`."""
-
-    def __init__(self, signum: int, epoch: int, step: int, path: Path):
-        self.signum, self.epoch, self.step, self.path = signum, epoch, step, path
-        name = signal.Signals(signum).name
-        super().__init__(
-            f"{name} received: saved epoch {epoch + 1} step {step} to {path}; run the same "
-            "command to resume"
-        )
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
 
 
 class StopTrial(Exception):

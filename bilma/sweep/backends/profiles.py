@@ -13,7 +13,6 @@ that changes the script fails loudly there.
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -22,12 +21,10 @@ from typing import Any
 import yaml
 
 from bilma import resources
+from bilma.config.yamlfile import did_you_mean, safe_load_unique, suggest, yaml_error
+from bilma.errors import ProfileError  # noqa: F401  (importable from here too)
 
 PROFILES_DIR = resources.PROFILES
-
-
-class ProfileError(ValueError):
-    """A bad profile: one line naming the file, the key and the fix."""
 
 
 @dataclass
@@ -167,8 +164,7 @@ def _resolve(name: str | Path) -> Path:
         return path
     path = PROFILES_DIR / f"{name}.yaml"
     if not path.exists():
-        hint = difflib.get_close_matches(str(name), available(), n=1)
-        fix = f"did you mean '{hint[0]}'? " if hint else ""
+        fix = did_you_mean(name, available()) + " " if suggest(name, available()) else ""
         raise ProfileError(
             f"no profile '{name}'; {fix}available: {', '.join(available())} (in {PROFILES_DIR}),"
             " or give a path to a .yaml file"
@@ -181,12 +177,9 @@ def load_profile(name: str | Path) -> Profile:
     path = _resolve(name)
     text = path.read_text()
     try:
-        data = yaml.safe_load(text)
+        data = safe_load_unique(text)  # a key given twice is refused, as in configs and grids
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ProfileError(f"{path}:{line}: invalid YAML: {problem}") from None
+        raise ProfileError(f"{path}{yaml_error(e)}") from None
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ProfileError(f"{path}: expected a mapping of keys (partition:, time_min:, ...)")
@@ -194,8 +187,7 @@ def load_profile(name: str | Path) -> Profile:
     for key in data:
         where = f"{path}: line {lines[str(key)]}" if str(key) in lines else str(path)
         if key not in VALID_KEYS:
-            hint = difflib.get_close_matches(str(key), VALID_KEYS, n=1, cutoff=0.5)
-            fix = f"did you mean '{hint[0]}'?" if hint else f"valid keys: {', '.join(VALID_KEYS)}"
+            fix = did_you_mean(key, VALID_KEYS, f"valid keys: {', '.join(VALID_KEYS)}", cutoff=0.5)
             raise ProfileError(f"{where}: unknown key '{key}'; {fix}")
         _check_value(key, data[key], where)
     prof = Profile(**data)

@@ -140,6 +140,10 @@ def test_gpus_per_task(tmp_path):
             "signal_delay_s = 60 is not shorter than time_min = 1 minutes",
         ),
         ("partition: [gpu\n", "invalid YAML"),
+        (
+            "partition: gpu\ntime_min: 60\npartition: cpu\n",
+            "line 3: invalid YAML: key 'partition' is given twice",
+        ),
         ("- partition\n", "expected a mapping of keys"),
     ],
 )
