@@ -51,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
             "(python sweeps/launch.py --grid ...) or point --runs at its runs root"
         )
     rows, curves, per_trial = [], {}, {}
-    done.sort(key=lambda tr: (tr[0].read_config().tracking.variant_index, tr[1].get("seed")))
+    done.sort(key=lambda tr: (tr[0].read_launch().variant_index, tr[1].get("seed")))
     for n, (trial, result) in enumerate(done, 1):
         variant = branches.describe(result)
         print(f"probing {n}/{len(done)}: {variant}, seed {result.get('seed')}", file=sys.stderr)

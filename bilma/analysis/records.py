@@ -29,7 +29,9 @@ from urllib.parse import quote
 import yaml
 
 from bilma.errors import AnalysisError  # noqa: F401  (importable from here too)
-from bilma.runs.trial_dir import GROUP_METRICS, RESULT_METRICS, TrialDir, find_trials
+from bilma.runs import schema
+from bilma.runs.schema import GROUP_METRICS, RESULT_METRICS, STATE_OF_MLFLOW, TrialState
+from bilma.runs.trial_dir import TrialDir, find_trials
 
 # The run schema, from the library (see the module docstring).
 from bilma.tracking.store import DEFAULT_URI, resolve_uri
@@ -52,14 +54,13 @@ __all__ = [
     "load_mlflow",
 ]
 
-FINISHED, STOPPED = "finished", "stopped"
+# The tables call a done trial "finished" (done, with the final metrics they need); the other
+# states are the run record's.
+FINISHED, STOPPED = "finished", TrialState.STOPPED.value
 # MLflow run status -> trial state as the tables name it.
 _STATE_OF_STATUS = {
-    "FINISHED": FINISHED,
-    "FAILED": "failed",
-    "KILLED": "interrupted",
-    "RUNNING": "running",
-    "SCHEDULED": "pending",
+    status: FINISHED if state is TrialState.DONE else state.value
+    for status, state in STATE_OF_MLFLOW.items()
 }
 # Axes that say which dataset a trial ran on: the dataset is its own column, not a grid point.
 DATASET_AXES = ("data.dataset", "data.root", "data.parsing_root", "data.tokenizer")
@@ -184,11 +185,12 @@ def _record(
     parent run or a foreign run."""
     if tags.get("kind") == "sweep" or "trial_id" not in tags:
         return None
-    point = {k[len("grid.") :]: _yaml_value(v) for k, v in tags.items() if k.startswith("grid.")}
-    if not point:
+    grid = schema.GRID_TAG_PREFIX
+    point = {k[len(grid) :]: _yaml_value(v) for k, v in tags.items() if k.startswith(grid)}
+    if not point:  # a run mirrored before launch.json: its config had the grid point
         point = _parse_point(params.get("tracking.grid_point"))
-    variant = tags.get("variant") or params.get("tracking.variant") or ""
-    base = tags.get("variant_base") or params.get("tracking.variant_base") or variant
+    variant = tags.get(schema.TAG_VARIANT) or params.get("tracking.variant") or ""
+    base = tags.get(schema.TAG_VARIANT_BASE) or params.get("tracking.variant_base") or variant
     state = _STATE_OF_STATUS.get(status, "unknown")
     if str(tags.get("stopped_early", "")).lower() == "true":
         state = STOPPED
@@ -200,7 +202,9 @@ def _record(
         trial_id=tags["trial_id"],
         variant=variant,
         variant_base=base,
-        variant_index=_int(params.get("tracking.variant_index")),
+        variant_index=_int(
+            tags.get(schema.TAG_VARIANT_INDEX, params.get("tracking.variant_index"))
+        ),
         grid_point=point,
         seed=_int(tags.get("seed", params.get("train.seed"))),
         dataset=tags.get("dataset") or params.get("data.dataset") or "",
@@ -390,24 +394,25 @@ def _from_dir(path: Path) -> TrialRecord | None:
         log.warning("skipping %s: %s", path, _first_line(e))
         return None
     tracking = cfg.get("tracking") or {}
+    launch = trial.read_launch()  # the sweep's row and grid point (old trials: config.yaml)
     result = result if isinstance(result, dict) else None
     state = status.get("state") or "unknown"
     if result is not None:
         state = FINISHED
-    elif state == "done":
+    elif state == TrialState.DONE:
         state = "unknown"  # done without result.json: not a finished trial
     src = result or {}
     variant = src.get("variant") or tracking.get("variant") or ""
     point = src.get("grid_point")
-    point = _parse_point(point if point is not None else tracking.get("grid_point"))
+    point = _parse_point(point if point is not None else launch.grid_point)
     selection = src.get("selection") or {}
     evalc = cfg.get("eval") or {}
     rec = TrialRecord(
         study=src.get("study") or tracking.get("study") or path.parent.name,
         trial_id=path.name,
         variant=variant,
-        variant_base=src.get("variant_base") or tracking.get("variant_base") or variant,
-        variant_index=_int(tracking.get("variant_index")),
+        variant_base=src.get("variant_base") or launch.variant_base or variant,
+        variant_index=_int(launch.variant_index),
         grid_point=point,
         seed=_int(src.get("seed", (cfg.get("train") or {}).get("seed"))),
         dataset=src.get("dataset") or (cfg.get("data") or {}).get("dataset") or "",

@@ -64,6 +64,9 @@ def _leaf_fields() -> dict[str, tuple[dataclasses.Field, Any]]:
 
 
 LEAF_FIELDS = _leaf_fields()
+# Keys that config.yaml files of trials launched before launch.json still carry: read and
+# ignored (the sweep's identity moved to launch.json, which reads them from there).
+RETIRED_KEYS = ("tracking.variant_base", "tracking.variant_index", "tracking.grid_point")
 VALID_KEYS: tuple[str, ...] = tuple(LEAF_FIELDS)
 
 
@@ -211,6 +214,8 @@ def _flat_user_dict(tree: Any, where: str) -> dict[str, Any]:
             if k in flat:  # `optim: {lr: ..}` and `optim.lr: ..` in one file
                 raise ConfigError(f"{where}: key '{k}' is given twice (dotted and nested)")
             flat[k] = v
+    for k in [k for k in flat if k in RETIRED_KEYS]:
+        del flat[k]  # an old trial's config.yaml: bilma.runs.launch reads these
     for k in flat:
         if k not in LEAF_FIELDS:
             raise _unknown_key(k, where)

@@ -153,13 +153,8 @@ class TrackingConfig:
     enabled: bool = _f(True, "mirror the trial directory to MLflow", hash=False)
     study: str = _f("default", "MLflow experiment and runs/<study>/", hash=False)
     variant: str = _f("", "row label in ablation tables", hash=False)
-    # Set by the sweep's expansion, so that tables group runs without parsing labels. A dict
-    # in YAML would be flattened into unknown keys: the grid point is a JSON string.
-    variant_base: str = _f("", "the grid's variant name, without axis values", hash=False)
-    variant_index: int = _f(
-        -1, "the variant's position in its grid (row order); -1: none", hash=False
-    )
-    grid_point: str = _f("{}", 'grid axes\' values, JSON: {"mim.mask_ratio": 0.3}', hash=False)
+    # What a sweep knows of a trial beyond its label (grid, variant, grid point, parent run)
+    # is not the trainer's: the sweep writes it to the trial's launch.json (bilma.runs.launch).
 
 
 @dataclass

@@ -26,9 +26,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bilma.errors import TrialBusy  # noqa: F401  (importable from here too)
+from bilma.runs import schema
 
-LOCK_NAME = ".lock"
-CLAIM_NAME = ".claim"
+LOCK_NAME = schema.LOCK_FILE
+CLAIM_NAME = schema.CLAIM_FILE
 # A probe (`is_locked`) holds a shared lock for microseconds: a trainer starting at that very
 # moment tries again for this long before calling the trial busy.
 _RETRY_S = 1.0
@@ -91,8 +92,11 @@ def _try_flock(fd: int, mode: int, wait_s: float) -> bool:
             time.sleep(0.05)
 
 
-def acquire_trial_lock(trial_dir: str | Path) -> None:
-    """Take the trial's lock for this process (rank 0 only), or raise TrialBusy."""
+def acquire_trial_lock(trial_dir: str | Path, wait_s: float | None = None) -> None:
+    """Take the trial's lock for this process (rank 0 only), or raise TrialBusy.
+
+    `wait_s`: wait up to that long for another holder to finish first (math.inf: as long
+    as it takes), as a Ray worker does for a sample that maps to a trial already training."""
     if not _is_main_process():
         return
     key = Path(trial_dir).resolve()
@@ -102,7 +106,8 @@ def acquire_trial_lock(trial_dir: str | Path) -> None:
     key.mkdir(parents=True, exist_ok=True)
     # O_CLOEXEC (Python's default): programs this process execs do not inherit the lock.
     fd = os.open(lock_path(key), os.O_RDWR | os.O_CREAT, 0o644)
-    if not _try_flock(fd, fcntl.LOCK_EX, _RETRY_S) and (
+    first_try = _RETRY_S if wait_s is None else max(_RETRY_S, wait_s)
+    if not _try_flock(fd, fcntl.LOCK_EX, first_try) and (
         holder_alive(key) or not _try_flock(fd, fcntl.LOCK_EX, _ORPHAN_S)
     ):
         os.close(fd)
@@ -130,6 +135,16 @@ def release_trial_lock(trial_dir: str | Path) -> None:
     with contextlib.suppress(OSError):
         fcntl.flock(held[0], fcntl.LOCK_UN)
     os.close(held[0])
+
+
+@contextlib.contextmanager
+def trial_lock(trial_dir: str | Path, wait_s: float | None = None) -> Iterator[None]:
+    """`acquire_trial_lock` for a block (the trainer inside takes it again: a no-op)."""
+    acquire_trial_lock(trial_dir, wait_s)
+    try:
+        yield
+    finally:
+        release_trial_lock(trial_dir)
 
 
 def is_locked(trial_dir: str | Path) -> bool:

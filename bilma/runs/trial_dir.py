@@ -1,39 +1,22 @@
-"""Trial directories: the source of truth of a run, and the one home of their schema.
+"""A trial's directory `runs/<study>/<trial_id>/`: the source of truth of a run.
 
-A trial lives in `runs/<study>/<trial_id>/` (the id: `bilma.config.trial_id`). MLflow is only a
-mirror of it (`bilma.tracking.mirror`) that `python -m bilma sync` can always rebuild. A directory holds:
+The id is `bilma.config.trial_id`; MLflow is only a mirror (`bilma.tracking.mirror`) that
+`bilma sync` can always rebuild. Names of files, states and fields are `bilma.runs.schema`'s
+(docs/architecture.md has the table); this module reads and writes them:
 
     config.yaml       the resolved config (written once; a different experiment is refused)
-    status.json       {"state": pending|running|done|failed|interrupted|stopped, "attempts",
-                       "updated" (unix time), "host", "pid", "slurm_job_id",
-                       "slurm_array_job_id", "slurm_array_task_id", "started", "error",
-                       "traceback", "stopped_epoch", "stop_reason"}
-    metrics.jsonl     append-only (records past last.pt's epoch are dropped on resume),
-                      one JSON object per line: {"epoch", "step", "split", "time"
-                       (unix time, added if missing), <metric>: number, ...}
-    result.json       exists only when the trial is done (schema below)
+    status.json       {"state": a TrialState, "attempts", "updated", "host", "pid", ...}
+    metrics.jsonl     append-only (records past last.pt's epoch are dropped on resume), one
+                      JSON object per line: {"epoch", "step", "split", "time", <metric>: ...}
+    result.json       exists only when the trial is done (`make_result`)
+    launch.json       the sweep's part of the identity (`bilma.runs.launch`)
     ckpt/last.pt, ckpt/best.pt   written with `atomic_torch_save`; a new best is written to
                       ckpt/best.next.pt and renamed to best.pt once last.pt names its epoch
-    train.log, provenance.json   (git commit + dirty flag, host, versions, SLURM id, command)
-    mlflow.json       {"run_id", "experiment_id", "tracking_uri", "parent_run_id", "by_uri":
-                       {uri: {...}}}: a resumed trial continues its own MLflow run
+    train.log, provenance.json, mlflow.json (the trial's MLflow run, continued on resume)
 
-States: pending (submitted), running, done (result.json written), failed (an exception;
-"error" and "traceback" say which), interrupted (a stop signal; ckpt/last.pt resumes it),
-stopped (ended early on purpose, e.g. by an ASHA scheduler through `train(on_eval=...)`:
-ckpt/last.pt holds its last evaluated epoch ("stopped_epoch"), there is no result.json, and
-neither `train` nor a relaunch runs it again: `TrialDir.is_finished()`).
-
-result.json (what the analysis code reads)::
-
-    {"trial_id": str, "study": str, "variant": str, "seed": int, "dataset": str,
-     "variant_base": str,          # the grid's variant name without axis values ("" if none)
-     "grid_point": {axis: value},  # the grid axes' values of this trial ({} if none)
-     "metrics": {"R1", "R5", "R10", "mAP", "mINP"}   # test split, selected checkpoint
-                  # (+ GROUP_METRICS on a synthetic dataset with look-alike groups)
-     "selection": {"split": "val"|"test", "metric": "R1", "epoch": int, "value": float},
-     "val_metrics": {"R1", ...} | null,              # val split, selected checkpoint
-     "epochs": int, "train_seconds": float, "finished": ISO 8601 time with offset}
+A stopped trial (ended early on purpose, e.g. by ASHA through `train(on_eval=...)`) has
+ckpt/last.pt of its last evaluated epoch and no result.json; neither `train` nor a relaunch
+runs it again: `TrialDir.is_finished()`.
 """
 
 from __future__ import annotations
@@ -56,20 +39,19 @@ from bilma.fileio import (
     is_disk_full,
     json_default,
 )
+from bilma.runs import schema
+from bilma.runs.launch import Launch, read_launch
 from bilma.runs.provenance import collect_provenance, now_iso, slurm_env
+from bilma.runs.schema import (  # noqa: F401  (importable from here too)
+    GROUP_METRICS,
+    LAUNCH_FILE,
+    RECORD_FIELDS,
+    RESULT_METRICS,
+    STATES,
+    TrialState,
+)
 
 log = logging.getLogger(__name__)
-
-STATES = ("pending", "running", "done", "failed", "interrupted", "stopped")
-# States after which a relaunch runs nothing: done, or stopped early on purpose.
-FINISHED_STATES = ("done", "stopped")
-RESULT_METRICS = ("R1", "R5", "R10", "mAP", "mINP")
-# Test metrics a trial adds when its synthetic dataset has look-alike groups (bilma/lookalike.py):
-# Rank-1 and mAP of the look-alike and of the ordinary queries, and the percent of look-alike
-# Rank-1 mistakes that land on a group-mate.
-GROUP_METRICS = ("lookalike_R1", "lookalike_mAP", "ordinary_R1", "ordinary_mAP", "twin_errors")
-# Fields of a metrics record that are not metrics.
-RECORD_FIELDS = ("epoch", "step", "split", "time")
 
 
 def read_json(path: Path) -> Any:
@@ -103,48 +85,48 @@ class TrialDir:
 
     @property
     def config_path(self) -> Path:
-        return self.path / "config.yaml"
+        return self.path / schema.CONFIG_FILE
 
     @property
     def status_path(self) -> Path:
-        return self.path / "status.json"
+        return self.path / schema.STATUS_FILE
 
     @property
     def metrics_path(self) -> Path:
-        return self.path / "metrics.jsonl"
+        return self.path / schema.METRICS_FILE
 
     @property
     def result_path(self) -> Path:
-        return self.path / "result.json"
+        return self.path / schema.RESULT_FILE
 
     @property
     def ckpt_dir(self) -> Path:
-        return self.path / "ckpt"
+        return self.path / schema.CKPT_DIR
 
     @property
     def last_ckpt(self) -> Path:
-        return self.ckpt_dir / "last.pt"
+        return self.ckpt_dir / schema.LAST_CKPT
 
     @property
     def best_ckpt(self) -> Path:
-        return self.ckpt_dir / "best.pt"
+        return self.ckpt_dir / schema.BEST_CKPT
 
     @property
     def best_candidate(self) -> Path:
         """The new best checkpoint, until last.pt naming its epoch is committed."""
-        return self.ckpt_dir / "best.next.pt"
+        return self.ckpt_dir / schema.BEST_CANDIDATE
 
     @property
     def log_path(self) -> Path:
-        return self.path / "train.log"
+        return self.path / schema.LOG_FILE
 
     @property
     def provenance_path(self) -> Path:
-        return self.path / "provenance.json"
+        return self.path / schema.PROVENANCE_FILE
 
     @property
     def mlflow_path(self) -> Path:
-        return self.path / "mlflow.json"
+        return self.path / schema.MLFLOW_FILE
 
     # -- config
     def init(self, cfg: Config) -> None:
@@ -172,10 +154,18 @@ class TrialDir:
     def status(self) -> dict[str, Any]:
         return read_json(self.status_path) or {}
 
-    def set_status(self, state: str, **fields: Any) -> dict[str, Any]:
+    def state(self) -> TrialState | None:
+        """The state status.json names (None: no status yet, or a state this code does not
+        know). A trial with result.json is done whatever status.json says."""
+        if self.is_done():
+            return TrialState.DONE
+        return TrialState.parse(self.status().get("state"))
+
+    def set_status(self, state: TrialState | str, **fields: Any) -> dict[str, Any]:
         """Update status.json (keeping every earlier field, e.g. the last error) atomically."""
-        if state not in STATES:
+        if TrialState.parse(state) is None:
             raise ValueError(f"unknown trial state {state!r}; expected one of {', '.join(STATES)}")
+        state = TrialState(state).value
         st = self.status()
         st.setdefault("attempts", 0)
         st.update(fields)
@@ -188,7 +178,7 @@ class TrialDir:
         """Count one more attempt (first run, resume, requeue) and mark the trial running."""
         attempts = int(self.status().get("attempts", 0)) + 1
         self.set_status(
-            "running",
+            TrialState.RUNNING,
             attempts=attempts,
             host=socket.gethostname(),
             pid=os.getpid(),
@@ -202,7 +192,8 @@ class TrialDir:
 
     def is_finished(self) -> bool:
         """Done, or stopped early on purpose: a relaunch must not run it again."""
-        return self.is_done() or self.status().get("state") in FINISHED_STATES
+        state = self.state()
+        return state is not None and state.is_finished()
 
     # -- metrics
     def append_metrics(self, record: dict[str, Any]) -> None:
@@ -297,37 +288,29 @@ class TrialDir:
     def read_provenance(self) -> dict[str, Any]:
         return read_json(self.provenance_path) or {}
 
+    # -- launch
+    @property
+    def launch_path(self) -> Path:
+        return self.path / LAUNCH_FILE
+
+    def read_launch(self) -> Launch:
+        """The sweep's part of the trial's identity (bilma.runs.launch)."""
+        return read_launch(self.path)
+
 
 def find_trials(runs_root: str | Path) -> list[Path]:
     """Every trial directory (one holding config.yaml) under runs_root, at any depth, sorted."""
     root = Path(runs_root)
-    if (root / "config.yaml").is_file():
+    if (root / schema.CONFIG_FILE).is_file():
         return [root]
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
-        if "config.yaml" in filenames:
+        if schema.CONFIG_FILE in filenames:
             found.append(Path(dirpath))
             dirnames[:] = []  # a trial's own folders (ckpt/) hold no trials
         else:
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
     return sorted(found)
-
-
-def grid_point(cfg: Config) -> dict[str, Any]:
-    """`tracking.grid_point` (a JSON object in the config) as {axis: value}."""
-    text = cfg.tracking.grid_point
-    try:
-        point = json.loads(text or "{}")
-    except json.JSONDecodeError as e:
-        point, why = None, f"invalid JSON ({e.msg})"
-    else:
-        why = "not a JSON object"
-    if not isinstance(point, dict):
-        raise ConfigError(
-            f"tracking.grid_point = {text!r}: {why}; expected axis -> value, e.g. "
-            "'{\"mim.mask_ratio\": 0.3}'"
-        )
-    return point
 
 
 def make_result(
@@ -337,8 +320,11 @@ def make_result(
     val_metrics: dict[str, float] | None,
     epochs: int,
     seconds: float,
+    launch: Launch | None = None,
 ) -> dict[str, Any]:
-    """A result.json dict (schema in the module docstring), identity fields from cfg."""
+    """A result.json dict (schema in the module docstring): identity fields from cfg, the
+    sweep's (variant name, grid point) from the trial's launch.json."""
+    launch = launch or Launch()
     missing = [k for k in RESULT_METRICS if k not in test_metrics]
     if missing:
         raise ValueError(f"test metrics lack {', '.join(missing)}")
@@ -351,8 +337,8 @@ def make_result(
         "variant": cfg.tracking.variant,
         "seed": cfg.train.seed,
         "dataset": cfg.data.dataset,
-        "variant_base": cfg.tracking.variant_base,
-        "grid_point": grid_point(cfg),
+        "variant_base": launch.variant_base,
+        "grid_point": dict(launch.grid_point),
         "metrics": {k: float(v) for k, v in test_metrics.items()},
         "selection": {
             "split": str(selection["split"]),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import logging
 import typing
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import yaml
 
 from bilma.config import LEAF_FIELDS, Config, ConfigError, apply_values, trial_id
 from bilma.config.yamlfile import did_you_mean
+from bilma.runs.launch import Launch
 from bilma.sweep.gridfile import (
     _SEED_KEY,
     _STUDY_KEY,
@@ -56,8 +56,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Tracking keys the expansion fills for the analysis tables (unhashed).
-_TABLE_KEYS = ("variant_base", "variant_index", "grid_point")
 # Placeholder `where` handed to bilma.config so its message body can be re-prefixed.
 _MARK = "\x00grid"
 
@@ -73,6 +71,23 @@ class Trial:
     config: Config
     trial_id: str
     axes: dict[str, Any]  # grid/zip key -> resolved value for this trial
+    variant_base: str = ""  # the grid's variant name, without axis values
+    variant_index: int = -1  # its position in the grid: the table's row order
+
+    def launch(self, grid: str, parent_run_id: str | None, tracking: dict[str, Any]) -> Launch:
+        """What launch.json records of this trial: the one description every backend writes
+        (`bilma.runs.launch.write_launch`); tables group runs by it without parsing labels."""
+        return Launch(
+            study=self.study,
+            grid=grid,
+            variant=self.variant,
+            variant_base=self.variant_base,
+            variant_index=self.variant_index,
+            grid_point=dict(self.axes),
+            seed=self.seed,
+            parent_run_id=parent_run_id,
+            tracking=dict(tracking),
+        )
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -155,18 +170,6 @@ def _matches(rule: dict[str, Any], name: str, cfg: Config, short: dict[str, str]
     return True
 
 
-def _tracking_of(cfg: Config, name: str, index: int, label: str, axes: dict[str, Any]) -> Any:
-    """The trial's tracking section: its row label, and what tables group it by (the
-    variant's name and position in the grid, the swept axes' values), none of it hashed."""
-    return dataclasses.replace(
-        cfg.tracking,
-        variant=label,
-        variant_base=name,
-        variant_index=index,
-        grid_point=json.dumps(axes),
-    )
-
-
 def expand_report(grid: Grid) -> tuple[list[Trial], int]:
     """(trials, duplicates dropped): variants x combinations x seeds, minus excludes.
 
@@ -207,9 +210,9 @@ def expand_report(grid: Grid) -> tuple[list[Trial], int]:
                         " [" + ", ".join(f"{short[k]}={_fmt(v)}" for k, v in axes.items()) + "]"
                     )
                 overrides[_VARIANT_KEY] = label
-                tracking = _tracking_of(cfg, name, index, label, axes)
-                overrides.update({f"tracking.{k}": getattr(tracking, k) for k in _TABLE_KEYS})
-                cfg = dataclasses.replace(cfg, tracking=tracking)
+                cfg = dataclasses.replace(
+                    cfg, tracking=dataclasses.replace(cfg.tracking, variant=label)
+                )
                 hits = [_matches(r, name, cfg, short) for r in grid.exclude]
                 for i, hit in enumerate(hits):
                     rule_hits[i] += hit
@@ -221,7 +224,9 @@ def expand_report(grid: Grid) -> tuple[list[Trial], int]:
                     merged.setdefault((label, ids[tid]), []).append(cfg.train.seed)
                     continue
                 ids[tid] = label
-                trials.append(Trial(grid.study, label, cfg.train.seed, overrides, cfg, tid, axes))
+                trials.append(
+                    Trial(grid.study, label, cfg.train.seed, overrides, cfg, tid, axes, name, index)
+                )
     for i, hits in enumerate(rule_hits):
         if not hits:
             raise GridError(

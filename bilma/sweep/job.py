@@ -13,7 +13,6 @@ signal back to submitit's own handler, which checkpoints this object and requeue
 from __future__ import annotations
 
 import dataclasses
-import json
 import signal
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,8 @@ import submitit
 
 from bilma.errors import TrialInterrupted  # noqa: F401  (importable from here too)
 from bilma.logs import configure as configure_logging
-
-LAUNCH_FILE = "launch.json"
+from bilma.runs.launch import Launch
+from bilma.runs.schema import LAUNCH_FILE  # noqa: F401  (importable from here too)
 
 
 class TrialJob(submitit.helpers.Checkpointable):
@@ -39,10 +38,10 @@ class TrialJob(submitit.helpers.Checkpointable):
 
         configure_logging()  # a fresh job process logs like the command line
         trial = TrialDir(Path(self.trial_dir))
-        launch = read_launch(trial.path)
+        launch = trial.read_launch()
         cfg = with_tracking(trial.read_config(), launch)
         try:
-            return train(cfg, parent_run_id=launch.get("parent_run_id"))
+            return train(cfg, parent_run_id=launch.parent_run_id)
         except Interrupted as e:
             if e.signum == signal.SIGUSR2 and _submitit_handles(signal.SIGUSR2):
                 # submitit's handler: checkpoint (this object) and requeue, then exit.
@@ -55,20 +54,9 @@ def _submitit_handles(signum: int) -> bool:
     return callable(handler) and "submitit" in getattr(handler, "__module__", "")
 
 
-def with_tracking(cfg: Any, launch: dict[str, Any]) -> Any:
+def with_tracking(cfg: Any, launch: Launch) -> Any:
     """The trial's config with the launching command's tracking settings (launch.json):
     a relaunch or --retry-failed mirrors where the current command says, not where the
     first launch did (tracking settings are not part of the trial id)."""
-    tracking = launch.get("tracking")
-    if not isinstance(tracking, dict):
-        return cfg
-    changes = {k: tracking[k] for k in ("enabled", "uri") if k in tracking}
+    changes = {k: launch.tracking[k] for k in ("enabled", "uri") if k in launch.tracking}
     return dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, **changes))
-
-
-def read_launch(trial_dir: Path) -> dict[str, Any]:
-    path = Path(trial_dir) / LAUNCH_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}

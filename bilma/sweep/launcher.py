@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from bilma.config import canonical
-from bilma.fileio import atomic_write_json
+from bilma.runs.launch import write_launch
 from bilma.runs.lock import claim, holder, is_locked
 from bilma.runs.reading import read_result, read_status
 from bilma.runs.reuse import moved_data_root
 from bilma.runs.trial_dir import TrialConflictError, TrialDir
 from bilma.sweep.expand import Grid, Trial
-from bilma.sweep.job import LAUNCH_FILE, TrialJob
+from bilma.sweep.job import TrialJob
 
 log = logging.getLogger(__name__)
 
@@ -229,22 +229,12 @@ def prepare(grid: Grid, planned: list[Planned], tracking: bool = True) -> str | 
             parent = _parent_run(grid, cfg0)
     for p in to_run:
         p.dir.init(p.trial.config)
-        atomic_write_json(
-            p.dir.path / LAUNCH_FILE,
-            {
-                "study": grid.study,
-                "grid": str(grid.path),
-                "variant": p.trial.variant,
-                "seed": p.trial.seed,
-                "parent_run_id": parent,
-                # this command's tracking settings win over the ones frozen in config.yaml
-                "tracking": {
-                    "enabled": p.trial.config.tracking.enabled and tracking,
-                    "uri": p.trial.config.tracking.uri,
-                },
-                "launched": time.time(),
-            },
-        )
+        # this command's tracking settings win over the ones frozen in config.yaml
+        settings = {
+            "enabled": p.trial.config.tracking.enabled and tracking,
+            "uri": p.trial.config.tracking.uri,
+        }
+        write_launch(p.dir.path, p.trial.launch(str(grid.path), parent, settings))
     return parent
 
 

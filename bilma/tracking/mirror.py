@@ -1,4 +1,4 @@
-"""The MLflow mirror of a trial directory, and the one home of the MLflow run schema.
+"""The MLflow mirror of a trial directory (the tag names are `bilma.runs.schema`'s).
 
 The trial directory (`bilma.runs.trial_dir`) is the truth; `MlflowMirror` shows it in MLflow, live
 while training and again (idempotently) from `python -m bilma sync` (`bilma.tracking.sync`). Schema:
@@ -6,8 +6,8 @@ while training and again (idempotently) from `python -m bilma sync` (`bilma.trac
 - one experiment per study (artifacts under `<dir of the sqlite file>/mlartifacts/<study>` for
   SQLite stores); one run per trial, found again by the run id in mlflow.json or its
   `trial_id` tag, so a resumed or requeued trial continues its run;
-- tags: study, trial_id, variant, variant_base, one `grid.<axis>` per grid axis (values as
-  params are written), seed, dataset, git_commit, slurm_job_id, kind=trial (parent runs:
+- tags: study, trial_id, variant, variant_base and variant_index and one `grid.<axis>` per
+  grid axis (from launch.json; values as params are written), seed, dataset, git_commit, slurm_job_id, kind=trial (parent runs:
   kind=sweep, tag sweep=<name>), mlflow.runName "<variant or trial> seed=<seed>",
   mlflow.parentRunId under a sweep; selection_split / selection_metric / selection_epoch once
   done; stopped_early=true for a trial stopped early on purpose (state "stopped");
@@ -36,26 +36,19 @@ from typing import Any
 
 from bilma.config import Config, flatten, to_dict
 from bilma.fileio import atomic_write_json
+from bilma.runs import schema
 from bilma.runs.provenance import git_info, slurm_job_id
-from bilma.runs.trial_dir import RECORD_FIELDS, TrialDir, grid_point, read_json
+from bilma.runs.schema import MLFLOW_STATUS, RECORD_FIELDS, TrialState
+from bilma.runs.trial_dir import TrialDir, read_json
 from bilma.tracking.store import ensure_experiment, mlflow_client, resolve_uri
 
 log = logging.getLogger(__name__)
 
-# Trial state -> MLflow run status.
-MLFLOW_STATUS = {
-    "pending": "SCHEDULED",
-    "running": "RUNNING",
-    "done": "FINISHED",
-    "failed": "FAILED",
-    "interrupted": "KILLED",
-    "stopped": "KILLED",
-}
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 # The status.json "updated" time of the state a run shows: a sync never shows an older one.
-STATE_TIME_TAG = "state_updated"
+STATE_TIME_TAG = schema.TAG_STATE_UPDATED
 # The tag of a trial stopped early on purpose (its run is KILLED like an interrupted one).
-STOPPED_TAGS = {"stopped_early": "true"}
+STOPPED_TAGS = {schema.TAG_STOPPED_EARLY: "true"}
 # MLflow's log_batch limits (per request).
 _MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100
 
@@ -257,14 +250,16 @@ class MlflowMirror:
         result = self.trial.read_result()
         if result is not None:
             n += self._log_final(result, client.get_run(run_id))
-        state = self.trial.status().get("state") or ("done" if result is not None else None)
-        if state == "stopped":
+        state = self.trial.state()
+        if state is TrialState.STOPPED:
             self._add_tags(STOPPED_TAGS, run)
         status = MLFLOW_STATUS.get(state)
         if status and status != run.info.status and self._newer_than(run):
             if status in TERMINAL:
                 self._add_tags(self._state_time_tag(), run)
-                end = _iso_ms(result.get("finished")) if result and state == "done" else None
+                end = (
+                    _iso_ms(result.get("finished")) if result and state is TrialState.DONE else None
+                )
                 updated = self.trial.status().get("updated")
                 end = end or (_ms(updated) if _is_number(updated) else None)
                 client.set_terminated(run_id, status, end_time=end)
@@ -354,7 +349,7 @@ class MlflowMirror:
             if e.error_code == "RESOURCE_DOES_NOT_EXIST":
                 return None
             raise  # unreachable store and the like: not a reason to create a new run
-        tid = run.data.tags.get("trial_id")
+        tid = run.data.tags.get(schema.TAG_TRIAL_ID)
         if run.info.lifecycle_stage != "active" or tid not in (None, self.trial.trial_id):
             return None
         return run
@@ -394,21 +389,26 @@ class MlflowMirror:
         else:  # sync: never the current checkout's commit, it may not be the code that ran
             commit = prov.get("git_commit")
             job = prov.get("slurm_job_id") or self.trial.status().get("slurm_job_id")
+        launch = self.trial.read_launch()  # the sweep's row and grid point
         tags = {
-            "study": cfg.tracking.study,
-            "trial_id": self.trial.trial_id,
-            "variant": cfg.tracking.variant,
-            "variant_base": cfg.tracking.variant_base,
-            **{f"grid.{axis}": param_value(v) for axis, v in grid_point(cfg).items()},
-            "seed": str(cfg.train.seed),
-            "dataset": cfg.data.dataset,
-            "git_commit": commit or "",
-            "kind": "trial",
-            "mlflow.runName": run_name(cfg),
+            schema.TAG_STUDY: cfg.tracking.study,
+            schema.TAG_TRIAL_ID: self.trial.trial_id,
+            schema.TAG_VARIANT: cfg.tracking.variant,
+            schema.TAG_VARIANT_BASE: launch.variant_base,
+            schema.TAG_VARIANT_INDEX: str(launch.variant_index),
+            **{
+                f"{schema.GRID_TAG_PREFIX}{axis}": param_value(v)
+                for axis, v in launch.grid_point.items()
+            },
+            schema.TAG_SEED: str(cfg.train.seed),
+            schema.TAG_DATASET: cfg.data.dataset,
+            schema.TAG_GIT_COMMIT: commit or "",
+            schema.TAG_KIND: "trial",
+            schema.TAG_RUN_NAME: run_name(cfg),
         }
-        tags["slurm_job_id"] = job or ""
+        tags[schema.TAG_SLURM_JOB_ID] = job or ""
         if parent:
-            tags["mlflow.parentRunId"] = parent
+            tags[schema.TAG_PARENT_RUN] = parent
         return tags
 
     def _open(self, live: bool) -> Any:
@@ -425,7 +425,9 @@ class MlflowMirror:
             run = client.create_run(
                 self.experiment_id,
                 start_time=None if live else self._start_time(),
-                tags={"trial_id": self.trial.trial_id},  # findable even if we die right here
+                tags={
+                    schema.TAG_TRIAL_ID: self.trial.trial_id
+                },  # findable even if we die right here
                 run_name=run_name(self.cfg),
             )
             self.created = True
@@ -434,7 +436,7 @@ class MlflowMirror:
         parent = (
             self.parent_run_id
             or saved.get("parent_run_id")
-            or run.data.tags.get("mlflow.parentRunId")
+            or run.data.tags.get(schema.TAG_PARENT_RUN)
         )
         self._save(parent)
 

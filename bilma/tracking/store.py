@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bilma.errors import TrackingError  # noqa: F401  (importable from here too)
+from bilma.runs.schema import TAG_KIND, TAG_STUDY, TAG_SWEEP
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
@@ -118,5 +119,5 @@ def ensure_parent_run(uri: str, study: str, sweep: str, tags: dict[str, str] | N
 
             client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         return run_id
-    all_tags = {"kind": "sweep", "sweep": sweep, "study": study, **(tags or {})}
+    all_tags = {TAG_KIND: "sweep", TAG_SWEEP: sweep, TAG_STUDY: study, **(tags or {})}
     return client.create_run(exp_id, tags=all_tags, run_name=sweep).info.run_id

@@ -12,8 +12,9 @@ import time
 from typing import Any, Protocol
 
 from bilma.config import Config
+from bilma.runs.schema import MLFLOW_STATUS, TrialState
 from bilma.runs.trial_dir import TrialDir
-from bilma.tracking.mirror import MLFLOW_STATUS, STOPPED_TAGS, MlflowMirror
+from bilma.tracking.mirror import STOPPED_TAGS, MlflowMirror
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ class RunSink(Protocol):
     def log_result(self, result: dict[str, Any]) -> None:
         """The result.json content (`bilma.runs.trial_dir.make_result`) of a finished trial."""
 
-    def close(self, state: str, **fields: Any) -> None:
+    def close(self, state: TrialState, **fields: Any) -> None:
         """The run ended in trial state `state` (done, failed, interrupted, stopped);
         `fields` go to status.json (e.g. error=, traceback=)."""
 
@@ -44,7 +45,7 @@ class TrialSink:
     def log_result(self, result: dict[str, Any]) -> None:
         self.trial.write_result(result)
 
-    def close(self, state: str, **fields: Any) -> None:
+    def close(self, state: TrialState, **fields: Any) -> None:
         self.trial.set_status(state, **fields)
 
 
@@ -68,8 +69,9 @@ class MlflowSink:
     def log_result(self, result: dict[str, Any]) -> None:
         self._result = result  # logged with the final status in close()
 
-    def close(self, state: str, **fields: Any) -> None:
-        tags = STOPPED_TAGS if state == "stopped" else None
+    def close(self, state: TrialState, **fields: Any) -> None:
+        state = TrialState(state)
+        tags = STOPPED_TAGS if state is TrialState.STOPPED else None
         self.mirror.finish(MLFLOW_STATUS[state], tags=tags, result=self._result)
 
 
@@ -91,7 +93,7 @@ class FanOutSink:
         for sink in self.sinks:
             sink.log_result(result)
 
-    def close(self, state: str, **fields: Any) -> None:
+    def close(self, state: TrialState, **fields: Any) -> None:
         """Every sink learns the end state; one failing (a full disk) does not stop the
         others, nor hide the error that ended the run."""
         for sink in self.sinks:

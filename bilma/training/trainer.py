@@ -51,7 +51,8 @@ from bilma.fileio import remove_stale_tmp
 from bilma.model.bilma import build_model
 from bilma.runs.lock import acquire_trial_lock, release_trial_lock
 from bilma.runs.reuse import data_root_warning
-from bilma.runs.trial_dir import TrialDir, grid_point, make_result
+from bilma.runs.schema import TrialState
+from bilma.runs.trial_dir import TrialDir, make_result
 from bilma.training import checkpoint
 from bilma.training.optim import lr_factor, param_groups
 from bilma.training.progress import Progress
@@ -121,7 +122,7 @@ def _train(
         log.info("trial %s is already done: %s", trial.path, format_metrics(done["metrics"]))
         return done
     status = trial.status()
-    if status.get("state") == "stopped":
+    if trial.state() is TrialState.STOPPED:
         log.info(
             "trial %s was stopped early after epoch %s; it is not trained again (remove the "
             "folder to start it over)",
@@ -129,8 +130,6 @@ def _train(
             status.get("stopped_epoch", "?"),
         )
         return {}
-    grid_point(cfg)  # a malformed tracking.grid_point fails now, not after training
-
     d = init_distributed()
     device = pick_device(d)
     sinks = FanOutSink()
@@ -152,17 +151,19 @@ def _train(
         trainer.stop.install()  # after data loading: its helper processes keep default handlers
         return trainer.fit()
     except Interrupted as e:
-        sinks.close("interrupted", error=str(e))
+        sinks.close(TrialState.INTERRUPTED, error=str(e))
         raise
     except StopTrial as e:
         epochs = trainer.state.epoch
-        sinks.close("stopped", stopped_epoch=epochs, stop_reason=str(e) or "on_eval stopped it")
+        sinks.close(
+            TrialState.STOPPED, stopped_epoch=epochs, stop_reason=str(e) or "on_eval stopped it"
+        )
         if d.main:
             log.info("trial %s stopped early after epoch %d: %s", trial.path, epochs, e)
         return {}
     except BaseException as e:
         sinks.close(
-            "failed",
+            TrialState.FAILED,
             error=f"{type(e).__name__}: {e}".splitlines()[0],
             traceback=traceback.format_exc(),
         )
@@ -463,9 +464,17 @@ class Trainer:
             "value": state.best["value"],
         }
         val = state.best["metrics"] if self.select_split == "val" else None
-        result = make_result(cfg, test, selection, val, cfg.train.epochs, state.train_seconds)
+        result = make_result(
+            cfg,
+            test,
+            selection,
+            val,
+            cfg.train.epochs,
+            state.train_seconds,
+            launch=self.trial.read_launch(),  # the sweep's row and grid point, if any
+        )
         self.sinks.log_result(result)
-        self.sinks.close("done")
+        self.sinks.close(TrialState.DONE)
         log.info(
             "done: test %s (checkpoint of epoch %d, selected by %s %s)",
             format_metrics(test),

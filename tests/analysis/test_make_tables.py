@@ -41,7 +41,8 @@ def expected(sweep) -> dict[tuple[str, float], dict[int, dict[str, float]]]:
     for path in sorted((sweep.runs / sweep.study).glob("*/result.json")):
         result = json.loads(path.read_text())
         cfg = yaml.safe_load((path.parent / "config.yaml").read_text())
-        key = (cfg["tracking"]["variant_base"], cfg["loss"]["id_weight"])
+        launch = json.loads((path.parent / "launch.json").read_text())
+        key = (launch["variant_base"], cfg["loss"]["id_weight"])
         out.setdefault(key, {})[result["seed"]] = result["metrics"]
     return out
 

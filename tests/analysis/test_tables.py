@@ -142,22 +142,24 @@ def test_main_grid_trials_make_the_main_table(tmp_path):
     per method (the zipped dataset, folder and selection split are no grid point)."""
     from bilma.analysis.records import load_dirs
     from bilma.config import dump_yaml
+    from bilma.runs.launch import write_launch
     from bilma.runs.trial_dir import TrialDir, make_result
     from bilma.sweep.expand import expand, load_grid
 
     trials = expand(load_grid("main"))
     assert len(trials) == 18
     for i, t in enumerate(trials):
-        assert t.config.tracking.variant_base in ("IRRA", "BiLMa")
-        point = json.loads(t.config.tracking.grid_point)
-        assert point["data.dataset"] == t.config.data.dataset
+        assert t.variant_base in ("IRRA", "BiLMa")
+        assert t.axes["data.dataset"] == t.config.data.dataset
         trial = TrialDir(tmp_path / "main" / t.trial_id)
         trial.path.mkdir(parents=True)
         trial.config_path.write_text(dump_yaml(t.config))
+        write_launch(trial.path, t.launch("main.yaml", None, {}))
         metrics = {m: 50.0 + i for m in ("R1", "R5", "R10", "mAP", "mINP")}
         split = t.config.eval.select_split
         selection = {"split": split, "metric": "R1", "epoch": 1, "value": 1.0}
-        trial.write_result(make_result(t.config, metrics, selection, None, 1, 1.0))
+        launch = trial.read_launch()
+        trial.write_result(make_result(t.config, metrics, selection, None, 1, 1.0, launch=launch))
     table = build_table("main", load_dirs(tmp_path)["main"])
     assert table.kind == "main" and table.runs == 18
     assert [r.label for r in table.rows if not r.published] == ["IRRA", "BiLMa"]

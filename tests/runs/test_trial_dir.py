@@ -16,14 +16,15 @@ from support.tracking import (  # noqa: F401 (fixtures are used by name)
     write_records,
 )
 
-from bilma.config import ConfigError, trial_id
+from bilma.config import trial_id
 from bilma.fileio import atomic_torch_save, atomic_write_json, atomic_write_text
+from bilma.runs.launch import Launch, read_launch, write_launch
+from bilma.runs.schema import LAUNCH_FIELDS, LAUNCH_FILE
 from bilma.runs.trial_dir import (
     RESULT_METRICS,
     TrialConflictError,
     TrialDir,
     find_trials,
-    grid_point,
     make_result,
 )
 
@@ -183,8 +184,28 @@ def test_find_trials_at_any_depth(tmp_path: Path) -> None:
     assert [p.name for p in find_trials(tmp_path / "runs")] == ["t1", "t2", "t3"]
 
 
-@pytest.mark.parametrize("bad", ["[1, 2]", "{axis: 1}"])
-def test_bad_grid_point_names_the_key(tmp_path: Path, bad: str) -> None:
-    cfg = make_cfg(tmp_path, **{"tracking.grid_point": bad})
-    with pytest.raises(ConfigError, match=r"tracking\.grid_point = .*axis -> value"):
-        grid_point(cfg)
+def test_an_old_trial_config_still_reads_and_its_sweep_fields_come_from_it(tmp_path: Path):
+    """Trial folders from before launch.json carried the sweep's identity in config.yaml."""
+    cfg = make_cfg(tmp_path)
+    trial = TrialDir.for_config(cfg)
+    trial.init(cfg)
+    old = trial.config_path.read_text().replace(
+        "tracking:\n",
+        "tracking:\n  variant_base: BiLMa\n  variant_index: 2\n"
+        "  grid_point: '{\"mim.mask_ratio\": 0.3}'\n",
+    )
+    trial.config_path.write_text(old)
+    assert trial.read_config() == cfg  # the retired keys are read and ignored
+    launch = trial.read_launch()  # no launch.json: from config.yaml
+    assert (launch.variant_base, launch.variant_index) == ("BiLMa", 2)
+    assert launch.grid_point == {"mim.mask_ratio": 0.3}
+    write_launch(trial.path, Launch(variant_base="IRRA", grid_point={"a": 1}))
+    assert trial.read_launch().variant_base == "IRRA"  # launch.json wins
+
+
+def test_launch_json_has_the_schema_fields(tmp_path: Path) -> None:
+    write_launch(tmp_path, Launch(study="s", variant="v", seed=3, tracking={"enabled": False}))
+    raw = json.loads((tmp_path / LAUNCH_FILE).read_text())
+    assert tuple(raw) == LAUNCH_FIELDS and raw["seed"] == 3 and raw["launched"] > 0
+    (tmp_path / LAUNCH_FILE).write_text("{torn")
+    assert read_launch(tmp_path) == Launch()  # unreadable: defaults, never a crash

@@ -70,7 +70,9 @@ def write_records(trial: TrialDir, epochs: range) -> list[dict]:
 def finish_trial(trial: TrialDir, cfg: Config, epochs: int) -> dict:
     metrics = {"R1": 55.5, "R5": 75.0, "R10": 82.25, "mAP": 50.0, "mINP": 33.0}
     sel = {"split": "val", "metric": "R1", "epoch": epochs, "value": 10.0 * epochs}
-    result = make_result(cfg, metrics, sel, {"R1": 10.0 * epochs}, epochs, 12.5)
+    result = make_result(
+        cfg, metrics, sel, {"R1": 10.0 * epochs}, epochs, 12.5, launch=trial.read_launch()
+    )
     trial.write_result(result)
     trial.set_status("done")
     return result

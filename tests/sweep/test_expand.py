@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import textwrap
 from pathlib import Path
@@ -108,12 +107,16 @@ def test_counts_order_labels_and_values(tmp_path):
         "tracking.study",
         "tracking.variant",
         "train.seed",
-        "tracking.variant_base",
-        "tracking.variant_index",
-        "tracking.grid_point",
     ]
-    assert (c.tracking.variant_base, c.tracking.variant_index) == ("+SemMIM LIP-20", 2)
-    assert json.loads(c.tracking.grid_point) == t.axes
+    # The sweep's part of the identity is the trial's (launch.json), not the config's.
+    assert (t.variant_base, t.variant_index) == ("+SemMIM LIP-20", 2)
+    launch = t.launch("g.yaml", None, {})
+    assert (launch.variant_base, launch.variant_index, launch.grid_point) == (
+        "+SemMIM LIP-20",
+        2,
+        t.axes,
+    )
+    assert not hasattr(c.tracking, "variant_base")
     # The trial's config is exactly load_config(base, overrides).
     assert t.config == load_config(tmp_path / "base.yaml", t.overrides)
     assert t.trial_id == trial_id(t.config)

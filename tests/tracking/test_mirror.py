@@ -18,7 +18,7 @@ from support.tracking import (  # noqa: F401 (fixtures are used by name)
     store,
 )
 
-from bilma.config import trial_id
+from bilma.runs.launch import Launch, write_launch
 from bilma.runs.trial_dir import (
     TrialDir,
     make_result,
@@ -162,24 +162,19 @@ def test_ensure_experiment_is_idempotent(store: str) -> None:
 
 
 def test_grid_point_and_variant_base_in_result_and_tags(tmp_path: Path, store: str) -> None:
-    point = '{"mim.mask_ratio": 0.3, "data.image_size": [256, 128]}'
-    cfg = make_cfg(
-        tmp_path,
-        store,
-        study="grid",
-        **{"tracking.variant_base": "BiLMa", "tracking.grid_point": point},
-    )
-    assert trial_id(cfg) == trial_id(make_cfg(tmp_path, store, study="grid"))  # not identity
+    point = {"mim.mask_ratio": 0.3, "data.image_size": [256, 128]}
+    cfg = make_cfg(tmp_path, store, study="grid")
     trial = TrialDir.for_config(cfg)
     trial.init(cfg)
-    assert trial.read_config().tracking.grid_point == point
+    write_launch(trial.path, Launch(variant_base="BiLMa", variant_index=1, grid_point=point))
+    assert trial.read_launch().grid_point == point
     result = finish_trial(trial, cfg, epochs=1)
     assert result["variant_base"] == "BiLMa"
     assert result["grid_point"] == {"mim.mask_ratio": 0.3, "data.image_size": [256, 128]}
     run_id = MlflowMirror(trial, cfg).start()
     tags = client(store).get_run(run_id).data.tags
     assert tags["variant_base"] == "BiLMa" and tags["grid.mim.mask_ratio"] == "0.3"
-    assert tags["grid.data.image_size"] == "[256, 128]"
+    assert tags["grid.data.image_size"] == "[256, 128]" and tags["variant_index"] == "1"
     # Defaults: not from a grid.
     plain = make_result(make_cfg(tmp_path), result["metrics"], result["selection"], None, 1, 1)
     assert plain["variant_base"] == "" and plain["grid_point"] == {}

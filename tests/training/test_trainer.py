@@ -16,6 +16,7 @@ import torch
 from support.tiny import tiny_overrides
 
 from bilma.config import load_config
+from bilma.runs.launch import Launch, write_launch
 from bilma.runs.trial_dir import TrialDir
 from bilma.training.trainer import lr_factor, param_groups
 
@@ -186,10 +187,11 @@ def test_mlflow_shows_the_run(synth_small, tmp_path, monkeypatch):
             f"tracking.uri={uri}",
             "tracking.study=demo-study",
             "tracking.variant=BiLMa",
-            "tracking.variant_base=BiLMa",
-            """tracking.grid_point='{"mim.mask_ratio": 0.3, "mim.target": "semantic"}'""",
         ),
     )
+    # What a sweep writes beside the config: the trial's row and grid point.
+    point = {"mim.mask_ratio": 0.3, "mim.target": "semantic"}
+    write_launch(TrialDir.for_config(cfg).path, Launch(variant_base="BiLMa", grid_point=point))
     result = train(cfg, progress=False)
     client = mlflow.MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("demo-study")

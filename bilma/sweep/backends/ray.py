@@ -38,10 +38,10 @@ from typing import Any
 from ray import tune
 
 from bilma.config import Config, ConfigError, apply_values
+from bilma.runs.launch import read_launch
 from bilma.runs.trial_dir import TrialDir
 from bilma.sweep.backends.ray_trainable import record_failed, record_stopped, run_trial
 from bilma.sweep.expand import Grid, GridError, Trial
-from bilma.sweep.job import read_launch
 from bilma.sweep.search import Scheduler, Search, SearchError, check_optuna
 from bilma.tracking.mirror import MlflowMirror
 
@@ -127,7 +127,8 @@ class Recorder(tune.Callback):
 
 def _name(path: str | Path) -> str:
     launch = read_launch(Path(path))
-    return f"{launch.get('variant', Path(path).name)} seed={launch.get('seed', '?')}"
+    seed = "?" if launch.seed is None else launch.seed
+    return f"{launch.variant or Path(path).name} seed={seed}"
 
 
 def _distribution(dist: str, args: list[Any]):
@@ -265,8 +266,17 @@ def run_ray(
 
 def _tuner(grid, trials, parent, opts, storage: Path, name: str, metric: str, recorder):
     bases = [t.config for t in trials]
+    # A sampled trial's launch.json is its base trial's, with its own label and seed.
+    launches = [
+        t.launch(
+            str(grid.path),
+            parent,
+            {"enabled": t.config.tracking.enabled, "uri": t.config.tracking.uri},
+        )
+        for t in trials
+    ]
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, bases=bases, parent=parent),
+        tune.with_parameters(run_trial, bases=bases, parent=parent, launches=launches),
         {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial},
     )
     path = storage / name

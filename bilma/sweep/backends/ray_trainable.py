@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
+import math
 import os
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,10 @@ from typing import Any
 from ray import tune
 
 from bilma.config import Config, apply_values
-from bilma.fileio import atomic_write_json
+from bilma.runs.launch import Launch, write_launch
+from bilma.runs.lock import trial_lock
+from bilma.runs.schema import LAUNCH_FILE, TrialState
 from bilma.runs.trial_dir import TrialDir
-from bilma.sweep.job import LAUNCH_FILE, read_launch
 from bilma.tracking.mirror import MlflowMirror
 
 log = logging.getLogger(__name__)
@@ -119,19 +119,6 @@ def _checkpoint_epoch() -> int:
 
 
 @contextlib.contextmanager
-def _trial_lock(trial: TrialDir) -> Iterator[None]:
-    """One process trains a directory at a time (two samples of one config, a worker of a
-    killed driver still exiting): the second waits, then finds the trial done or resumes."""
-    trial.path.mkdir(parents=True, exist_ok=True)
-    with open(trial.path / ".ray.lock", "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
 def _log_to(path: Path) -> Iterator[None]:
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
@@ -147,7 +134,12 @@ def _log_to(path: Path) -> Iterator[None]:
         handler.close()
 
 
-def run_trial(config: dict[str, Any], bases: list[Config], parent: str | None) -> None:
+def run_trial(
+    config: dict[str, Any],
+    bases: list[Config],
+    parent: str | None,
+    launches: list[Launch] | None = None,
+) -> None:
     """Tune's trainable: train (or resume, or replay) one trial directory."""
     from bilma.training.trainer import StopTrial, train
 
@@ -157,22 +149,16 @@ def run_trial(config: dict[str, Any], bases: list[Config], parent: str | None) -
         os.environ.pop(key, None)
     cfg = trial_config(bases[config["base"]], config.get("space") or {})
     trial = TrialDir.for_config(cfg)
-    with _trial_lock(trial), _log_to(trial.path / "ray.log"):
+    # One process trains a directory at a time (two samples of one config, a worker of a
+    # killed driver still exiting): the second waits, then finds the trial done or resumes.
+    with trial_lock(trial.path, wait_s=math.inf), _log_to(trial.path / "ray.log"):
         trial.init(cfg)
-        if not read_launch(trial.path):  # a sampled trial: prepare() never saw it
-            atomic_write_json(
-                trial.path / LAUNCH_FILE,
-                {
-                    "study": cfg.tracking.study,
-                    "variant": cfg.tracking.variant,
-                    "seed": cfg.train.seed,
-                    "parent_run_id": parent,
-                    "launched": time.time(),
-                },
-            )
+        if not (trial.path / LAUNCH_FILE).exists():  # a sampled trial: prepare() never saw it
+            base = launches[config["base"]] if launches else Launch(study=cfg.tracking.study)
+            write_launch(trial.path, sampled_launch(base, cfg, parent))
         # A trial a scheduler stopped stays stopped, like a done one: a relaunch (even one
         # whose driver died before Tune saved that decision) only reports its evaluations.
-        stopped = trial.status().get("state") == "stopped" and trial.read_result() is None
+        stopped = trial.state() is TrialState.STOPPED
         reporter = Reporter(cfg, _checkpoint_epoch())
         try:
             # Evaluations already on disk (a relaunch, a retried worker, a trial done by
@@ -192,13 +178,21 @@ def run_trial(config: dict[str, Any], bases: list[Config], parent: str | None) -
 # ----------------------------------------------------------------------------- the driver
 
 
+def sampled_launch(base: Launch, cfg: Config, parent: str | None) -> Launch:
+    """launch.json of a trial a searcher sampled: its base trial's (the same table row and
+    grid point) under its own label and seed."""
+    return dataclasses.replace(
+        base, variant=cfg.tracking.variant, seed=cfg.train.seed, parent_run_id=parent
+    )
+
+
 def record_stopped(trial: TrialDir, cfg: Config, why: str) -> None:
     """State "stopped" with the last metrics, MLflow run KILLED + stopped_early=true.
     Idempotent; a done trial (result.json) is left alone."""
     if trial.read_result() is not None:
         return
-    if trial.status().get("state") != "stopped":
-        trial.set_status("stopped", error=f"stopped early {why}".strip())
+    if trial.status().get("state") != TrialState.STOPPED:
+        trial.set_status(TrialState.STOPPED, error=f"stopped early {why}".strip())
     if cfg.tracking.enabled:
         try:
             mirror = MlflowMirror(trial, cfg)
@@ -212,9 +206,9 @@ def record_stopped(trial: TrialDir, cfg: Config, why: str) -> None:
 
 def record_failed(trial: TrialDir, cfg: Config, why: str) -> None:
     """A trial whose worker died without the trainer recording it."""
-    if trial.read_result() is not None or trial.status().get("state") in ("failed", "stopped"):
+    if trial.state() in (TrialState.DONE, TrialState.FAILED, TrialState.STOPPED):
         return
-    trial.set_status("failed", error=why)
+    trial.set_status(TrialState.FAILED, error=why)
     if cfg.tracking.enabled:
         with contextlib.suppress(Exception):
             MlflowMirror(trial, cfg).sync()

@@ -1,0 +1,93 @@
+"""launch.json: the sweep's part of a trial's identity, written by one function for every
+backend (`write_launch`) and read by the job, the result, the mirror and the tables.
+
+The trainer's config knows nothing of sweeps; what a sweep knows about a trial (which grid,
+which row of the table, which grid point, which MLflow parent run, the launching command's
+tracking settings) lives here. Trial folders from before launch.json carried these fields
+(`tracking.variant_base`, `tracking.variant_index`, `tracking.grid_point`) in config.yaml:
+`read_launch` still finds them there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bilma.config.yamlfile import safe_load_unique
+from bilma.fileio import atomic_write_json
+from bilma.runs.schema import CONFIG_FILE, LAUNCH_FIELDS, LAUNCH_FILE
+
+# Keys of config.yaml that held the sweep's identity before launch.json did.
+LEGACY_CONFIG_KEYS = ("variant_base", "variant_index", "grid_point")
+
+
+@dataclass
+class Launch:
+    """The fields of launch.json (`bilma.runs.schema.LAUNCH_FIELDS`)."""
+
+    study: str = ""
+    grid: str = ""
+    variant: str = ""
+    variant_base: str = ""
+    variant_index: int = -1
+    grid_point: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+    parent_run_id: str | None = None
+    tracking: dict[str, Any] = field(default_factory=dict)
+    launched: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in LAUNCH_FIELDS}
+
+
+assert tuple(f.name for f in dataclasses.fields(Launch)) == LAUNCH_FIELDS
+
+
+def write_launch(trial_dir: str | Path, launch: Launch) -> Launch:
+    """Write `<trial_dir>/launch.json` atomically (stamped with the time of this launch)."""
+    launch = dataclasses.replace(launch, launched=time.time())
+    atomic_write_json(Path(trial_dir) / LAUNCH_FILE, launch.to_json())
+    return launch
+
+
+def read_launch(trial_dir: str | Path) -> Launch:
+    """The trial's launch.json; a trial never launched by a sweep (or a file that cannot be
+    read) gives the fields its config.yaml holds from before launch.json, else defaults."""
+    path = Path(trial_dir)
+    try:
+        raw = json.loads((path / LAUNCH_FILE).read_text())
+    except (OSError, ValueError):
+        raw = None
+    if not isinstance(raw, dict):
+        raw = {}
+    known = {k: raw[k] for k in LAUNCH_FIELDS if k in raw}
+    for key, value in legacy_fields(path).items():
+        known.setdefault(key, value)
+    launch = Launch(**known)
+    if not isinstance(launch.grid_point, dict):
+        launch.grid_point = {}
+    if not isinstance(launch.tracking, dict):
+        launch.tracking = {}
+    return launch
+
+
+def legacy_fields(trial_dir: Path) -> dict[str, Any]:
+    """`tracking.variant_base/variant_index/grid_point` of an old trial's config.yaml."""
+    try:
+        cfg = safe_load_unique((trial_dir / CONFIG_FILE).read_text())
+    except Exception:  # no config, or not one this reader can use: no legacy fields
+        return {}
+    tracking = cfg.get("tracking") if isinstance(cfg, dict) else None
+    if not isinstance(tracking, dict):
+        return {}
+    out: dict[str, Any] = {k: tracking[k] for k in LEGACY_CONFIG_KEYS if k in tracking}
+    if isinstance(out.get("grid_point"), str):  # a JSON string in the config
+        try:
+            out["grid_point"] = json.loads(out["grid_point"] or "{}")
+        except ValueError:
+            out["grid_point"] = {}
+    return out

@@ -1,0 +1,161 @@
+"""The run record's vocabulary: every name that the trainer, the launcher, the backends, the
+MLflow mirror and the tables share about a trial. One place: a state, a file name, a field or
+a tag is spelt here and imported everywhere else (docs/architecture.md has the table).
+
+A trial directory `runs/<study>/<trial_id>/` holds the files below. States of status.json:
+
+    pending      submitted by a launcher, not started yet
+    running      its trainer runs (it holds the trial's lock)
+    done         result.json is written; never run again
+    failed       an exception ("error", "traceback"); re-run only with --retry-failed
+    interrupted  a stop signal; ckpt/last.pt resumes it
+    stopped      ended early on purpose (an ASHA scheduler); never run again
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class TrialState(str, Enum):
+    """A trial's state in status.json (a str: `TrialState.DONE == "done"`, JSON as "done")."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    STOPPED = "stopped"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def is_finished(self) -> bool:
+        """Done, or stopped early on purpose: a relaunch runs nothing."""
+        return self in (TrialState.DONE, TrialState.STOPPED)
+
+    @classmethod
+    def parse(cls, value: object) -> TrialState | None:
+        """The state a status.json names, or None for a missing or unknown one."""
+        try:
+            return cls(value)
+        except ValueError:
+            return None
+
+
+STATES = tuple(s.value for s in TrialState)
+
+# ----------------------------------------------------------------------------- files
+
+CONFIG_FILE = "config.yaml"  # the resolved config, written once
+STATUS_FILE = "status.json"  # the state and each attempt (STATUS_FIELDS)
+METRICS_FILE = "metrics.jsonl"  # append-only, one evaluation or training record per line
+RESULT_FILE = "result.json"  # exists only when the trial is done (RESULT_FIELDS)
+LAUNCH_FILE = "launch.json"  # the sweep's part of the trial's identity (LAUNCH_FIELDS)
+MLFLOW_FILE = "mlflow.json"  # the trial's MLflow run, so a resumed trial continues it
+PROVENANCE_FILE = "provenance.json"  # git commit and dirty flag, host, versions, SLURM ids
+LOG_FILE = "train.log"
+CKPT_DIR = "ckpt"
+LAST_CKPT = "last.pt"  # every epoch (and on a stop signal): what a resume starts from
+BEST_CKPT = "best.pt"  # the selected checkpoint
+BEST_CANDIDATE = "best.next.pt"  # a new best, renamed to best.pt once last.pt names its epoch
+LOCK_FILE = ".lock"  # flock held by the trainer while it trains (bilma.runs.lock)
+CLAIM_FILE = ".claim"  # flock held by a launcher while it re-reads and submits the trial
+
+# ----------------------------------------------------------------------------- fields
+
+# status.json: "state" is a TrialState; the rest as the writer knows them.
+STATUS_FIELDS = (
+    "state",
+    "attempts",
+    "updated",  # unix time of the last change
+    "host",
+    "pid",  # the trainer's
+    "job_pid",  # the local job's controller
+    "backend",
+    "job_id",
+    "slurm_job_id",
+    "slurm_array_job_id",
+    "slurm_array_task_id",
+    "started",
+    "error",
+    "traceback",
+    "stopped_epoch",
+    "stop_reason",
+)
+
+# result.json: test metrics of the selected checkpoint and how it was selected.
+RESULT_METRICS = ("R1", "R5", "R10", "mAP", "mINP")
+# Test metrics a trial adds when its synthetic dataset has look-alike groups: Rank-1 and mAP
+# of the look-alike and of the ordinary queries, and the percent of look-alike Rank-1
+# mistakes that land on a group-mate.
+GROUP_METRICS = ("lookalike_R1", "lookalike_mAP", "ordinary_R1", "ordinary_mAP", "twin_errors")
+RESULT_FIELDS = (
+    "trial_id",
+    "study",
+    "variant",
+    "seed",
+    "dataset",
+    "variant_base",  # from launch.json
+    "grid_point",  # from launch.json
+    "metrics",
+    "selection",  # {"split", "metric", "epoch", "value"}
+    "val_metrics",
+    "epochs",
+    "train_seconds",
+    "finished",
+)
+# Fields of a metrics.jsonl record that are not metrics.
+RECORD_FIELDS = ("epoch", "step", "split", "time")
+
+# launch.json: written by one function (bilma.runs.launch.write_launch) for every backend.
+LAUNCH_FIELDS = (
+    "study",
+    "grid",  # the grid file
+    "variant",  # the row label, with the axis values: "BiLMa [mask_ratio=0.3]"
+    "variant_base",  # the grid's variant name, without axis values
+    "variant_index",  # its position in the grid (row order); -1: none
+    "grid_point",  # {axis: value} of the grid's axes
+    "seed",
+    "parent_run_id",  # the sweep's MLflow parent run
+    "tracking",  # {"enabled", "uri"}: the launching command's, which win over config.yaml's
+    "launched",  # unix time
+)
+
+# ----------------------------------------------------------------------------- MLflow
+
+# Tags of a trial's MLflow run; `grid.<axis>` per grid axis.
+TAG_STUDY = "study"
+TAG_TRIAL_ID = "trial_id"
+TAG_VARIANT = "variant"
+TAG_VARIANT_BASE = "variant_base"
+TAG_VARIANT_INDEX = "variant_index"
+TAG_SEED = "seed"
+TAG_DATASET = "dataset"
+TAG_GIT_COMMIT = "git_commit"
+TAG_SLURM_JOB_ID = "slurm_job_id"
+TAG_KIND = "kind"  # "trial" or "sweep" (a parent run)
+TAG_SWEEP = "sweep"  # a parent run's grid name
+TAG_STOPPED_EARLY = "stopped_early"
+TAG_STATE_UPDATED = "state_updated"
+GRID_TAG_PREFIX = "grid."
+TAG_PARENT_RUN = "mlflow.parentRunId"
+TAG_RUN_NAME = "mlflow.runName"
+
+# The MLflow run status that shows each state.
+MLFLOW_STATUS = {
+    TrialState.DONE: "FINISHED",
+    TrialState.FAILED: "FAILED",
+    TrialState.INTERRUPTED: "KILLED",
+    TrialState.STOPPED: "KILLED",
+    TrialState.RUNNING: "RUNNING",
+    TrialState.PENDING: "SCHEDULED",
+}
+# And back, for the tables reading MLflow.
+STATE_OF_MLFLOW = {
+    "FINISHED": TrialState.DONE,
+    "FAILED": TrialState.FAILED,
+    "KILLED": TrialState.INTERRUPTED,
+    "RUNNING": TrialState.RUNNING,
+    "SCHEDULED": TrialState.PENDING,
+}
