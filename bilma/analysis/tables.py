@@ -12,6 +12,7 @@ import json
 import math
 
 from bilma.analysis.aggregate import Cell, Row, StudyTable, dataset_name, fmt_value, short_axes
+from bilma.analysis.records import STOPPED
 
 PUBLISHED_MARK = "†"
 
@@ -45,7 +46,7 @@ def fmt_delta(c: Cell | None, row: Row) -> str:
 
 def _trial_line(r) -> str:
     where = f", {dataset_name(r.dataset)}" if r.dataset else ""
-    state = "early-stopped" if r.state == "stopped" else r.state
+    state = "early-stopped" if r.state == STOPPED else r.state
     return f"{r.variant or r.variant_base} seed={r.seed}{where} ({r.trial_id}): {state}"
 
 

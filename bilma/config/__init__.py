@@ -4,12 +4,10 @@
 The names below are the layer's public face: `from bilma.config import Config, load_config`.
 """
 
+from bilma.config.identity import canonical, trial_id
 from bilma.config.load import (
-    LEAF_FIELDS,
-    VALID_KEYS,
     ConfigError,
     apply_values,
-    canonical,
     describe_keys,
     dump_yaml,
     flatten,
@@ -19,10 +17,11 @@ from bilma.config.load import (
     parse_override,
     suggest,
     to_dict,
-    trial_id,
     validate,
 )
 from bilma.config.schema import (
+    LEAF_FIELDS,
+    VALID_KEYS,
     Config,
     DataConfig,
     EvalConfig,

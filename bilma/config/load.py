@@ -13,10 +13,7 @@ data and weight locations, worker counts): the same experiment gets the same id 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
-import os
 import types
 import typing
 from pathlib import Path
@@ -24,22 +21,14 @@ from typing import Any, Literal
 
 import yaml
 
-from bilma.config.schema import (  # noqa: F401  (re-exported: `from bilma.config import Config`)
-    _HASH,
+from bilma.config.identity import canonical, trial_id  # noqa: F401  (importable from here too)
+from bilma.config.schema import (
     _HELP,
     _RANGE,
+    LEAF_FIELDS,
+    VALID_KEYS,
     Config,
-    DataConfig,
-    EvalConfig,
-    LossConfig,
-    MIMConfig,
-    MLMConfig,
-    ModelConfig,
-    OptimConfig,
-    PathsConfig,
-    TrackingConfig,
-    TrainConfig,
-    _f,
+    _sections,  # noqa: F401  (re-exported: `from bilma.config import Config`)
 )
 from bilma.config.yamlfile import did_you_mean, safe_load_unique, yaml_error
 from bilma.config.yamlfile import suggest as _suggest
@@ -47,27 +36,9 @@ from bilma.errors import ConfigError  # noqa: F401  (importable from here too)
 
 # ----------------------------------------------------------------------------- key tables
 
-
-def _sections() -> dict[str, type]:
-    hints = typing.get_type_hints(Config)
-    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
-
-
-def _leaf_fields() -> dict[str, tuple[dataclasses.Field, Any]]:
-    """Every valid dotted key with its field and resolved type hint."""
-    out = {}
-    for sec, cls in _sections().items():
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            out[f"{sec}.{f.name}"] = (f, hints[f.name])
-    return out
-
-
-LEAF_FIELDS = _leaf_fields()
 # Keys that config.yaml files of trials launched before launch.json still carry: read and
 # ignored (the sweep's identity moved to launch.json, which reads them from there).
 RETIRED_KEYS = ("tracking.variant_base", "tracking.variant_index", "tracking.grid_point")
-VALID_KEYS: tuple[str, ...] = tuple(LEAF_FIELDS)
 
 
 def suggest(key: str, candidates: typing.Iterable[str] = VALID_KEYS) -> str | None:
@@ -317,29 +288,6 @@ def from_dict(data: dict[str, Any], where: str = "config") -> Config:
 def validate(cfg: Config, where: str = "config") -> Config:
     """Re-check every value (for configs built in code)."""
     return apply_values(Config(), flatten(to_dict(cfg)), where)
-
-
-# ----------------------------------------------------------------------------- identity
-
-
-def canonical(cfg: Config) -> str:
-    """Canonical JSON of the parts that define the experiment (see the module docstring)."""
-    out: dict[str, Any] = {}
-    for key, (f, _tp) in LEAF_FIELDS.items():
-        mode = f.metadata.get(_HASH, True)
-        if mode is False:
-            continue
-        sec, name = key.split(".", 1)
-        value = getattr(getattr(cfg, sec), name)
-        if mode == "basename" and isinstance(value, str):
-            value = os.path.basename(os.path.normpath(value))
-        out[key] = value
-    return json.dumps(out, sort_keys=True, separators=(",", ":"))
-
-
-def trial_id(cfg: Config, length: int = 10) -> str:
-    """A short stable hash of `canonical(cfg)`: the trial directory's name."""
-    return hashlib.sha256(canonical(cfg).encode()).hexdigest()[:length]
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -8,6 +8,8 @@ in the trial id (`hash`: True, False = left out (locations, tracking, worker cou
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -174,3 +176,25 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+# ----------------------------------------------------------------------------- key tables
+
+
+def _sections() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+
+
+def _leaf_fields() -> dict[str, tuple[dataclasses.Field, Any]]:
+    """Every valid dotted key with its field and resolved type hint."""
+    out = {}
+    for sec, cls in _sections().items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            out[f"{sec}.{f.name}"] = (f, hints[f.name])
+    return out
+
+
+LEAF_FIELDS = _leaf_fields()
+VALID_KEYS: tuple[str, ...] = tuple(LEAF_FIELDS)
