@@ -1,8 +1,8 @@
-"""Finished and unfinished trials of the studies, read from MLflow or from trial directories.
+"""Finished and unfinished trials of the studies, read from MLflow (`bilma.tracking.read`)
+or from trial directories (`bilma.runs`), as the rows the tables aggregate.
 
-This is the ONE place in `analysis/` that imports the run schema from `bilma` (the tracking
-URI default, the result metrics, the trial-directory reader): if those names move, fix the
-imports here.
+This is the ONE place in `analysis/` that reads the run record (its names are
+`bilma.runs.schema`'s); the rest of the layer works on `TrialRecord`s.
 
     studies = load_mlflow("sqlite:///mlflow.db", ["smoke"], curves=True)
     studies = load_dirs("runs", ["smoke"])     # a cluster whose runs were never synced
@@ -10,21 +10,17 @@ imports here.
 
 A trial's table row comes from what it recorded, never from its display name: the variant's
 base name and position in the grid and the grid point (axis -> value) are read from
-result.json / MLflow tags when present, else from the resolved config (config.yaml's
-tracking section, or the MLflow params of the flattened config).
+result.json / launch.json / MLflow tags; trials run before launch.json existed have them in
+config.yaml's tracking section or the MLflow params of the flattened config.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import os
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import yaml
 
@@ -34,7 +30,8 @@ from bilma.runs.schema import GROUP_METRICS, RESULT_METRICS, STATE_OF_MLFLOW, Tr
 from bilma.runs.trial_dir import TrialDir, find_trials
 
 # The run schema, from the library (see the module docstring).
-from bilma.tracking.store import DEFAULT_URI, resolve_uri
+from bilma.tracking.read import RunRow, read_runs
+from bilma.tracking.store import DEFAULT_URI, resolve_uri  # noqa: F401  (the tables name the store)
 
 # Every test metric a table can show: the five of every trial, then the look-alike ones.
 ALL_METRICS = RESULT_METRICS + GROUP_METRICS
@@ -144,46 +141,16 @@ def _order(records: list[TrialRecord]) -> list[TrialRecord]:
 # ----------------------------------------------------------------------------- MLflow
 
 
-def _check_store(uri: str) -> None:
-    """Fail in one line on a store that is not there (MLflow would create an empty SQLite
-    file) or a server that does not answer (MLflow would retry for minutes)."""
-    if uri.startswith("sqlite:///") and ":memory:" not in uri:
-        path = Path(uri[len("sqlite:///") :].split("?", 1)[0])
-        if not path.is_file():
-            raise AnalysisError(
-                f"no MLflow store at {path} (tracking URI {uri}): run a sweep first, or pass "
-                "--tracking-uri URI or --runs DIR"
-            )
-    if uri.startswith(("http://", "https://")):
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-
-
 def _first_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
 
 
-def _from_run(run: Any, study: str) -> TrialRecord | None:
-    """An MLflow Run -> TrialRecord (None for a parent run)."""
-    info, data = run.info, run.data
-    return _record(
-        study, info.run_id, info.status, info.start_time, data.tags, data.params, data.metrics
-    )
-
-
-def _record(
-    study: str,
-    run_id: str,
-    status: str,
-    start_ms: int | None,
-    tags: dict[str, str],
-    params: dict[str, str],
-    metrics: dict[str, float],
-) -> TrialRecord | None:
+def _record(row: RunRow) -> TrialRecord | None:
     """A trial run's tags, params and latest metrics -> TrialRecord; None for a sweep's
     parent run or a foreign run."""
-    if tags.get("kind") == "sweep" or "trial_id" not in tags:
+    tags, params, metrics = row.tags, row.params, row.metrics
+    if tags.get(schema.TAG_KIND) == "sweep" or schema.TAG_TRIAL_ID not in tags:
         return None
     grid = schema.GRID_TAG_PREFIX
     point = {k[len(grid) :]: _yaml_value(v) for k, v in tags.items() if k.startswith(grid)}
@@ -191,29 +158,29 @@ def _record(
         point = _parse_point(params.get("tracking.grid_point"))
     variant = tags.get(schema.TAG_VARIANT) or params.get("tracking.variant") or ""
     base = tags.get(schema.TAG_VARIANT_BASE) or params.get("tracking.variant_base") or variant
-    state = _STATE_OF_STATUS.get(status, "unknown")
-    if str(tags.get("stopped_early", "")).lower() == "true":
+    state = _STATE_OF_STATUS.get(row.status, "unknown")
+    if str(tags.get(schema.TAG_STOPPED_EARLY, "")).lower() == "true":
         state = STOPPED
     test = {m: float(metrics[f"test/{m}"]) for m in ALL_METRICS if f"test/{m}" in metrics}
     if state == FINISHED and any(m not in test for m in RESULT_METRICS):
         state = "unknown"  # FINISHED without final metrics: not a finished trial
     return TrialRecord(
-        study=study,
-        trial_id=tags["trial_id"],
+        study=row.study,
+        trial_id=tags[schema.TAG_TRIAL_ID],
         variant=variant,
         variant_base=base,
         variant_index=_int(
             tags.get(schema.TAG_VARIANT_INDEX, params.get("tracking.variant_index"))
         ),
         grid_point=point,
-        seed=_int(tags.get("seed", params.get("train.seed"))),
-        dataset=tags.get("dataset") or params.get("data.dataset") or "",
+        seed=_int(tags.get(schema.TAG_SEED, params.get("train.seed"))),
+        dataset=tags.get(schema.TAG_DATASET) or params.get("data.dataset") or "",
         state=state,
         metrics=test,
         selection_split=tags.get("selection_split") or params.get("eval.select_split"),
         selection_metric=tags.get("selection_metric") or params.get("eval.select_metric"),
-        started=(start_ms or 0) / 1000.0,
-        run_id=run_id,
+        started=(row.start_ms or 0) / 1000.0,
+        run_id=row.run_id,
     )
 
 
@@ -228,77 +195,14 @@ def _set_curve(rec: TrialRecord, points: list[tuple[int, int, float]]) -> None:
     rec.curve_split = rec.selection_split or "val"
 
 
-def load_mlflow(
-    uri: str | None = None, studies: list[str] | None = None, curves: bool = False
-) -> dict[str, list[TrialRecord]]:
-    """{study: trials} from an MLflow store; every study (experiment with trial runs) if
-    `studies` is None. `curves` also reads each finished trial's per-epoch R1.
-
-    A SQLite store is read directly (read-only, only the columns the tables need: 1,000 runs
-    in well under a second, where MLflow's client takes tens of seconds to build every run's
-    params); any other store, or a SQLite schema this reader does not know, through MLflow.
-    """
-    uri = resolve_uri(uri or DEFAULT_URI)
-    _check_store(uri)
-    db = _sqlite_file(uri)
-    if db is not None:
-        try:
-            return _load_sqlite(db, uri, studies, curves)
-        except sqlite3.DatabaseError as e:
-            log.debug("reading %s directly failed (%s); using MLflow's client", db, e)
-    return _load_client(uri, studies, curves)
+def _curve_key(row: RunRow) -> str | None:
+    """The per-epoch curve a finished trial's row needs: R1 on its selection split."""
+    rec = _record(row)
+    return rec.curve_key if rec is not None and rec.finished else None
 
 
-def _sqlite_file(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///") or ":memory:" in uri:
-        return None
-    return Path(uri[len("sqlite:///") :].split("?", 1)[0])
-
-
-def _choose(experiments: dict[str, str], studies: list[str] | None, uri: str) -> dict[str, str]:
-    """{study: experiment id} of the studies asked for (all when None); unknown ones refused."""
-    if not studies:
-        return dict(sorted(experiments.items()))
-    for name in studies:
-        if name not in experiments:
-            known = ", ".join(sorted(experiments)) or "none"
-            raise AnalysisError(f"unknown study '{name}' at {uri} (studies there: {known})")
-    return {name: experiments[name] for name in studies}
-
-
-def _load_client(uri: str, studies: list[str] | None, curves: bool) -> dict[str, list[TrialRecord]]:
-    from mlflow import MlflowClient  # lazily: importing mlflow costs about a second
-
-    client = MlflowClient(tracking_uri=uri)
-    try:
-        experiments = {e.name: e.experiment_id for e in client.search_experiments()}
-    except Exception as e:
-        raise AnalysisError(
-            f"cannot read the MLflow store at {uri} ({_first_line(e)}); start the server or "
-            "pass --tracking-uri URI, or read trial directories with --runs DIR"
-        ) from None
-    out: dict[str, list[TrialRecord]] = {}
-    for name, exp_id in _choose(experiments, studies, uri).items():
-        records = []
-        token = None
-        while True:
-            page = client.search_runs([exp_id], max_results=50000, page_token=token)
-            records += [r for r in (_from_run(run, name) for run in page) if r is not None]
-            token = page.token
-            if not token:
-                break
-        if records or studies:
-            out[name] = _order(records)
-    if curves:
-        for records in out.values():
-            for rec in records:
-                if rec.finished:
-                    history = client.get_metric_history(rec.run_id, rec.curve_key)
-                    _set_curve(rec, [(m.step, m.timestamp, m.value) for m in history])
-    return out
-
-
-# Params the tables read (the rest of the flattened config is not loaded).
+# Params the tables read (the rest of the flattened config is not loaded); the tracking.*
+# ones are those of runs mirrored before launch.json.
 _PARAMS = (
     "tracking.variant",
     "tracking.variant_base",
@@ -311,73 +215,26 @@ _PARAMS = (
 )
 
 
-def _load_sqlite(
-    db: Path, uri: str, studies: list[str] | None, curves: bool
+def load_mlflow(
+    uri: str | None = None, studies: list[str] | None = None, curves: bool = False
 ) -> dict[str, list[TrialRecord]]:
-    """The same records as `_load_client`, straight from MLflow's SQLite tables."""
-    con = sqlite3.connect(f"file:{quote(str(db))}?mode=ro", uri=True)
-    try:
-        experiments = dict(
-            con.execute(
-                "SELECT name, experiment_id FROM experiments WHERE lifecycle_stage = 'active'"
-            ).fetchall()
-        )
-        out: dict[str, list[TrialRecord]] = {}
-        for name, exp_id in _choose(experiments, studies, uri).items():
-            records = _sqlite_study(con, name, exp_id, curves)
-            if records or studies:
-                out[name] = _order(records)
-        return out
-    finally:
-        con.close()
-
-
-def _sqlite_study(con: Any, name: str, exp_id: Any, curves: bool) -> list[TrialRecord]:
-    in_exp = "run_uuid IN (SELECT run_uuid FROM runs WHERE experiment_id = ?)"
-    runs = con.execute(
-        "SELECT run_uuid, status, start_time FROM runs "
-        "WHERE experiment_id = ? AND lifecycle_stage = 'active'",
-        (exp_id,),
-    ).fetchall()
-    tags: dict[str, dict[str, str]] = {r[0]: {} for r in runs}
-    params: dict[str, dict[str, str]] = {r[0]: {} for r in runs}
-    metrics: dict[str, dict[str, float]] = {r[0]: {} for r in runs}
-    for rid, key, value in con.execute(
-        f"SELECT run_uuid, key, value FROM tags WHERE {in_exp}", (exp_id,)
-    ):
-        tags.get(rid, {})[key] = value
-    marks = ",".join("?" * len(_PARAMS))
-    for rid, key, value in con.execute(
-        f"SELECT run_uuid, key, value FROM params WHERE key IN ({marks}) AND {in_exp}",
-        (*_PARAMS, exp_id),
-    ):
-        params.get(rid, {})[key] = value
-    for rid, key, value, is_nan in con.execute(
-        f"SELECT run_uuid, key, value, is_nan FROM latest_metrics "
-        f"WHERE key LIKE 'test/%' AND {in_exp}",
-        (exp_id,),
-    ):
-        metrics.get(rid, {})[key] = math.nan if is_nan else float(value)
-    records = [
-        r
-        for r in (
-            _record(name, rid, status, start, tags[rid], params[rid], metrics[rid])
-            for rid, status, start in runs
-        )
-        if r is not None
-    ]
-    if curves:
-        history: dict[tuple[str, str], list[tuple[int, int, float]]] = {}
-        for rid, key, step, ts, value in con.execute(
-            f"SELECT run_uuid, key, step, timestamp, value FROM metrics "
-            f"WHERE key LIKE '%/R1' AND is_nan = 0 AND {in_exp}",
-            (exp_id,),
-        ):
-            history.setdefault((rid, key), []).append((int(step), int(ts), float(value)))
-        for rec in records:
-            if rec.finished:
-                _set_curve(rec, history.get((rec.run_id, rec.curve_key), []))
-    return records
+    """{study: trials} from an MLflow store (`bilma.tracking.read`); every study
+    (experiment with trial runs) if `studies` is None. `curves` also reads each finished
+    trial's per-epoch R1."""
+    runs = read_runs(uri, studies, _PARAMS, _curve_key if curves else None)
+    out: dict[str, list[TrialRecord]] = {}
+    for name, rows in runs.items():
+        records = []
+        for row in rows:
+            rec = _record(row)
+            if rec is None:
+                continue
+            if curves and rec.finished:
+                _set_curve(rec, row.curves.get(rec.curve_key, []))
+            records.append(rec)
+        if records or studies:
+            out[name] = _order(records)
+    return out
 
 
 # ----------------------------------------------------------------------------- directories

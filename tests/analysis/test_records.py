@@ -10,9 +10,12 @@ def key(records):
     return sorted(records, key=lambda r: r.trial_id)
 
 
-def test_sqlite_reader_equals_mlflow_client(smoke_sweep):
+def test_sqlite_reader_equals_mlflow_client(smoke_sweep, monkeypatch):
+    from bilma.tracking import read
+
     fast = runs.load_mlflow(smoke_sweep.uri, [smoke_sweep.study], curves=True)
-    slow = runs._load_client(runs.resolve_uri(smoke_sweep.uri), [smoke_sweep.study], True)
+    monkeypatch.setattr(read, "_sqlite_file", lambda uri: None)  # the same store, via MLflow
+    slow = runs.load_mlflow(smoke_sweep.uri, [smoke_sweep.study], curves=True)
     a, b = key(fast[smoke_sweep.study]), key(slow[smoke_sweep.study])
     assert len(a) == 10 and a == b
     finished = [r for r in a if r.finished]
