@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from bilma.analysis.records import AnalysisError, TrialDir
+from bilma.runs.schema import CONFIG_FILE, RESULT_FILE
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +48,14 @@ def _checkpoint(trial: TrialDir) -> Path:
 def pick_trial(path: Path) -> Path:
     """`path` if it is a trial directory; else the finished trial under it (a study folder)
     with the best test R1."""
-    if (path / "config.yaml").is_file():
+    if (path / CONFIG_FILE).is_file():
         return path
     from bilma.analysis.records import find_trials
 
     best: tuple[float, Path] | None = None
     for trial in find_trials(path) if path.is_dir() else []:
         try:
-            result = json.loads((trial / "result.json").read_text())
+            result = json.loads((trial / RESULT_FILE).read_text())
         except (OSError, json.JSONDecodeError):
             continue
         r1 = float(result.get("metrics", {}).get("R1", -1.0))

@@ -456,7 +456,7 @@ class MlflowMirror:
         )
         if self.trial.config_path.exists():
             names = {f.path for f in client.list_artifacts(self.run_id)}
-            if "config.yaml" not in names:
+            if schema.CONFIG_FILE not in names:
                 client.log_artifact(self.run_id, str(self.trial.config_path))
         return run
 
