@@ -8,8 +8,9 @@ of a file under the study, a wrapper counts `os.stat` calls.
 
     .venv/bin/python benchmarks/bench_follow.py [--trials 1000] [--seconds 30]
 
-The loop driven is `run_local` on trials started by an earlier launch (they are only
-followed), so the measurement is the follow loop alone, with no job submitted.
+The loop driven is the local backend's on trials started by an earlier launch (they are only
+followed: `follow_only`, before the package was layered `run_local` with nothing to submit),
+so the measurement is the follow loop alone, with no job submitted.
 """
 
 from __future__ import annotations
@@ -33,10 +34,9 @@ sys.path.insert(0, str(REPO))  # benchmarks run from a checkout
 
 # The launcher's follow loop and its types, wherever the layout of the day keeps them.
 try:
+    from bilma.runs.trial_dir import TrialDir
     from bilma.sweep.backends.local import follow_only as _follow
     from bilma.sweep.plan import Action, Planned
-
-    from bilma.runs.trial_dir import TrialDir
 
     RUNNING_ACTION = Action.SKIP_RUNNING
 except ImportError:  # before the package was layered (commit 30b543a and earlier)

@@ -143,7 +143,7 @@ def remove_stale_tmp(folder: str | Path, older_than_s: float = 0.0) -> list[Path
             pid = int(parts[-3])
         except (ValueError, IndexError):
             continue
-        alive = pid != os.getpid() and _pid_alive(pid)
+        alive = pid != os.getpid() and pid_alive(pid)
         try:
             old = now - p.stat().st_mtime > older_than_s if older_than_s > 0 else False
         except OSError:
@@ -155,14 +155,20 @@ def remove_stale_tmp(folder: str | Path, older_than_s: float = 0.0) -> list[Path
     return removed
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this machine runs (a zombie does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    # A zombie (exited, not yet reaped by its parent) is not alive.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def files_like_umask(folder: str | Path) -> None:

@@ -9,7 +9,7 @@ backend (local, debug, SLURM, Ray, `python -m bilma train`), so the trainer take
     release_trial_lock(trial.path)   # or leave it to process exit
 
 Launchers also hold a short `claim` (another file) while they re-read a trial's state and
-submit it, so that two launchers never both submit it (sweeps/launcher.py).
+submit it, so that two launchers never both submit it (`bilma.sweep.plan.claimed`).
 
 On NFS, Linux implements flock with the server's byte-range locks (NFSv4), which hold across
 nodes.

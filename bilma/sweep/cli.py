@@ -17,8 +17,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bilma.sweep.backends.base import Backend
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -27,7 +31,7 @@ def build_parser(prog: str = "python sweeps/launch.py") -> argparse.ArgumentPars
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.set_defaults(prog=prog)  # the status command printed after a submit is said the same way
     p.add_argument("--grid", required=True, help="grid YAML, or a name in sweeps/grids/")
-    p.add_argument("--backend", choices=("local", "slurm", "ray", "debug"), default="local")
+    p.add_argument("--backend", choices=tuple(BACKENDS), default="local")
     p.add_argument(
         "--profile", default="default", help="SLURM profile in cluster/profiles/ (slurm backend)"
     )
@@ -80,25 +84,30 @@ def main(argv: list[str] | None = None, prog: str = "python sweeps/launch.py") -
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bilma.sweep import launcher, report
+    from bilma.runs.reading import read_status
+    from bilma.sweep import report
     from bilma.sweep.expand import expand_report, load_grid
+    from bilma.sweep.plan import Action, check_trial_configs, data_root_warnings, plan, summary
+    from bilma.sweep.prepare import finish_parent, prepare
 
     grid = load_grid(args.grid, args.set)
     trials, dropped = expand_report(grid)  # validates every trial before anything runs
-    problem = _backend_problem(args)  # before any folder, dataset or MLflow run is made
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    planned = launcher.plan(trials, retry_failed=args.retry_failed)
-    for line in launcher.data_root_warnings(planned):
+    backend = BACKENDS[args.backend](args)
+    backend.check(grid, trials)  # before any folder, dataset or MLflow run is made
+    planned = plan(trials, retry_failed=args.retry_failed)
+    for line in data_root_warnings(planned):
         print(f"warning: {line}", file=sys.stderr)
-    from bilma.sweep.backends.slurm import reconcile
-
-    planned = reconcile(planned)  # scancel'ed trials resume rather than count as failed
+    # What the backend that ran a trial knows of its job counts whatever --backend says
+    # (a scancel'ed SLURM trial resumes rather than counting as failed; --status shows it).
+    recorded = {read_status(p.dir).get("backend") for p in planned}
+    ran_by = [make(args) for name, make in BACKENDS.items() if name in recorded]
+    for b in ran_by:
+        b.reconcile(planned)
     if args.status:
-        from bilma.sweep.backends.slurm import slurm_states
-
-        print(report.status_table(planned, slurm=slurm_states(planned)))
+        views = {b.name: b.status(planned) for b in ran_by}
+        views = {name: view for name, view in views.items() if view}
+        jobs = {path: job for view in views.values() for path, job in view.items()}
+        print(report.status_table(planned, jobs, f"{'/'.join(views)} job"))
         return 0
     header = f"{grid.study}: {len(trials)} trials" + (
         f" ({dropped} duplicates merged)" if dropped else ""
@@ -106,61 +115,79 @@ def _run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(header + " (dry run: nothing runs, nothing is written)")
         print(report.plan_table(planned))
-        print(launcher.summary(planned))
-        if args.backend == "slurm":
-            from bilma.sweep.backends.slurm import sbatch_script
-
-            print("\nsbatch script of the array:\n")
-            print(sbatch_script(planned, args.profile))
+        print(summary(planned))
+        extra = backend.dry_run(planned)
+        if extra:
+            print(extra)
         return 0
-    print(header + ": " + launcher.summary(planned), flush=True)
+    print(header + ": " + summary(planned), flush=True)
     for p in planned:
-        if p.action == launcher.SKIP_UNREADABLE:
-            print(f"  {p.trial.variant} seed={p.trial.seed}: {p.note}; fix or delete that file")
-    launcher.check_trial_configs(planned)
-    if not any(p.action in launcher.TO_RUN + (launcher.SKIP_RUNNING,) for p in planned):
-        stuck = any(p.action in (launcher.SKIP_FAILED, launcher.SKIP_UNREADABLE) for p in planned)
+        if p.action is Action.SKIP_UNREADABLE:
+            print(f"  {p.name}: {p.note}; fix or delete that file")
+    check_trial_configs(planned)
+    if not any(p.action.runs() or p.action is Action.SKIP_RUNNING for p in planned):
+        stuck = any(p.action in (Action.SKIP_FAILED, Action.SKIP_UNREADABLE) for p in planned)
         print("nothing to submit: every trial is done" + (" or failed" if stuck else ""))
         return 1 if stuck else 0
-    if args.backend == "slurm":
-        from bilma.sweep.backends.slurm import preflight, submit
-
-        preflight(args.profile)  # a bad profile or no SLURM: say so before writing anything
-        parent = launcher.prepare(grid, planned)
-        return submit(planned, args.profile, grid, parent, _status_command(args))
-    if args.backend == "ray":
-        from bilma.sweep.backends import ray as ray_backend
-
-        metric = ray_backend.check(grid, trials)  # before anything is written
-    parent = launcher.prepare(grid, planned)
-    if args.backend == "ray":
-        code = ray_backend.run_ray(grid, trials, parent, ray_backend.options(args), metric)
-    elif args.backend == "debug":
-        code = launcher.run_debug(planned)
-    else:
-        max_parallel = args.max_parallel or max(1, (os.cpu_count() or 1) // 2)
-        code = launcher.run_local(planned, max_parallel, args.timeout_min)
+    parent = prepare(grid, planned)
+    code = backend.submit(grid, planned, parent)
+    if not backend.waits:
+        return code  # queued: the parent run stays open, --status follows the trials
     if code != 130:
-        launcher.finish_parent(trials[0].config, parent, failed=code != 0)
-    print(report.status_table(launcher.plan(trials)))
+        finish_parent(trials[0].config, parent, failed=code != 0)
+    print(report.status_table(plan(trials)))
     if trials[0].config.tracking.enabled:
         print(f"\ncompare runs: mlflow ui --backend-store-uri {trials[0].config.tracking.uri}")
     return code
 
 
-def _backend_problem(args: argparse.Namespace) -> str | None:
-    """What stops the backend (a missing SLURM, an unknown profile: ProfileError), up front."""
-    if args.backend != "slurm":
-        return None
-    from bilma.sweep.backends.profiles import load_profile
+# ----------------------------------------------------------------------------- backends
+# Each imported when used (Ray's import alone takes seconds), built from the options it needs.
 
-    load_profile(args.profile)  # ProfileError names the file and the profiles there are
-    if not (args.dry_run or args.status) and shutil.which("sbatch") is None:
-        return (
-            "--backend slurm: sbatch is not on this machine (SLURM is not installed or not on "
-            "PATH); run on the cluster's login node, or use --backend local"
-        )
-    return None
+
+def _submits(args: argparse.Namespace) -> bool:
+    """Whether the command runs trials (not --status or --dry-run)."""
+    return not (args.dry_run or args.status)
+
+
+def _local(args: argparse.Namespace) -> Backend:
+    from bilma.sweep.backends.local import LocalBackend
+
+    return LocalBackend(args.max_parallel, args.timeout_min)
+
+
+def _slurm(args: argparse.Namespace) -> Backend:
+    from bilma.sweep.backends.slurm import SlurmBackend
+
+    return SlurmBackend(args.profile, _submits(args), _status_command(args))
+
+
+def _ray(args: argparse.Namespace) -> Backend:
+    from bilma.sweep.backends.ray import RayBackend
+
+    return RayBackend(
+        address=args.ray_address,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        profile=args.profile,
+        verbose=args.verbose,
+        submits=_submits(args),
+    )
+
+
+def _debug(args: argparse.Namespace) -> Backend:
+    from bilma.sweep.backends.debug import DebugBackend
+
+    return DebugBackend()
+
+
+# --backend NAME -> the backend (in the order --help lists them).
+BACKENDS: dict[str, Callable[[argparse.Namespace], Backend]] = {
+    "local": _local,
+    "slurm": _slurm,
+    "ray": _ray,
+    "debug": _debug,
+}
 
 
 def _status_command(args: argparse.Namespace) -> str:

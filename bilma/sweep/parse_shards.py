@@ -7,7 +7,8 @@
     --dry-run         the shards' commands and the SLURM parameters; nothing runs
 
 Every shard is `bilma parse --shard k/N`, so running the same command again (or a requeued
-task) skips the images that already have a map.
+task) skips the images that already have a map. The jobs go out through the sweep backends'
+own helpers (`backends.local.submit_local`, `backends.slurm.submit_array`).
 """
 
 from __future__ import annotations
@@ -100,13 +101,18 @@ def slurm_parameters(profile_name: str) -> tuple[dict[str, Any], Any]:
 
 
 def submit_slurm(args: argparse.Namespace, shards: list[dict[str, Any]]) -> int:
+    from bilma.sweep.backends.slurm import submit_array
+
     params, profile = slurm_parameters(args.profile)
-    folder = jobs_folder(args) / "%j"
     # Requeues after time limits: each resumes where the maps stop (profile key once merged).
-    ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=profile.max_requeues)
-    ex.update_parameters(job_name=f"bilma-parse-{args.dataset}", **params)
-    with ex.batch():
-        jobs = [ex.submit(ParseShardJob(s)) for s in shards]
+    jobs = submit_array(
+        jobs_folder(args) / "%j",
+        profile,
+        f"bilma-parse-{args.dataset}",
+        params,
+        [ParseShardJob(s) for s in shards],
+        "the same command parses what is still missing",
+    )
     array = str(jobs[0].job_id).split("_")[0]
     print(f"submitted {len(jobs)} parse shards as job array {array} (profile {profile.name})")
     print(f"follow: squeue -j {array}   |   logs: {jobs_folder(args)}/<job id>/")
@@ -115,6 +121,8 @@ def submit_slurm(args: argparse.Namespace, shards: list[dict[str, Any]]) -> int:
 
 
 def run_local(args: argparse.Namespace, shards: list[dict[str, Any]]) -> int:
+    from bilma.sweep.backends.local import submit_local
+
     gpus = args.gpus
     if gpus is None:
         import torch
@@ -124,14 +132,15 @@ def run_local(args: argparse.Namespace, shards: list[dict[str, Any]]) -> int:
     jobs = []
     for s in shards:
         k = s["shard"][0]
-        ex = submitit.LocalExecutor(folder=jobs_folder(args) / f"local-{k}", max_num_timeout=3)
         gpu = {"gpus_per_node": 1, "visible_gpus": (k % gpus,)} if gpus else {}
-        ex.update_parameters(timeout_min=7 * 24 * 60, **gpu)
         s = dict(s, device="cuda" if gpus else "cpu")
-        with submitit.helpers.environment_variables(OMP_NUM_THREADS=threads):
-            jobs.append(ex.submit(ParseShardJob(s)))
+        folder = jobs_folder(args) / f"local-{k}"
+        job = submit_local(
+            folder, ParseShardJob(s), threads, max_num_timeout=3, timeout_min=7 * 24 * 60, **gpu
+        )
+        jobs.append(job)
         where = f"GPU {k % gpus}" if gpus else "CPU"
-        print(f"shard {k}/{len(shards)} on {where}: log {jobs[-1].paths.stderr}", flush=True)
+        print(f"shard {k}/{len(shards)} on {where}: log {job.paths.stderr}", flush=True)
     failed = 0
     for job in jobs:
         try:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from bilma.sweep.launcher import Planned, read_result, read_status
+from pathlib import Path
+
+from bilma.runs.reading import UNREADABLE, read_result, read_status
+from bilma.runs.schema import TrialState
+from bilma.sweep.plan import Action, Planned
+
+NEW = "new"  # the state column of a trial with no status.json yet
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -26,17 +32,20 @@ def _log_path(p: Planned) -> str:
     return str(p.dir.path)
 
 
-def status_table(planned: list[Planned], slurm: dict[str, str] | None = None) -> str:
-    """Variant, seed, trial id, state, attempts, test R1 and where the log is; with `slurm`
-    (trial id -> job id and SLURM state), SLURM's view next to the directory's."""
+def status_table(
+    planned: list[Planned], jobs: dict[Path, str] | None = None, job_column: str = "job"
+) -> str:
+    """Variant, seed, trial id, state, attempts, test R1 and where the log is; with `jobs`
+    (trial directory -> the backend's view of its job: `Backend.status`), that view next to
+    the directory's, in a column `job_column`."""
     rows = []
     for p in planned:
         status = read_status(p.dir)
         result, problem = read_result(p.dir)
-        state = "done" if result else status.get("state", "new")
-        if p.action == "running" and state != "pending":
-            state = "running"
-        if problem or state == "unreadable":  # the reason instead of a state
+        state = TrialState.DONE if result else status.get("state", NEW)
+        if p.action is Action.SKIP_RUNNING and state != TrialState.PENDING:
+            state = TrialState.RUNNING
+        if problem or state == UNREADABLE:  # the reason instead of a state
             state = problem or status["error"]
         r1 = f"{result['metrics']['R1']:.2f}" if result else ""
         rows.append(
@@ -44,21 +53,23 @@ def status_table(planned: list[Planned], slurm: dict[str, str] | None = None) ->
                 p.trial.variant,
                 str(p.trial.seed),
                 p.dir.trial_id,
-                state,
+                str(state),
                 str(status.get("attempts", 0)),
                 r1,
                 _log_path(p),
             ]
         )
-        if slurm:
-            rows[-1].insert(4, slurm.get(p.dir.trial_id, ""))
+        if jobs:
+            rows[-1].insert(4, jobs.get(p.dir.path, ""))
     header = ["variant", "seed", "trial", "state", "attempts", "R1", "log"]
-    if slurm:
-        header.insert(4, "slurm job")
+    if jobs:
+        header.insert(4, job_column)
     return _table(header, rows)
 
 
 def plan_table(planned: list[Planned]) -> str:
     """What a launch would do with each trial."""
-    rows = [[p.trial.variant, str(p.trial.seed), p.dir.trial_id, p.action, p.note] for p in planned]
+    rows = [
+        [p.trial.variant, str(p.trial.seed), p.dir.trial_id, str(p.action), p.note] for p in planned
+    ]
     return _table(["variant", "seed", "trial", "action", "note"], rows)

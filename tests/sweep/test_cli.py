@@ -315,7 +315,7 @@ def test_bad_max_parallel_is_refused_before_anything_is_made(synth_small, tmp_pa
 
 def _trial_dirs(grid: Path):
     from bilma.sweep.expand import expand, load_grid
-    from bilma.sweep.launcher import trial_dir
+    from bilma.sweep.plan import trial_dir
 
     return [(t, trial_dir(t)) for t in expand(load_grid(grid))]
 

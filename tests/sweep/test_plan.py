@@ -1,4 +1,4 @@
-"""`launcher.classify`: what a launch does with one trial, decided from its directory alone.
+"""`plan.classify`: what a launch does with one trial, decided from its directory alone.
 
 Trial directories are written by hand in tmp_path; no process is started. A live pid is this
 test's own; a dead one is above the kernel's highest possible pid.
@@ -13,16 +13,11 @@ from pathlib import Path
 import pytest
 
 from bilma.runs.trial_dir import TrialDir
-from bilma.sweep import launcher
-from bilma.sweep.launcher import (
-    RESUME,
-    RETRY,
-    SKIP_DONE,
-    SKIP_FAILED,
-    SKIP_RUNNING,
-    SUBMIT,
-    classify,
-)
+from bilma.sweep import plan
+from bilma.sweep.plan import Action, classify
+
+RESUME, RETRY, SUBMIT = Action.RESUME, Action.RETRY, Action.SUBMIT
+SKIP_DONE, SKIP_FAILED, SKIP_RUNNING = Action.SKIP_DONE, Action.SKIP_FAILED, Action.SKIP_RUNNING
 
 ALIVE = os.getpid()
 DEAD = 2**22 + 1  # above PID_MAX_LIMIT (2**22 on 64-bit Linux): no process has it
@@ -133,7 +128,7 @@ def test_slurm_job_is_asked_to_the_queue(tmp_path, monkeypatch, queued, expected
         asked.append(job_id)
         return queued
 
-    monkeypatch.setattr(launcher, "_slurm_alive", fake_squeue)
+    monkeypatch.setattr(plan, "_slurm_alive", fake_squeue)
     # The pid is this process's, but a SLURM trial is alive only if its job is queued.
     d = make(tmp_path, "pending", ckpt=True, epochs=1, backend="slurm", job_id=4242, pid=ALIVE)
     action, _note = classify(d, False)

@@ -5,9 +5,9 @@ and SLURM backends do (same ids, same MLflow child runs). The trainer knows no R
 `on_eval` callback that reports every evaluation to Tune with a small checkpoint (which epoch
 of which trial directory; the weights stay in `ckpt/last.pt`), so a scheduler (ASHA) can stop
 a trial and Tune can restart one whose worker died; the trainer then resumes from its own
-checkpoint. A trial stopped early ends as state "stopped" with its last metrics, its MLflow run
-KILLED with the tag stopped_early=true, whether the trainer or (when Ray killed the worker
-first) this driver records it.
+checkpoint. A trial stopped early ends as `TrialState.STOPPED` with its last metrics, its
+MLflow run KILLED with the tag stopped_early=true, whether the trainer or (when Ray killed the
+worker first) this driver records it.
 
 Tune's own files live in `runs/<study>/.tune/<experiment>/`; the experiment's name is a hash of
 the trials, the search and the scheduler, so running the same command again restores it:
@@ -30,6 +30,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,15 +40,19 @@ from ray import tune
 
 from bilma.config import Config, ConfigError, apply_values
 from bilma.runs.launch import read_launch
+from bilma.runs.schema import TrialState
 from bilma.runs.trial_dir import TrialDir
+from bilma.sweep.backends.base import Backend
 from bilma.sweep.backends.ray_trainable import record_failed, record_stopped, run_trial
 from bilma.sweep.expand import Grid, GridError, Trial
+from bilma.sweep.plan import Planned
 from bilma.sweep.search import Scheduler, Search, SearchError, check_optuna
 from bilma.tracking.mirror import MlflowMirror
 
 log = logging.getLogger(__name__)
 
 TUNE_DIR = ".tune"  # runs/<study>/.tune/: hidden, so find_trials never walks it
+UNFINISHED = "unfinished"  # a Tune trial that ended in no state of its own (counted so)
 
 
 @dataclass
@@ -228,21 +233,54 @@ def check(grid: Grid, trials: list[Trial]) -> str:
     return metrics.pop()
 
 
-def options(args: Any) -> RayOptions:
-    """From the launcher's flags; per-trial resources from --profile when it is not the
-    default one (cpus_per_task, gpus_per_node: one trial per job in the SLURM backend)."""
-    cpus, gpus = 1.0, 0.0
-    if getattr(args, "profile", "default") != "default":
-        from bilma.sweep.backends.profiles import load_profile
+class RayBackend(Backend):
+    """`--backend ray`: the grid's trials (and its search: and scheduler:) on Ray Tune."""
 
-        prof = load_profile(args.profile)
-        cpus, gpus = float(prof.cpus_per_task), float(prof.gpus_per_node)
-    return RayOptions(
-        address=args.ray_address,
-        cpus_per_trial=args.cpus_per_trial if args.cpus_per_trial is not None else cpus,
-        gpus_per_trial=args.gpus_per_trial if args.gpus_per_trial is not None else gpus,
-        verbose=bool(getattr(args, "verbose", False)),
-    )
+    name = "ray"
+
+    def __init__(
+        self,
+        address: str | None = None,
+        cpus_per_trial: float | None = None,
+        gpus_per_trial: float | None = None,
+        profile: str = "default",
+        verbose: bool = False,
+        submits: bool = True,
+    ):
+        self.address = address
+        self.cpus_per_trial, self.gpus_per_trial = cpus_per_trial, gpus_per_trial
+        self.profile = profile  # per-trial resources, when it is not the default one
+        self.verbose = verbose
+        self.submits = submits  # False for --status and --dry-run: Ray is not started
+
+    def check(self, grid: Grid, trials: list[Trial]) -> None:
+        """The search (Optuna installed, every bound a valid config), one metric for every
+        trial, and the profile named for the resources (when the command runs the trials)."""
+        if self.submits:
+            check(grid, trials)
+            self.options()
+
+    def options(self) -> RayOptions:
+        """Per-trial resources from --cpus/--gpus-per-trial, else from --profile when it is
+        not the default one (cpus_per_task, gpus_per_node: one trial per job in the SLURM
+        backend), else 1 CPU."""
+        cpus, gpus = 1.0, 0.0
+        if self.profile != "default":
+            from bilma.sweep.backends.profiles import load_profile
+
+            prof = load_profile(self.profile)
+            cpus, gpus = float(prof.cpus_per_task), float(prof.gpus_per_node)
+        return RayOptions(
+            address=self.address,
+            cpus_per_trial=self.cpus_per_trial if self.cpus_per_trial is not None else cpus,
+            gpus_per_trial=self.gpus_per_trial if self.gpus_per_trial is not None else gpus,
+            verbose=self.verbose,
+        )
+
+    def submit(self, grid: Grid, planned: list[Planned], parent_run_id: str | None) -> int:
+        # Tune runs every trial of the grid: done and stopped ones only report (see above).
+        trials = [p.trial for p in planned]
+        return run_ray(grid, trials, parent_run_id, self.options())
 
 
 def run_ray(
@@ -308,26 +346,28 @@ def _tuner(grid, trials, parent, opts, storage: Path, name: str, metric: str, re
 
 
 def _summary(results, recorder, metric: str) -> int:
-    counts = {"done": 0, "stopped": 0, "failed": 0, "other": 0}
+    ended = (TrialState.DONE, TrialState.STOPPED, TrialState.FAILED)
+    counts: Counter = Counter()
     for r in results:
         path = (r.metrics or {}).get("trial_dir")
         state = _settle(TrialDir(path)) if path else None
-        counts[state if state in counts else ("failed" if r.error else "other")] += 1
+        counts[state if state in ended else (TrialState.FAILED if r.error else UNFINISHED)] += 1
     print(
-        f"Ray Tune: {counts['done']} done, {counts['stopped']} stopped early, "
-        f"{counts['failed']} failed"
-        + (f", {counts['other']} unfinished" if counts["other"] else ""),
+        f"Ray Tune: {counts[TrialState.DONE]} done, {counts[TrialState.STOPPED]} stopped early, "
+        f"{counts[TrialState.FAILED]} failed"
+        + (f", {counts[UNFINISHED]} unfinished" if counts[UNFINISHED] else ""),
         flush=True,
     )
-    return 1 if counts["failed"] or counts["other"] else 0
+    return 1 if counts[TrialState.FAILED] or counts[UNFINISHED] else 0
 
 
-def _settle(trial: TrialDir) -> str | None:
+def _settle(trial: TrialDir) -> TrialState | None:
     """The trial's final state; its MLflow run brought up to date from the directory (a worker
     killed between result.json and ending its run would leave the run RUNNING)."""
-    state = "done" if trial.read_result() is not None else trial.status().get("state")
+    state = trial.state()
     cfg = trial.read_config()
-    if state in ("done", "stopped", "failed") and cfg.tracking.enabled:
+    ended = state is not None and (state.is_finished() or state is TrialState.FAILED)
+    if ended and cfg.tracking.enabled:
         try:
             MlflowMirror(trial, cfg).sync()
         except Exception as e:  # MLflow down: the directory has it all

@@ -1,6 +1,6 @@
 """The Ray side of one trial: Tune's trainable (it trains a trial directory through
 `bilma.training.trainer.train` with an `on_eval` that reports to Tune) and how a trial's end is written
-into its directory and MLflow run. The driver (Tuner, callbacks) is `sweeps/ray_backend.py`.
+into its directory and MLflow run. The driver (Tuner, callbacks) is `bilma.sweep.backends.ray`.
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def sampled_launch(base: Launch, cfg: Config, parent: str | None) -> Launch:
 
 
 def record_stopped(trial: TrialDir, cfg: Config, why: str) -> None:
-    """State "stopped" with the last metrics, MLflow run KILLED + stopped_early=true.
+    """State `TrialState.STOPPED` with the last metrics, MLflow run KILLED + stopped_early=true.
     Idempotent; a done trial (result.json) is left alone."""
     if trial.read_result() is not None:
         return

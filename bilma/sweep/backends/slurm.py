@@ -2,8 +2,10 @@
 
 One launch submits its trials as one job array, or several when there are more trials than
 the cluster's MaxArraySize (read from `scontrol show config`). Each array task runs one
-TrialJob (sweeps/job.py) under `srun` with the profile's nodes and tasks; on SLURM's time-limit
-signal the trainer saves and submitit requeues the task, which resumes from `ckpt/last.pt`.
+TrialJob (`bilma.sweep.job`) under `srun` with the profile's nodes and tasks; on SLURM's
+time-limit signal the trainer saves and submitit requeues the task, which resumes from
+`ckpt/last.pt`. The parse shards (`bilma.sweep.parse_shards`) go out through `submit_array`
+too.
 """
 
 from __future__ import annotations
@@ -13,21 +15,18 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import submitit
 
 from bilma.runs.reading import read_status
+from bilma.sweep.backends.base import Backend
 from bilma.sweep.backends.profiles import Profile, ProfileError, load_profile, render_sbatch
-from bilma.sweep.expand import Grid
+from bilma.sweep.expand import Grid, Trial
 from bilma.sweep.job import TrialJob
-from bilma.sweep.launcher import (
-    RESUME,
-    SKIP_FAILED,
-    SUBMIT,
-    TO_RUN,
-    Planned,
-    claimed,
-    mark_submitted,
-)
+from bilma.sweep.plan import Action, Planned, claimed, mark_submitted
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
 
@@ -61,7 +60,7 @@ def split(items: list[Planned], size: int) -> list[list[Planned]]:
 
 def sbatch_script(planned: list[Planned], profile_name: str) -> str:
     """The sbatch file of the first array this launch would submit (for --dry-run)."""
-    to_run = [p for p in planned if p.action in TO_RUN]
+    to_run = [p for p in planned if p.action.runs()]
     if not to_run:
         return "(nothing to submit)"
     profile = load_profile(profile_name)
@@ -89,61 +88,119 @@ def sbatch_script(planned: list[Planned], profile_name: str) -> str:
     return script
 
 
-def _check_cluster() -> None:
-    if shutil.which("sbatch") is None:
-        raise ProfileError(
-            "no SLURM on this machine (sbatch not found); run on a login node, or start a local "
-            "cluster with `cluster/dev-slurm.sh start` and use --profile local-slurm"
+class SlurmBackend(Backend):
+    """`--backend slurm --profile NAME`: job arrays on SLURM; the launch exits once they are
+    queued (`status_command` is how it says to follow them)."""
+
+    name = "slurm"
+    waits = False  # submits and exits
+
+    def __init__(
+        self, profile: str = "default", submits: bool = True, status_command: str | None = None
+    ):
+        self.profile = profile  # a name in cluster/profiles/, or a file
+        self.submits = submits  # False for --status and --dry-run: no sbatch needed
+        self.status_command = status_command
+
+    def check(self, grid: Grid, trials: list[Trial]) -> None:
+        """The profile loads (ProfileError names the file and the profiles there are), and
+        sbatch is here when the command submits."""
+        load_profile(self.profile)
+        if self.submits and shutil.which("sbatch") is None:
+            raise ProfileError(
+                "--backend slurm: sbatch is not on this machine (SLURM is not installed or not "
+                "on PATH); run on the cluster's login node, or use --backend local"
+            )
+
+    def submit(self, grid: Grid, planned: list[Planned], parent_run_id: str | None) -> int:
+        """Submit the trials to run as job arrays; print the job ids and how to follow them."""
+        profile = load_profile(self.profile)
+        # Claimed from the state check until marked submitted: a second launch skips them.
+        with claimed(planned) as to_run:
+            if not to_run:
+                print(
+                    "nothing new to submit: the other trials are queued or running (see --status)"
+                )
+                return 0
+            ids = []
+            for piece in split(to_run, max_array_size()):
+                jobs = _submit_trials(piece, profile)
+                ids.append(str(jobs[0].job_id).split("_")[0])
+                for p, job in zip(piece, jobs, strict=True):
+                    # the log path follows from the id
+                    mark_submitted(p.dir, self.name, str(job.job_id))
+                    print(f"  {job.job_id}  {p.name}  ({p.dir.trial_id})")
+        what = f"{len(ids)} job arrays {', '.join(ids)}"
+        if len(ids) == 1:
+            what = f"job {ids[0]}" if len(to_run) == 1 else f"job array {ids[0]}"
+        print(
+            f"submitted {len(to_run)} trials as {what} (profile {profile.name}: "
+            f"{profile.tasks} task(s) per trial, at most {profile.array_parallelism} at once "
+            "per array)"
         )
+        status_command = self.status_command or (
+            f"python sweeps/launch.py --grid {grid.path} --status"
+        )
+        print(f"follow: squeue -j {','.join(ids)}   |   {status_command}")
+        print(f"logs:   {_folder(to_run).parent}/<job id>/<job id>_0_log.err")
+        print(f"cancel: scancel {' '.join(ids)}   (the same launch command later resumes them)")
+        return 0
+
+    def status(self, planned: list[Planned]) -> dict[Path, str]:
+        """'JOB STATE' of each trial last submitted to SLURM (sacct, squeue)."""
+        jobs = _slurm_jobs(planned)
+        states = job_states(sorted(set(jobs.values())))
+        return {path: f"{job} {states.get(job, 'unknown')}" for path, job in jobs.items()}
+
+    def reconcile(self, planned: list[Planned]) -> None:
+        """A trial whose SLURM job was cancelled (scancel) is interrupted, not failed: its
+        trainer may have died of the cancellation (SIGTERM reaches every process of the
+        job), but a relaunch should resume it without --retry-failed."""
+        failed = [p for p in planned if p.action is Action.SKIP_FAILED]
+        jobs = _slurm_jobs(failed)
+        if not jobs:
+            return
+        states = job_states(sorted(set(jobs.values())))
+        for p in failed:
+            job = jobs.get(p.dir.path)
+            if job and states.get(job, "").startswith("CANCELLED"):
+                p.action = Action.RESUME if p.dir.last_ckpt.exists() else Action.SUBMIT
+                p.note = f"SLURM job {job} was cancelled"
+
+    def dry_run(self, planned: list[Planned]) -> str:
+        return "\nsbatch script of the array:\n\n" + sbatch_script(planned, self.profile)
 
 
-def submit(
-    planned: list[Planned],
-    profile_name: str,
-    grid: Grid,
-    parent: str | None,
-    status_command: str | None = None,
-) -> int:
-    """Submit the trials to run as job arrays; print the job ids and how to follow them."""
-    import submitit
-
-    profile = load_profile(profile_name)
-    _check_cluster()
-    # Claimed from the state check until marked submitted: a second launch skips them.
-    with claimed(planned) as to_run:
-        if not to_run:
-            print("nothing new to submit: the other trials are queued or running (see --status)")
-            return 0
-        ids = []
-        for piece in split(to_run, max_array_size()):
-            jobs = _submit_array(piece, profile, grid.study, submitit)
-            ids.append(str(jobs[0].job_id).split("_")[0])
-            for p, job in zip(piece, jobs, strict=True):
-                mark_submitted(p.dir, "slurm", str(job.job_id))  # the log path follows from the id
-                print(f"  {job.job_id}  {p.trial.variant} seed={p.trial.seed}  ({p.dir.trial_id})")
-    what = f"{len(ids)} job arrays {', '.join(ids)}"
-    if len(ids) == 1:
-        what = f"job {ids[0]}" if len(to_run) == 1 else f"job array {ids[0]}"
-    print(
-        f"submitted {len(to_run)} trials as {what} (profile {profile.name}: "
-        f"{profile.tasks} task(s) per trial, at most {profile.array_parallelism} at once per array)"
-    )
-    status_command = status_command or f"python sweeps/launch.py --grid {grid.path} --status"
-    print(f"follow: squeue -j {','.join(ids)}   |   {status_command}")
-    print(f"logs:   {_folder(to_run).parent}/<job id>/<job id>_0_log.err")
-    print(f"cancel: scancel {' '.join(ids)}   (the same launch command later resumes them)")
-    return 0
-
-
-def _submit_array(piece: list[Planned], profile: Profile, study: str, submitit) -> list:
-    ex = submitit.SlurmExecutor(folder=_folder(piece), max_num_timeout=profile.max_requeues)
+def _submit_trials(piece: list[Planned], profile: Profile) -> list[submitit.Job]:
     params = profile.submitit_parameters()
     # One thread per CPU the job was given: torch would otherwise use every core of the node.
     params["setup"] = ["export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}", *params.get("setup", [])]
-    ex.update_parameters(job_name=_job_name(study), **params)
+    return submit_array(
+        _folder(piece),
+        profile,
+        _job_name(piece[0].trial.study),
+        params,
+        [TrialJob(p.dir.path) for p in piece],
+        "the trials are prepared and the same command submits them",
+    )
+
+
+def submit_array(
+    folder: Path,
+    profile: Profile,
+    job_name: str,
+    params: dict[str, Any],
+    fns: list[Callable[[], Any]],
+    again: str,
+) -> list[submitit.Job]:
+    """`fns` as one SLURM job array with the submitit `params` (from `profile`), each task
+    requeued up to the profile's max_requeues times (time limits, preemptions). An array
+    that sbatch refuses is a ProfileError of one line (`again`: what running again does)."""
+    ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=profile.max_requeues)
+    ex.update_parameters(job_name=job_name, **params)
     try:
         with ex.batch():
-            jobs = [ex.submit(TrialJob(p.dir.path)) for p in piece]
+            jobs = [ex.submit(fn) for fn in fns]
     except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
         # sbatch refused the array (unknown partition or account, limits): one line saying so
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
@@ -152,16 +209,9 @@ def _submit_array(piece: list[Planned], profile: Profile, study: str, submitit) 
         )
         raise ProfileError(
             f"sbatch refused the array with profile {profile.name}: {reason}; fix the profile "
-            "(the trials are prepared and the same command submits them)"
+            f"({again})"
         ) from None
     return jobs
-
-
-def preflight(profile_name: str) -> Profile:
-    """Before anything is prepared: the profile is valid and SLURM answers."""
-    profile = load_profile(profile_name)
-    _check_cluster()
-    return profile
 
 
 # ----------------------------------------------------------------------------- SLURM's view
@@ -209,35 +259,11 @@ def job_states(job_ids: list[str]) -> dict[str, str]:
     return {j: states.get(j, "unknown") for j in job_ids}
 
 
-def slurm_states(planned: list[Planned]) -> dict[str, str]:
-    """trial_id -> SLURM state, for the trials last submitted to SLURM (empty if none)."""
+def _slurm_jobs(planned: list[Planned]) -> dict[Path, str]:
+    """trial directory -> SLURM job id, for the trials last submitted to SLURM."""
     jobs = {}
     for p in planned:
         status = read_status(p.dir)
-        if status.get("backend") == "slurm" and status.get("job_id"):
-            jobs[p.dir.trial_id] = str(status["job_id"])
-    states = job_states(sorted(set(jobs.values())))
-    return {trial: f"{job} {states.get(job, 'unknown')}" for trial, job in jobs.items()}
-
-
-def reconcile(planned: list[Planned]) -> list[Planned]:
-    """A trial whose SLURM job was cancelled (scancel) is interrupted, not failed: its
-    trainer may have died of the cancellation (SIGTERM reaches every process of the job), but
-    a relaunch should resume it without --retry-failed. Changes the plan only, writes nothing."""
-    # One read of each failed trial's status.json: its SLURM job, if it ran on SLURM.
-    slurm_jobs: dict[int, str] = {}
-    for i, p in enumerate(planned):
-        if p.action != SKIP_FAILED:
-            continue
-        status = read_status(p.dir)
-        if status.get("backend") == "slurm" and status.get("job_id"):
-            slurm_jobs[i] = str(status["job_id"])
-    if not slurm_jobs:
-        return planned
-    states = job_states(sorted(set(slurm_jobs.values())))
-    for i, job in slurm_jobs.items():
-        if states.get(job, "").startswith("CANCELLED"):
-            p = planned[i]
-            p.action = RESUME if p.dir.last_ckpt.exists() else SUBMIT
-            p.note = f"SLURM job {job} was cancelled"
-    return planned
+        if status.get("backend") == SlurmBackend.name and status.get("job_id"):
+            jobs[p.dir.path] = str(status["job_id"])
+    return jobs

@@ -1,4 +1,4 @@
-"""The environment a local trial job starts with (`launcher.run_local`), without starting one.
+"""The environment a local trial job starts with (`local.run_local`), without starting one.
 
 submitit's LocalExecutor copies ``os.environ`` when it submits; a stand-in executor records
 that copy, so no process is started.
@@ -13,8 +13,10 @@ from types import SimpleNamespace
 import submitit
 
 from bilma.runs.trial_dir import TrialDir
-from bilma.sweep import launcher
-from bilma.sweep.launcher import SUBMIT, Planned
+from bilma.sweep.backends import local as launcher
+from bilma.sweep.plan import Action, Planned
+
+SUBMIT = Action.SUBMIT
 
 
 class _RecordingExecutor:

@@ -1,0 +1,192 @@
+"""The local backend: each trial a submitit local job on this machine, at most --max-parallel
+at once, with the progress view (`bilma.sweep.follow.Follower`) until every trial has ended.
+
+Ctrl-C: the jobs ignore the terminal's SIGINT (so a trial is never killed mid-save); the
+launcher sends each running trial SIGTERM, which it answers by saving and stopping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from bilma.runs.lock import holder, is_locked
+from bilma.runs.reading import UNREADABLE, read_result, read_status
+from bilma.runs.schema import TrialState
+from bilma.sweep.backends.base import Backend
+from bilma.sweep.expand import Grid, Trial
+from bilma.sweep.follow import Follower
+from bilma.sweep.job import TrialJob
+from bilma.sweep.plan import Action, Planned, claimed, mark_submitted, pid_alive
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.5  # how often the loop asks its own jobs whether they ended (no file is read)
+STOP_WAIT_S = 120  # after Ctrl-C, how long the running trials get to save and stop
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def __init__(self, max_parallel: int | None = None, timeout_min: float = 7 * 24 * 60):
+        self.max_parallel = max_parallel or max(1, (os.cpu_count() or 1) // 2)
+        self.timeout_min = timeout_min
+
+    def check(self, grid: Grid, trials: list[Trial]) -> None:
+        """Nothing refuses a local launch up front."""
+
+    def submit(self, grid: Grid, planned: list[Planned], parent_run_id: str | None) -> int:
+        return run_local(planned, self.max_parallel, self.timeout_min)
+
+
+def submit_local(
+    folder: Path, fn: Callable[[], Any], threads: int, max_num_timeout: int, **params: Any
+) -> submitit.Job:
+    """One submitit local job running `fn` (also the parse shards').
+
+    The job's environment is the launcher's, less what marks a process as a task of a SLURM
+    job or torchrun (the launcher may run inside one; a local trial seeing SLURM_NTASKS=4
+    would wait for ranks that never come), with OMP_NUM_THREADS=`threads`."""
+    ex = submitit.LocalExecutor(folder=folder, max_num_timeout=max_num_timeout)
+    ex.update_parameters(**params)
+    with (
+        submitit.helpers.clean_env(),
+        submitit.helpers.environment_variables(OMP_NUM_THREADS=threads),
+    ):
+        return ex.submit(fn)
+
+
+def run_local(
+    planned: list[Planned],
+    max_parallel: int,
+    timeout_min: float,
+    follow_every: float = 10.0,
+    signal_delay_s: int = 60,
+) -> int:
+    """Run the trials to run as local submitit jobs, at most `max_parallel` at once (trials
+    started by an earlier launch count), and follow every trial until none is alive."""
+    queue = [p for p in planned if p.action.runs()]
+    return _run(planned, queue, max_parallel, timeout_min, follow_every, signal_delay_s)
+
+
+def follow_only(planned: list[Planned], follow_every: float = 10.0) -> int:
+    """Follow the trials an earlier launch started (action running) until none is alive:
+    `run_local`'s loop with nothing to submit."""
+    return _run(planned, [], 1, 0.0, follow_every, 0)
+
+
+def _run(
+    planned: list[Planned],
+    queue: list[Planned],
+    max_parallel: int,
+    timeout_min: float,
+    follow_every: float,
+    signal_delay_s: int,
+) -> int:
+    watch = [p for p in planned if p.action is Action.SKIP_RUNNING]  # an earlier launch's
+    threads = max(1, (os.cpu_count() or 1) // max_parallel)
+    running: dict[Path, tuple[Planned, Any]] = {}
+    follower = Follower(planned, follow_every)
+    try:
+        while queue or running or follower.any_alive(watch):
+            while queue and len(running) + follower.alive_count(watch) < max_parallel:
+                p = queue.pop(0)
+                with claimed([p]) as still_to_run:
+                    if not still_to_run:  # another launcher started it, or it ended meanwhile
+                        watch += [p] if p.action is Action.SKIP_RUNNING else []
+                        continue
+                    # Each timeout requeues and resumes; only a trial that makes no progress
+                    # at all would need more than 30 slots. `trap '' INT`: the job and the
+                    # trainer inherit an ignored SIGINT.
+                    job = submit_local(
+                        p.dir.path / "logs",
+                        TrialJob(p.dir.path),
+                        threads,
+                        max_num_timeout=30,
+                        timeout_min=timeout_min,
+                        signal_delay_s=min(signal_delay_s, int(timeout_min * 30)),
+                        setup=["trap '' INT"],
+                    )
+                    mark_submitted(p.dir, LocalBackend.name, job.job_id, int(job.job_id))
+                running[p.dir.path] = (p, job)
+                follower.wake()  # its status.json changed: show it at once
+                log.info("started %s (%s), log %s", p.name, p.dir.trial_id, job.paths.stderr)
+            for key, (p, job) in list(running.items()):
+                if job.done():
+                    running.pop(key)
+                    follower.wake()
+                    if _report_end(p, job):
+                        watch.append(p)
+            follower.tick()
+            time.sleep(TICK_S)
+    except KeyboardInterrupt:
+        print("\nstopping: asking running trials to save and stop (SIGTERM) ...", flush=True)
+        for p, job in running.values():
+            _terminate(p, job)
+        deadline = time.time() + STOP_WAIT_S
+        while any(not job.done() for _, job in running.values()) and time.time() < deadline:
+            time.sleep(TICK_S)
+        print("stopped; run the same command to resume", flush=True)
+        return 130
+    follower.poll()
+    follower.report(force=True)
+    c = follower.snapshot().counts
+    return 1 if c[TrialState.FAILED] or c[TrialState.INTERRUPTED] or c[UNREADABLE] else 0
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+    return out
+
+
+def _terminate(p: Planned, job: Any) -> None:
+    """SIGTERM to the trainer (it saves and stops), or to the job's controller if the trainer
+    has not started yet. The job's pid is a shell (`trap '' INT && controller`), which would
+    die alone, so its children are signalled."""
+    status = read_status(p.dir)
+    pid = status.get("pid")
+    running = TrialState.parse(status.get("state")) is TrialState.RUNNING
+    targets = [pid] if running and isinstance(pid, int) and pid_alive(pid) else []
+    targets = targets or _children(int(job.job_id)) or [int(job.job_id)]
+    for target in targets:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(target, signal.SIGTERM)
+
+
+def _report_end(p: Planned, job: Any) -> bool:
+    """Say how a job ended; True when another process trains the trial (follow it)."""
+    result, problem = read_result(p.dir)
+    if result is not None:
+        m = result["metrics"]
+        print(f"  finished {p.name}: R1 {m['R1']:.2f} mAP {m['mAP']:.2f}", flush=True)
+        return False
+    if is_locked(p.dir.path):
+        # Its trainer refused to start: another process trains this trial (bilma.runs.lock).
+        print(f"  {p.name}: trained by another process ({holder(p.dir.path)}); following it")
+        return True
+    status = read_status(p.dir)
+    if problem or status.get("state") == UNREADABLE:
+        print(f"  {p.name}: {problem or status['error']}", flush=True)
+        return False
+    if TrialState.parse(status.get("state")) in (TrialState.RUNNING, TrialState.PENDING):
+        # Died without the trainer recording why (killed, out of memory): say so.
+        error = f"job {job.job_id} ended without a result ({job.state})"
+        status = p.dir.set_status(TrialState.FAILED, error=error)
+    state = str(status.get("state", TrialState.FAILED)).upper()
+    print(
+        f"  {state} {p.name}: {status.get('error', '')}\n    log: {job.paths.stderr}",
+        flush=True,
+    )
+    return False

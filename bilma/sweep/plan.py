@@ -1,0 +1,219 @@
+"""What a launch does with each trial, decided from its directory alone.
+
+The trial directory is the truth. Before anything is submitted, each trial is classified from
+its directory: done (result.json) or stopped early, running (its process or SLURM job is
+alive), interrupted or half-trained (resumes from ckpt/last.pt), failed (re-run only with
+--retry-failed) or new. Relaunching the same command therefore submits only what is missing,
+and a trial never runs twice at once: a launcher re-reads a trial's state under the trial's
+claim before submitting it (`claimed`), so two launchers started together submit each trial
+once, and the trainer itself holds the trial's lock while it trains (`bilma.runs.lock`). A
+trial whose status.json cannot be read is reported as such and left alone; the others go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from bilma.config import canonical
+from bilma.fileio import pid_alive  # noqa: F401  (the local backend's too)
+from bilma.runs.lock import claim, holder, is_locked, lock_path
+from bilma.runs.reading import UNREADABLE, read_result, read_status
+from bilma.runs.reuse import moved_data_root
+from bilma.runs.schema import TrialState
+from bilma.runs.trial_dir import TrialConflictError, TrialDir
+from bilma.sweep.expand import Trial
+
+
+class Action(str, Enum):
+    """What a launch does with one trial (a str: `Action.SUBMIT == "submit"`)."""
+
+    SUBMIT = "submit"  # new: start it
+    RESUME = "resume"  # interrupted or half-trained: start it, it resumes from ckpt/last.pt
+    RETRY = "retry"  # failed, and --retry-failed
+    SKIP_DONE = "done"  # result.json, or stopped early on purpose: never run again
+    SKIP_RUNNING = "running"  # its trainer or job is alive: follow it
+    SKIP_FAILED = "failed"  # failed: left alone without --retry-failed
+    SKIP_UNREADABLE = UNREADABLE  # its status.json or result.json cannot be read
+
+    def __str__(self) -> str:
+        return self.value
+
+    def runs(self) -> bool:
+        """Whether the launch starts the trial (submit, resume, retry)."""
+        return self in (Action.SUBMIT, Action.RESUME, Action.RETRY)
+
+
+@dataclass
+class Planned:
+    """One trial of a launch, its directory and what the launch does with it."""
+
+    trial: Trial
+    dir: TrialDir
+    action: Action
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        self.action = Action(self.action)
+
+    @property
+    def name(self) -> str:
+        """How progress lines name the trial: 'VARIANT seed=N'."""
+        return f"{self.trial.variant} seed={self.trial.seed}"
+
+
+def trial_dir(trial: Trial) -> TrialDir:
+    return TrialDir.for_config(trial.config)
+
+
+# ----------------------------------------------------------------------------- liveness
+
+
+def _slurm_alive(job_id: str) -> bool:
+    if not shutil.which("squeue"):
+        return False
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+    return out.returncode == 0 and bool(out.stdout.strip())
+
+
+def is_alive(status: dict[str, Any]) -> bool:
+    """Whether the process or job recorded in a trial's status still runs."""
+    job = status.get("job_id")
+    if status.get("backend") == "slurm" and job:
+        return _slurm_alive(str(job))
+    if status.get("host") not in (None, socket.gethostname()):
+        return False  # another machine's process: unknown, treated as gone
+    pids = [status.get("pid"), status.get("job_pid")]
+    return any(isinstance(p, int) and pid_alive(p) for p in pids)
+
+
+def is_running(d: TrialDir, status: dict[str, Any]) -> bool:
+    """Whether the trial's trainer (or its job, before the trainer starts) is alive, given its
+    status.json as the caller last read it."""
+    # The recorded process first, and the lock probed only if the lock file is there: a probe
+    # opens a file, a pid check and a stat do not (the follow loop asks this of many trials).
+    return is_alive(status) or (lock_path(d.path).exists() and is_locked(d.path))
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def classify(d: TrialDir, retry_failed: bool) -> tuple[Action, str]:
+    """(action, note) for one trial directory."""
+    result, problem = read_result(d)
+    if problem:
+        return Action.SKIP_UNREADABLE, problem
+    if result is not None:
+        return Action.SKIP_DONE, ""
+    status = read_status(d)
+    if status.get("state") == UNREADABLE:
+        return Action.SKIP_UNREADABLE, status["error"]
+    state = TrialState.parse(status.get("state"))
+    if state is TrialState.STOPPED:  # stopped early (ASHA): finished, never rerun
+        return Action.SKIP_DONE, f"stopped early at epoch {status.get('stopped_epoch', '?')}"
+    if is_locked(d.path):  # its trainer runs now, on this machine or (NFS) another one
+        return Action.SKIP_RUNNING, holder(d.path)
+    if state in (TrialState.RUNNING, TrialState.PENDING) and is_alive(status):
+        return Action.SKIP_RUNNING, f"pid {status.get('pid') or status.get('job_pid')}"
+    if state is TrialState.FAILED:
+        if retry_failed:
+            return Action.RETRY, status.get("error", "")
+        return Action.SKIP_FAILED, status.get("error", "")
+    if d.last_ckpt.exists():
+        return Action.RESUME, f"from epoch {_ckpt_epoch(d)}"
+    return Action.SUBMIT, ""
+
+
+def _ckpt_epoch(d: TrialDir) -> str:
+    recs = [r for r in d.read_metrics() if r.get("split") == "train"]
+    return str(recs[-1]["epoch"]) if recs else "?"
+
+
+def plan(trials: list[Trial], retry_failed: bool = False) -> list[Planned]:
+    out = []
+    for t in trials:
+        d = trial_dir(t)
+        action, note = classify(d, retry_failed)
+        out.append(Planned(t, d, action, note))
+    return out
+
+
+def summary(planned: list[Planned]) -> str:
+    c = Counter(p.action for p in planned)
+    started = c[Action.SUBMIT] + c[Action.RETRY]
+    parts = [
+        f"{c[Action.SKIP_DONE]} done (skipped)",
+        f"{c[Action.SKIP_RUNNING]} already running",
+        f"{c[Action.RESUME]} to resume",
+        f"{started} to start" + (f" ({c[Action.RETRY]} retried)" if c[Action.RETRY] else ""),
+    ]
+    if c[Action.SKIP_FAILED]:
+        parts.append(f"{c[Action.SKIP_FAILED]} failed (use --retry-failed)")
+    if c[Action.SKIP_UNREADABLE]:
+        parts.append(f"{c[Action.SKIP_UNREADABLE]} unreadable (left alone)")
+    return ", ".join(parts)
+
+
+def data_root_warnings(planned: list[Planned]) -> list[str]:
+    """One line per (recorded, current) pair of data roots that differ: data.root is not part
+    of the trial id, so such a trial's result and checkpoint come from the recorded root."""
+    moved: dict[tuple[str, str], list[Planned]] = {}
+    for p in planned:
+        old = moved_data_root(p.dir.config_path, p.trial.config)
+        if old is not None:
+            moved.setdefault((old, p.trial.config.data.root), []).append(p)
+    return [
+        f"{len(ps)} trial(s) were run on data.root={old}, not {new} (e.g. {ps[0].dir.path}): "
+        f"their results and checkpoints come from {old}; data.root is not part of the trial "
+        "id, so use another paths.runs or study to train on the new root"
+        for (old, new), ps in moved.items()
+    ]
+
+
+def check_trial_configs(planned: list[Planned]) -> None:
+    """Raise now what `prepare` would meet after making the dataset and the MLflow runs: a
+    trial directory whose config.yaml does not load, or holds another experiment."""
+    for p in planned:
+        if p.action.runs() and p.dir.config_path.exists():
+            old = p.dir.read_config()  # a ConfigError names the file and the key
+            if canonical(old) != canonical(p.trial.config):
+                raise TrialConflictError(
+                    f"{p.dir.config_path} holds another experiment than {p.name} (edited by "
+                    f"hand?); restore it or remove {p.dir.path}"
+                )
+
+
+# ----------------------------------------------------------------------------- claiming
+
+
+@contextlib.contextmanager
+def claimed(planned: list[Planned]) -> Iterator[list[Planned]]:
+    """Claim the trials to run, re-read each one's state under its claim and yield those that
+    still need running; the others get their new action (another launcher started them, or
+    they finished meanwhile). Submit and `mark_submitted` inside the block: a second launcher
+    waits for the claim and then sees them pending or running. Every backend goes through it.
+    """
+    with contextlib.ExitStack() as stack:
+        # In path order: two launchers claiming many trials never wait on each other in a cycle.
+        for p in sorted((p for p in planned if p.action.runs()), key=lambda p: str(p.dir.path)):
+            stack.enter_context(claim(p.dir.path))
+            p.action, p.note = classify(p.dir, retry_failed=p.action is Action.RETRY)
+        yield [p for p in planned if p.action.runs()]
+
+
+def mark_submitted(d: TrialDir, backend: str, job_id: str, job_pid: int | None = None) -> None:
+    """Record the trial's job (pending until its trainer starts): inside `claimed`."""
+    d.set_status(
+        TrialState.PENDING,
+        backend=backend,
+        job_id=job_id,
+        job_pid=job_pid,
+        host=socket.gethostname(),
+    )
