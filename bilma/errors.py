@@ -124,6 +124,13 @@ class TrialInterrupted(BilmaError, RuntimeError):
     exit_code = 1
 
 
+def first_line(e: BaseException) -> str:
+    """'TypeName: first line of the message' (at most 300 characters), for warnings and
+    errors that quote an exception from a library (MLflow, a parser) without its traceback."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
+
+
 def run_command(func: Callable[[], int], message: Callable[[BilmaError], str] | None = None) -> int:
     """`func()`'s exit code; a `BilmaError` is printed as one line and exits with its code."""
     try:

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from bilma.errors import AnalysisError  # noqa: F401  (importable from here too)
+from bilma.errors import AnalysisError, first_line  # noqa: F401  (AnalysisError: importable from here too)
 from bilma.runs import schema
 from bilma.runs.schema import GROUP_METRICS, RESULT_METRICS, STATE_OF_MLFLOW, TrialState
 from bilma.runs.trial_dir import TrialDir, find_trials
@@ -141,11 +141,6 @@ def _order(records: list[TrialRecord]) -> list[TrialRecord]:
 # ----------------------------------------------------------------------------- MLflow
 
 
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
-
-
 def _record(row: RunRow) -> TrialRecord | None:
     """A trial run's tags, params and latest metrics -> TrialRecord; None for a sweep's
     parent run or a foreign run."""
@@ -248,7 +243,7 @@ def _from_dir(path: Path) -> TrialRecord | None:
         result = trial.read_result()
         status = trial.status()
     except Exception as e:  # a hand-edited file: skip it, say which
-        log.warning("skipping %s: %s", path, _first_line(e))
+        log.warning("skipping %s: %s", path, first_line(e))
         return None
     tracking = cfg.get("tracking") or {}
     launch = trial.read_launch()  # the sweep's row and grid point (old trials: config.yaml)

@@ -65,8 +65,9 @@ def read_launch(trial_dir: str | Path) -> Launch:
     if not isinstance(raw, dict):
         raw = {}
     known = {k: raw[k] for k in LAUNCH_FIELDS if k in raw}
-    for key, value in legacy_fields(path).items():
-        known.setdefault(key, value)
+    if any(k not in known for k in LEGACY_CONFIG_KEYS):  # launched before launch.json had them
+        for key, value in legacy_fields(path).items():
+            known.setdefault(key, value)
     launch = Launch(**known)
     if not isinstance(launch.grid_point, dict):
         launch.grid_point = {}

@@ -84,7 +84,6 @@ def main(argv: list[str] | None = None, prog: str = "python sweeps/launch.py") -
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bilma.runs.reading import read_status
     from bilma.sweep import report
     from bilma.sweep.expand import expand_report, load_grid
     from bilma.sweep.plan import Action, check_trial_configs, data_root_warnings, plan, summary
@@ -99,7 +98,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"warning: {line}", file=sys.stderr)
     # What the backend that ran a trial knows of its job counts whatever --backend says
     # (a scancel'ed SLURM trial resumes rather than counting as failed; --status shows it).
-    recorded = {read_status(p.dir).get("backend") for p in planned}
+    recorded = {p.backend for p in planned}
     ran_by = [make(args) for name, make in BACKENDS.items() if name in recorded]
     for b in ran_by:
         b.reconcile(planned)

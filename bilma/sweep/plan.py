@@ -59,6 +59,7 @@ class Planned:
     dir: TrialDir
     action: Action
     note: str = ""
+    backend: str | None = None  # the backend that submitted it last (status.json), if any
 
     def __post_init__(self) -> None:
         self.action = Action(self.action)
@@ -105,14 +106,17 @@ def is_running(d: TrialDir, status: dict[str, Any]) -> bool:
 # ----------------------------------------------------------------------------- planning
 
 
-def classify(d: TrialDir, retry_failed: bool) -> tuple[Action, str]:
-    """(action, note) for one trial directory."""
+def classify(
+    d: TrialDir, retry_failed: bool, status: dict[str, Any] | None = None
+) -> tuple[Action, str]:
+    """(action, note) for one trial directory; `status`: its status.json as the caller has
+    just read it (read here if not given)."""
     result, problem = read_result(d)
     if problem:
         return Action.SKIP_UNREADABLE, problem
     if result is not None:
         return Action.SKIP_DONE, ""
-    status = read_status(d)
+    status = read_status(d) if status is None else status
     if status.get("state") == UNREADABLE:
         return Action.SKIP_UNREADABLE, status["error"]
     state = TrialState.parse(status.get("state"))
@@ -140,8 +144,9 @@ def plan(trials: list[Trial], retry_failed: bool = False) -> list[Planned]:
     out = []
     for t in trials:
         d = trial_dir(t)
-        action, note = classify(d, retry_failed)
-        out.append(Planned(t, d, action, note))
+        status = read_status(d)  # once: for the action and for the backend that ran it
+        action, note = classify(d, retry_failed, status)
+        out.append(Planned(t, d, action, note, status.get("backend")))
     return out
 
 

@@ -14,6 +14,7 @@ import logging
 from bilma.config import Config
 from bilma.runs.launch import write_launch
 from bilma.runs.lock import claim
+from bilma.runs.schema import MLFLOW_STATUS, TrialState
 from bilma.sweep.expand import Grid
 from bilma.sweep.plan import Planned
 
@@ -81,5 +82,5 @@ def finish_parent(cfg: Config, parent: str | None, failed: bool) -> None:
     # A server gone since the start: fail fast (mlflow_client), never stop the launcher.
     with contextlib.suppress(Exception):
         mlflow_client(resolve_uri(cfg.tracking.uri)).set_terminated(
-            parent, "FAILED" if failed else "FINISHED"
+            parent, MLFLOW_STATUS[TrialState.FAILED if failed else TrialState.DONE]
         )

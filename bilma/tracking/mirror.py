@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bilma.config import Config, flatten, to_dict
+from bilma.errors import first_line
 from bilma.fileio import atomic_write_json
 from bilma.runs import schema
 from bilma.runs.provenance import git_info, slurm_job_id
@@ -44,7 +45,13 @@ from bilma.tracking.store import ensure_experiment, mlflow_client, resolve_uri
 
 log = logging.getLogger(__name__)
 
-TERMINAL = ("FINISHED", "FAILED", "KILLED")
+# The statuses an MLflow run ends in: those of the finished, failed and stopped states.
+TERMINAL = tuple(
+    dict.fromkeys(
+        MLFLOW_STATUS[s] for s in (TrialState.DONE, TrialState.FAILED, TrialState.INTERRUPTED)
+    )
+)
+FINISHED = MLFLOW_STATUS[TrialState.DONE]
 # The status.json "updated" time of the state a run shows: a sync never shows an older one.
 STATE_TIME_TAG = schema.TAG_STATE_UPDATED
 # The tag of a trial stopped early on purpose (its run is KILLED like an interrupted one).
@@ -110,11 +117,6 @@ def _same(a: float | None, b: float) -> bool:
 def _chunks(items: list, n: int) -> Iterable[list]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
 
 class MlflowMirror:
@@ -199,7 +201,7 @@ class MlflowMirror:
 
     def finish(
         self,
-        status: str = "FINISHED",
+        status: str = FINISHED,
         tags: dict[str, str] | None = None,
         result: dict[str, Any] | None = None,
     ) -> None:
@@ -219,7 +221,7 @@ class MlflowMirror:
             end = None
             if result is not None:
                 self._log_final(result, self._client.get_run(self.run_id))
-                end = _iso_ms(result.get("finished")) if status == "FINISHED" else None
+                end = _iso_ms(result.get("finished")) if status == FINISHED else None
             self._client.set_terminated(self.run_id, status, end_time=end)
         except Exception as e:
             self._disable(e)

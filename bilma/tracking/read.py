@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from bilma.errors import AnalysisError
+from bilma.errors import AnalysisError, first_line
 from bilma.tracking.store import DEFAULT_URI, resolve_uri
 
 log = logging.getLogger(__name__)
@@ -84,11 +84,6 @@ def _sqlite_file(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :].split("?", 1)[0])
 
 
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
-
-
 def _choose(experiments: dict[str, str], studies: list[str] | None, uri: str) -> dict[str, str]:
     """{study: experiment id} of the studies asked for (all when None); unknown ones refused."""
     if not studies:
@@ -110,7 +105,7 @@ def _read_client(
         experiments = {e.name: e.experiment_id for e in client.search_experiments()}
     except Exception as e:
         raise AnalysisError(
-            f"cannot read the MLflow store at {uri} ({_first_line(e)}); start the server or "
+            f"cannot read the MLflow store at {uri} ({first_line(e)}); start the server or "
             "pass --tracking-uri URI, or read trial directories with --runs DIR"
         ) from None
     out: dict[str, list[RunRow]] = {}

@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 
 from bilma.config import ConfigError
+from bilma.errors import first_line
 from bilma.runs.trial_dir import TrialDir, find_trials
-from bilma.tracking.mirror import MlflowMirror, first_line
+from bilma.tracking.mirror import MlflowMirror
 from bilma.tracking.store import TrackingError, resolve_uri
 
 log = logging.getLogger(__name__)

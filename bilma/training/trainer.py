@@ -2,19 +2,19 @@
 
 One run = one trial directory (`bilma.runs.trial_dir`). Starting a run whose directory holds
 `ckpt/last.pt` resumes from it; one whose `result.json` exists reports it and does nothing,
-and so does one stopped early on purpose (state "stopped").
+and so does one stopped early on purpose (`TrialState.STOPPED`).
 On SIGTERM, SIGUSR2 (SLURM's preemption and time-limit signals) or SIGINT (Ctrl-C), also when
 sent to the whole process group with the DataLoader workers, the trainer finishes the current
 step, saves `ckpt/last.pt` and exits with 128 + the signal number; the same command resumes.
 metrics.jsonl holds exactly the epochs last.pt committed (a resume drops later records), and
-best.pt always agrees with last.pt about the best epoch. A full disk ends the trial "failed"
+best.pt always agrees with last.pt about the best epoch. A full disk ends the trial `TrialState.FAILED`
 with one line naming the folder and the space needed; the previous checkpoint stays intact. In deterministic mode on CPU a resumed run ends with exactly the weights and metrics
 of an uninterrupted one: data order and augmentation are functions of (seed, epoch, index),
 MIM masks of (seed, step), and the checkpoint holds every optimizer and RNG state.
 
 `train(cfg, on_eval=...)` calls `on_eval(record, trial)` on rank 0 after each evaluation has
 been committed (record in metrics.jsonl and ckpt/last.pt saved); raising `StopTrial` there
-ends the trial in state "stopped" (how a Ray Tune scheduler such as ASHA stops a trial).
+ends the trial in `TrialState.STOPPED` (how a Ray Tune scheduler such as ASHA stops a trial).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ EvalCallback = Callable[[dict[str, Any], TrialDir], None]
 
 
 class StopTrial(Exception):
-    """Raised by an `on_eval` callback: end the trial now, in state "stopped" (not an error).
+    """Raised by an `on_eval` callback: end the trial now, in `TrialState.STOPPED` (not an error).
 
     A stop after the last epoch's evaluation is no early stop: the trial finishes as usual.
     """
@@ -95,7 +95,7 @@ def train(
     on_eval: EvalCallback | None = None,
 ) -> dict[str, Any]:
     """Run (or resume, or report) the trial of `cfg`; returns its result.json content, or {}
-    on a non-zero rank and for a trial stopped early (state "stopped").
+    on a non-zero rank and for a trial stopped early (`TrialState.STOPPED`).
 
     Raises `Interrupted` after saving when a stop signal arrives. `on_eval(record, trial)`
     runs on rank 0 after each committed evaluation; it may raise `StopTrial`.
