@@ -163,13 +163,13 @@ class TrialDir:
 
     def set_status(self, state: TrialState | str, **fields: Any) -> dict[str, Any]:
         """Update status.json (keeping every earlier field, e.g. the last error) atomically."""
-        if TrialState.parse(state) is None:
+        known = TrialState.parse(state)
+        if known is None:
             raise ValueError(f"unknown trial state {state!r}; expected one of {', '.join(STATES)}")
-        state = TrialState(state).value
         st = self.status()
         st.setdefault("attempts", 0)
         st.update(fields)
-        st["state"] = state
+        st["state"] = known.value
         st["updated"] = time.time()
         atomic_write_json(self.status_path, st)
         return st
