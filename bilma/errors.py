@@ -59,6 +59,11 @@ class PretrainedNotFound(DataError):
     """A pretrained folder that does not exist or is not a CLIP model."""
 
 
+class PreflightError(BilmaError, ValueError):
+    """Inputs of a launch's trials that would make them fail (one line each, with the fix),
+    found before anything was created or submitted."""
+
+
 class AnalysisError(BilmaError, RuntimeError):
     """Bad input for the tables: the study, store or folder and the fix."""
 

@@ -28,27 +28,10 @@ def ensure_synthetic(cfg: DataConfig) -> None:
     """
     root = Path(cfg.root)
     h, w = cfg.image_size
-    wanted = {
-        "ids": cfg.synth_ids,
-        "images_per_id": cfg.synth_images_per_id,
-        "seed": cfg.synth_seed,
-        "height": h,
-        "width": w,
-        "pool": cfg.synth_pool,
-        "lookalike": cfg.synth_lookalike,
-        "lookalike_share": cfg.synth_lookalike_share if cfg.synth_lookalike else None,
-    }
     if synth.is_complete(root):
-        made = json.loads((root / synth.SYNTH_MARKER).read_text())
-        made.setdefault("pool", "all")  # both written only when not the default
-        made.setdefault("lookalike", 0)
-        diff = {k: (made.get(k), v) for k, v in wanted.items() if made.get(k) != v}
-        if diff:
-            what = ", ".join(f"{k} {a} (config: {b})" for k, (a, b) in diff.items())
-            raise DataError(
-                f"{root} holds a synthetic dataset made with {what}; point data.root to another "
-                "folder (it is generated there), or delete this one"
-            )
+        problem = synth_mismatch(cfg)
+        if problem:
+            raise DataError(problem)
     else:
         log.info(
             "generating the synthetic pedestrian dataset in %s (%d identities x %d images, %dx%d)",
@@ -75,3 +58,33 @@ def ensure_synthetic(cfg: DataConfig) -> None:
         records = formats.read_annotations("synth", root)
         captions = [c for r in records if r.split == "train" for c in r.captions]
         train_tokenizer(captions, tok_dir)
+
+
+def synth_mismatch(cfg: DataConfig) -> str | None:
+    """The refusal of a complete synthetic dataset at `data.root` made with other parameters
+    than `cfg`'s (one line with the fix); None when it matches or is not there yet."""
+    root = Path(cfg.root)
+    if not synth.is_complete(root):
+        return None
+    h, w = cfg.image_size
+    wanted = {
+        "ids": cfg.synth_ids,
+        "images_per_id": cfg.synth_images_per_id,
+        "seed": cfg.synth_seed,
+        "height": h,
+        "width": w,
+        "pool": cfg.synth_pool,
+        "lookalike": cfg.synth_lookalike,
+        "lookalike_share": cfg.synth_lookalike_share if cfg.synth_lookalike else None,
+    }
+    made = json.loads((root / synth.SYNTH_MARKER).read_text())
+    made.setdefault("pool", "all")  # both written only when not the default
+    made.setdefault("lookalike", 0)
+    diff = {k: (made.get(k), v) for k, v in wanted.items() if made.get(k) != v}
+    if not diff:
+        return None
+    what = ", ".join(f"{k} {a} (config: {b})" for k, (a, b) in diff.items())
+    return (
+        f"{root} holds a synthetic dataset made with {what}; point data.root to another "
+        "folder (it is generated there), or delete this one"
+    )

@@ -51,6 +51,11 @@ def build_parser(prog: str = "python sweeps/launch.py") -> argparse.ArgumentPars
     p.add_argument("--status", action="store_true", help="table of the study's trials")
     p.add_argument("--retry-failed", action="store_true", help="run failed trials again")
     p.add_argument(
+        "--no-preflight",
+        action="store_true",
+        help="skip the check of datasets, weights and parse maps (data only compute nodes see)",
+    )
+    p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override for every trial"
     )
     p.add_argument("--ray-address", default=None, help="ray: a running cluster (or $RAY_ADDRESS)")
@@ -87,6 +92,8 @@ def _run(args: argparse.Namespace) -> int:
     from bilma.sweep import report
     from bilma.sweep.expand import expand_report, load_grid
     from bilma.sweep.plan import Action, check_trial_configs, data_root_warnings, plan, summary
+    from bilma.sweep.preflight import raise_problems
+    from bilma.sweep.preflight import report as preflight_report
     from bilma.sweep.prepare import finish_parent, prepare
 
     grid = load_grid(args.grid, args.set)
@@ -111,6 +118,7 @@ def _run(args: argparse.Namespace) -> int:
     header = f"{grid.study}: {len(trials)} trials" + (
         f" ({dropped} duplicates merged)" if dropped else ""
     )
+    problems = _preflight(args, planned)
     if args.dry_run:
         print(header + " (dry run: nothing runs, nothing is written)")
         print(report.plan_table(planned))
@@ -118,7 +126,11 @@ def _run(args: argparse.Namespace) -> int:
         extra = backend.dry_run(planned)
         if extra:
             print(extra)
+        if problems:
+            print(f"\n{preflight_report(problems)}", file=sys.stderr)
+            return 2
         return 0
+    raise_problems(problems)
     print(header + ": " + summary(planned), flush=True)
     for p in planned:
         if p.action is Action.SKIP_UNREADABLE:
@@ -138,6 +150,16 @@ def _run(args: argparse.Namespace) -> int:
     if trials[0].config.tracking.enabled:
         print(f"\ncompare runs: mlflow ui --backend-store-uri {trials[0].config.tracking.uri}")
     return code
+
+
+def _preflight(args: argparse.Namespace, planned: list) -> list:
+    """The problems of the inputs of the trials this launch would run (none: --no-preflight)."""
+    from bilma.sweep.preflight import preflight, skipped_note
+
+    if args.no_preflight:
+        print(skipped_note(), file=sys.stderr)
+        return []
+    return preflight(p.trial.config for p in planned if p.action.runs())
 
 
 # ----------------------------------------------------------------------------- backends

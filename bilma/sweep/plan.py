@@ -171,6 +171,8 @@ def data_root_warnings(planned: list[Planned]) -> list[str]:
     of the trial id, so such a trial's result and checkpoint come from the recorded root."""
     moved: dict[tuple[str, str], list[Planned]] = {}
     for p in planned:
+        if not (p.dir.result_path.exists() or p.dir.last_ckpt.exists()):
+            continue  # nothing computed on the old root: the trial simply runs on the new one
         old = moved_data_root(p.dir.config_path, p.trial.config)
         if old is not None:
             moved.setdefault((old, p.trial.config.data.root), []).append(p)

@@ -389,3 +389,22 @@ def test_sbatch_refusal_is_one_clear_line(cluster, jobs, synth_small, tmp_path):
     ), proc.stderr
     again = launch("--grid", str(grid), "--dry-run", cwd=tmp_path)
     assert "1 to start" in again  # nothing was marked submitted
+
+
+def test_ablation_grid_without_its_dataset_queues_nothing(cluster, tmp_path):
+    """The literal ablation grid on a machine without CUHK-PEDES: refused by the preflight
+    before any job, folder or MLflow run exists."""
+    before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "sweeps" / "launch.py"), "--grid", "ablation.yaml"]
+        + ["--backend", "slurm", "--profile", "local-slurm"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "data.root=datasets/CUHK-PEDES (9 trials): no such folder" in proc.stderr
+    after = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+    assert set(after.split()) <= set(before.split())  # no new job
+    assert os.listdir(tmp_path) == []  # no runs/, no job folder, no mlflow.db

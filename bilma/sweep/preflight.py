@@ -1,0 +1,230 @@
+"""Preflight: refuse a launch whose trials would fail on their inputs, before anything is
+created or submitted.
+
+A trial that starts on a machine without its dataset fails after its start-up with a good
+message; on SLURM it first waits hours in the queue, and nine trials fail nine times the same
+way. So every launch (any backend, `--dry-run` too) checks each distinct input of the trials
+it would run, once per distinct value:
+
+- `data.root`: the folder, the annotation file, the image folder, a sample of the images
+  (a synthetic root is generated on first use: only one made with other parameters fails);
+- `model.pretrained` (a local CLIP folder with config.json) and `data.tokenizer`;
+- SemMIM (`mim.target: semantic` with `loss.mim_weight` > 0): parse maps of `mim.labels` for
+  a sample of the training images, with the `bilma parse` command that writes them.
+
+Each problem is one line naming the key, the value, how many trials it stops and the fix.
+`--no-preflight` skips the checks for data that only the compute nodes see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bilma.config import Config
+from bilma.data import formats
+from bilma.data.parsing import parse_map_path
+from bilma.data.records import DataError, Record
+from bilma.data.synth_cache import synth_mismatch
+from bilma.errors import PreflightError
+
+SAMPLE = 24  # images (and parse maps) looked at per dataset: the first, the last, evenly between
+DATASET_HELP = 'see README "Datasets" for where to obtain it and its layout'
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One input that stops `trials` trials: the key, its value and what is wrong + the fix."""
+
+    key: str
+    value: str
+    message: str
+    trials: int = 1
+
+    def line(self) -> str:
+        n = f"{self.trials} trial{'s' if self.trials != 1 else ''}"
+        return f"{self.key}={self.value} ({n}): {self.message}"
+
+
+def preflight(configs: Iterable[Config]) -> list[Problem]:
+    """The problems of the trials' inputs, each distinct check run once, in a stable order."""
+    checks: dict[tuple, tuple[Callable[[], Problem | None], int]] = {}
+
+    def add(key: tuple, check: Callable[[], Problem | None]) -> None:
+        fn, n = checks.get(key, (check, 0))
+        checks[key] = (fn, n + 1)
+
+    for cfg in configs:
+        d = cfg.data
+        add(("data", d.dataset, d.root, *_synth_key(cfg)), lambda c=cfg: _check_data(c))
+        if cfg.model.pretrained:
+            add(("pretrained", cfg.model.pretrained), lambda c=cfg: _check_pretrained(c))
+        if d.tokenizer or (d.dataset != "synth" and not cfg.model.pretrained):
+            add(("tokenizer", d.dataset, d.tokenizer), lambda c=cfg: _check_tokenizer(c))
+        if cfg.mim.target == "semantic" and cfg.loss.mim_weight > 0 and d.dataset != "synth":
+            where = (d.dataset, d.root, d.parsing_root, cfg.mim.labels)
+            add(("parse", *where), lambda c=cfg: _check_parse_maps(c))
+    out = []
+    for fn, n in checks.values():
+        problem = fn()
+        if problem is not None:
+            out.append(Problem(problem.key, problem.value, problem.message, n))
+    return _once(out)
+
+
+def raise_problems(problems: list[Problem]) -> None:
+    """Raise one PreflightError listing every problem (one line each), if there is any."""
+    if problems:
+        raise PreflightError(report(problems))
+
+
+def report(problems: list[Problem]) -> str:
+    head = f"{len(problems)} problem{'s' if len(problems) != 1 else ''} before launch"
+    body = "\n".join(f"  {p.line()}" for p in problems)
+    return (
+        f"{head} (nothing was created or submitted):\n{body}\n"
+        "fix them and run the same command again; --no-preflight skips these checks "
+        "(for data that only the compute nodes see)"
+    )
+
+
+def _once(problems: list[Problem]) -> list[Problem]:
+    """Merge problems with the same line (e.g. two check keys finding one missing folder)."""
+    merged: dict[tuple[str, str, str], int] = {}
+    for p in problems:
+        k = (p.key, p.value, p.message)
+        merged[k] = merged.get(k, 0) + p.trials
+    return [Problem(k, v, m, n) for (k, v, m), n in merged.items()]
+
+
+def _synth_key(cfg: Config) -> tuple:
+    d = cfg.data
+    if d.dataset != "synth":
+        return ()
+    return (d.synth_ids, d.synth_images_per_id, d.synth_seed, tuple(d.image_size), d.synth_pool)
+
+
+# ----------------------------------------------------------------------------- the checks
+
+
+def _check_data(cfg: Config) -> Problem | None:
+    d = cfg.data
+    root = Path(d.root)
+    if d.dataset == "synth":
+        problem = synth_mismatch(d)  # else generated on first use (or matching)
+        return Problem("data.root", d.root, problem) if problem else None
+    if not root.is_dir():
+        what = "no such folder" if not root.exists() else "not a folder"
+        return Problem(
+            "data.root",
+            d.root,
+            f"{what}; the {d.dataset} dataset is not on this machine: {DATASET_HELP}, then set "
+            f"--set data.root=<its folder>",
+        )
+    try:
+        records = formats.read_annotations(d.dataset, root)
+    except DataError as e:
+        return Problem("data.root", d.root, str(e))
+    images = formats.image_dir(d.dataset, root)
+    if not images.is_dir():
+        return Problem(
+            "data.root",
+            d.root,
+            f"{root} holds the annotations but no image folder {images}; unpack the images "
+            f"there ({DATASET_HELP})",
+        )
+    missing = [r.image_path for r in _sample(records) if not (images / r.image_path).is_file()]
+    if missing:
+        return Problem(
+            "data.root",
+            d.root,
+            f"{len(missing)} of {min(SAMPLE, len(records))} images looked at are missing under "
+            f"{images} (e.g. {missing[0]}); complete the image folder ({DATASET_HELP})",
+        )
+    return None
+
+
+def _check_pretrained(cfg: Config) -> Problem | None:
+    folder = Path(cfg.model.pretrained)
+    if (folder / "config.json").is_file():
+        return None
+    if "clip-synth" in folder.name:  # the tiny CLIP pretrained here on synthetic pedestrians
+        fix = f"build it with `make clip-synth CLIP_SYNTH={folder}` (about 10 minutes on 2 cores)"
+    else:
+        fix = (
+            "download the model once on a machine with internet (`hf download "
+            f"openai/clip-vit-base-patch16 --local-dir {folder}`) and point model.pretrained "
+            "at that folder"
+        )
+    return Problem(
+        "model.pretrained", cfg.model.pretrained, f"not a local folder with config.json; {fix}"
+    )
+
+
+def _check_tokenizer(cfg: Config) -> Problem | None:
+    d = cfg.data
+    if not d.tokenizer:
+        return Problem(
+            "model.pretrained",
+            "null",
+            f"no tokenizer for {d.dataset}: set model.pretrained to a local CLIP folder (it "
+            "holds vocab.json and merges.txt) or data.tokenizer to such a folder",
+        )
+    folder = Path(d.tokenizer)
+    lacking = [f for f in ("vocab.json", "merges.txt") if not (folder / f).is_file()]
+    if not lacking:
+        return None
+    return Problem(
+        "data.tokenizer",
+        d.tokenizer,
+        f"no {' or '.join(lacking)} in that folder; point data.tokenizer at a CLIP model "
+        "folder or a tokenizer made by `python -m bilma synth`",
+    )
+
+
+def _check_parse_maps(cfg: Config) -> Problem | None:
+    d = cfg.data
+    root = Path(d.root)
+    try:
+        records = formats.read_annotations(d.dataset, root)
+    except DataError:
+        return None  # the data check says why
+    parsing_root = Path(d.parsing_root) if d.parsing_root else root / "parsing"
+    train = [r for r in records if r.split == "train"]
+    sample = _sample(train)
+    missing = [
+        r for r in sample if not parse_map_path(parsing_root, cfg.mim.labels, r.image_path).exists()
+    ]
+    if not missing:
+        return None
+    first = parse_map_path(parsing_root, cfg.mim.labels, missing[0].image_path)
+    command = [
+        "python -m bilma parse",
+        f"--dataset {d.dataset}",
+        f"--root {d.root}",
+        "--model <parser folder>",
+        f"--labels {cfg.mim.labels}",
+    ]
+    if d.parsing_root:
+        command.append(f"--parsing-root {d.parsing_root}")
+    return Problem(
+        "mim.labels",
+        cfg.mim.labels,
+        f"{len(missing)} of {len(sample)} training images looked at have no parse map "
+        f"(e.g. {first}); write them with `{' '.join(command)}` (or sweeps/parse.py over "
+        "shards), or set mim.target=pixel or mim.target=none",
+    )
+
+
+def _sample(records: list[Record]) -> list[Record]:
+    """At most SAMPLE records, evenly spaced, the first and the last included."""
+    n = len(records)
+    if n <= SAMPLE:
+        return list(records)
+    step = (n - 1) / (SAMPLE - 1)
+    return [records[round(i * step)] for i in range(SAMPLE)]
+
+
+def skipped_note() -> str:
+    return "preflight skipped (--no-preflight): inputs are checked by each trial when it starts"
