@@ -238,6 +238,19 @@ def retrieval_metrics(
     return {key: float(v) for key, v in zip(METRIC_KEYS, values, strict=True)}
 
 
+def chance_r1(query_pids: Any, gallery_pids: Any) -> float:
+    """Rank-1 (percent) of a random ranking: the mean over queries of the share of the gallery
+    that is the query's identity. With the same number of images per identity this is
+    100 / gallery identities; a gallery of one identity gives 100 (nothing to retrieve)."""
+    q = np.asarray(query_pids).reshape(-1)
+    g = np.asarray(gallery_pids).reshape(-1)
+    if len(q) == 0 or len(g) == 0:
+        return float("nan")
+    ids, counts = np.unique(g, return_counts=True)
+    share = dict(zip(ids.tolist(), (counts / len(g)).tolist(), strict=True))
+    return 100.0 * float(np.mean([share.get(p, 0.0) for p in q.tolist()]))
+
+
 def format_metrics(m: dict[str, float]) -> str:
     """One line, e.g. ``R1 73.38  R5 89.93  R10 93.71  mAP 66.13  mINP 50.24``."""
     keys = [k for k in METRIC_KEYS if k in m] + [k for k in m if k not in METRIC_KEYS]

@@ -17,7 +17,7 @@ from bilma.config import Config
 from bilma.data.datasets import ImageSet, PedesData, TextSet, eval_loader
 from bilma.device import autocast_for
 from bilma.evaluation.lookalike import flat_group_metrics, metrics_by_group
-from bilma.evaluation.metrics import retrieval_metrics
+from bilma.evaluation.metrics import chance_r1, retrieval_metrics
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,14 @@ def encode_split(
     t = F.normalize(torch.cat(text_feats), dim=-1)
     v = F.normalize(torch.cat(image_feats), dim=-1)
     return t, texts.pids.to(device), v, images.pids.to(device)
+
+
+def split_chance_r1(data: PedesData, split: str) -> float:
+    """Chance Rank-1 (percent) of `split`: its captions against its gallery images."""
+    rec, caps = data.split(split)
+    gallery = [data.records[i].pid for i in rec]
+    queries = [data.records[i].pid for i in data.caption_record[caps]]
+    return chance_r1(queries, gallery)
 
 
 def evaluate(

@@ -103,6 +103,7 @@ RESULT_FIELDS = (
     "val_metrics",
     "epochs",
     "train_seconds",
+    "chance_R1",  # Rank-1 of a random ranking of the test gallery (100 / identities)
     "finished",
 )
 # Fields of a metrics.jsonl record that are not metrics.
@@ -141,6 +142,14 @@ TAG_STATE_UPDATED = "state_updated"
 GRID_TAG_PREFIX = "grid."
 TAG_PARENT_RUN = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
+# A sweep's parent run: its grid file, and the best trial of its summary (bilma.tracking.parent).
+TAG_GRID = "grid"
+TAG_BEST_TRIAL = "best_trial"  # the best trial's run name ("s1 IRRA"), by test R1
+TAG_BEST_TRIAL_ID = "best_trial_id"
+# An experiment's kind, which the MLflow 3 UI opens on: "custom_model_development" is its
+# "model training" kind (the runs table); without the tag it may open the GenAI traces page.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
 
 # The MLflow run status that shows each state.
 MLFLOW_STATUS = {

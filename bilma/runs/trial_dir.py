@@ -321,6 +321,7 @@ def make_result(
     epochs: int,
     seconds: float,
     launch: Launch | None = None,
+    chance_R1: float | None = None,
 ) -> dict[str, Any]:
     """A result.json dict (schema in the module docstring): identity fields from cfg, the
     sweep's (variant name, grid point) from the trial's launch.json."""
@@ -351,5 +352,6 @@ def make_result(
         else {k: float(v) for k, v in val_metrics.items()},
         "epochs": int(epochs),
         "train_seconds": float(seconds),
+        "chance_R1": None if chance_R1 is None else float(chance_R1),
         "finished": now_iso(),
     }

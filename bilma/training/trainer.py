@@ -46,7 +46,7 @@ from bilma.device import (
 from bilma.errors import Interrupted  # noqa: F401  (importable from here too)
 from bilma.evaluation.lookalike import groups_of_config
 from bilma.evaluation.metrics import format_metrics
-from bilma.evaluation.retrieval import evaluate
+from bilma.evaluation.retrieval import evaluate, split_chance_r1
 from bilma.fileio import remove_stale_tmp
 from bilma.model.bilma import build_model
 from bilma.runs.lock import acquire_trial_lock, release_trial_lock
@@ -472,6 +472,7 @@ class Trainer:
             cfg.train.epochs,
             state.train_seconds,
             launch=self.trial.read_launch(),  # the sweep's row and grid point, if any
+            chance_R1=split_chance_r1(self.data, "test"),
         )
         self.sinks.log_result(result)
         self.sinks.close(TrialState.DONE)

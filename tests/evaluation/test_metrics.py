@@ -269,3 +269,19 @@ def test_threads_do_not_change_results_and_are_restored():
             retrieval_metrics(sim, q, g, threads=0)
     finally:
         torch.set_num_threads(before)
+
+
+def test_chance_r1_is_the_share_of_the_gallery_of_each_query():
+    from bilma.evaluation.metrics import chance_r1
+
+    # 4 identities x 2 images: 100 / 4
+    assert chance_r1([0, 1, 2, 3], [0, 0, 1, 1, 2, 2, 3, 3]) == pytest.approx(25.0)
+    # unbalanced gallery: query of id 0 (3 of 4 images) and of id 1 (1 of 4)
+    assert chance_r1([0, 1], [0, 0, 0, 1]) == pytest.approx(50.0)
+    assert chance_r1([0, 0], [0, 0, 0, 1]) == pytest.approx(75.0)
+    # against a brute-force random ranking
+    rng = np.random.default_rng(0)
+    gallery = rng.integers(0, 7, size=40)
+    queries = rng.integers(0, 7, size=25)
+    hits = [gallery[rng.integers(0, len(gallery))] == q for _ in range(4000) for q in queries]
+    assert chance_r1(queries, gallery) == pytest.approx(100 * np.mean(hits), abs=1.0)

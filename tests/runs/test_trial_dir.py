@@ -143,6 +143,7 @@ def test_result_exists_only_after_write_result(tmp_path: Path) -> None:
         "val_metrics",
         "epochs",
         "train_seconds",
+        "chance_R1",
         "finished",
     }
     assert result["trial_id"] == trial.trial_id

@@ -102,6 +102,7 @@ def test_kill_and_resume_is_exact(synth_small, tmp_path):
     ra = json.loads((trial_a / "result.json").read_text())
     rb = json.loads((trial_b / "result.json").read_text())
     assert ra["metrics"] == rb["metrics"] and ra["selection"] == rb["selection"]
+    assert ra["chance_R1"] == pytest.approx(100 / 3)  # synth_small's test split: 3 identities
     wa, wb = weights(trial_a / "ckpt" / "last.pt"), weights(trial_b / "ckpt" / "last.pt")
     assert wa.keys() == wb.keys()
     for k in wa:
