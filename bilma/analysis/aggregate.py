@@ -4,6 +4,12 @@ A study whose finished trials span several datasets becomes a main table (the pa
 layout: rows are methods, one column group per dataset, published rows beside ours); a study
 on one dataset becomes an ablation table (variants in the grid's order, swept axes as
 columns, the difference to the baseline with a paired t-test over shared seeds).
+
+Emphasis is a test, not a ranking: a cell is bold only when its seeds differ from the
+baseline row's (the grid's first variant, or `baseline`) by a paired t-test with p < ALPHA
+over at least MIN_PAIRS shared seeds; with fewer shared seeds no p-value is reported at all.
+The main table applies the same test to our rows (on each dataset); published numbers have
+no seeds to pair, so they are never bold, and neither is the best mean of a column.
 """
 
 from __future__ import annotations
@@ -20,12 +26,11 @@ import yaml
 from bilma import resources
 from bilma.analysis.records import (
     DATASET_AXES,
-    LOWER_IS_BETTER,
     RESULT_METRICS,
     AnalysisError,
     TrialRecord,
 )
-from bilma.analysis.stats import mean, paired_t, sample_std
+from bilma.analysis.stats import MIN_PAIRS, mean, paired_t, sample_std, significant
 
 PUBLISHED_FILE = resources.PUBLISHED
 DATASET_NAMES = {
@@ -35,7 +40,7 @@ DATASET_NAMES = {
     "synth": "synthetic",
 }
 _DATASET_ORDER = list(DATASET_NAMES)
-MIN_SEEDS = 3  # fewer runs than this per row gets a warning
+MIN_SEEDS = MIN_PAIRS  # fewer runs than this per row gets a warning: no p-value for it
 
 
 @dataclass
@@ -46,10 +51,10 @@ class Cell:
     mean: float
     std: float  # sample std; NaN with one run
     n: int
-    delta: float | None = None  # mean - baseline mean (ablations)
-    p: float | None = None  # paired t-test, two-sided (NaN: undefined)
-    pairs: int = 0
-    bold: bool = False
+    delta: float | None = None  # mean - baseline mean (None: no baseline to compare with)
+    p: float | None = None  # paired t-test, two-sided; None under MIN_PAIRS (NaN: undefined)
+    pairs: int = 0  # seeds shared with the baseline
+    bold: bool = False  # differs from the baseline: p < ALPHA over >= MIN_PAIRS seeds
 
     @classmethod
     def of(cls, values: dict[int, float]) -> Cell:
@@ -81,8 +86,13 @@ class StudyTable:
     selection: list[str]  # "R1 on the val split (CUHK-PEDES)", ...
     excluded: list[TrialRecord]
     warnings: list[str] = field(default_factory=list)
-    baseline: str | None = None  # the baseline variant (ablations)
+    baseline: str | None = None  # the variant Δ, p and bold are taken against
     sources: dict[str, str] = field(default_factory=dict)  # citation key -> reference
+    chance: dict[str, list[float]] = field(default_factory=dict)  # dataset -> chance R1s
+
+    def compared(self) -> list[Cell]:
+        """The cells that were tested against the baseline."""
+        return [c for r in self.rows for c in r.cells.values() if c.delta is not None]
 
 
 def dataset_name(key: str) -> str:
@@ -134,7 +144,7 @@ def _selection_lines(finished: list[TrialRecord], datasets: list[str]) -> list[s
     return [f"{rule} ({', '.join(ds)})" for rule, ds in rules.items()]
 
 
-def _row_order(finished: list[TrialRecord], drop: tuple[str, ...]) -> list[tuple[str, tuple]]:
+def row_order(finished: list[TrialRecord], drop: tuple[str, ...]) -> list[tuple[str, tuple]]:
     """Row keys: variants in the grid's order (launch order when unknown), points as seen."""
     first_seen: dict[str, int] = {}
     index: dict[str, int] = {}
@@ -150,7 +160,8 @@ def _row_order(finished: list[TrialRecord], drop: tuple[str, ...]) -> list[tuple
     return sorted(keys, key=lambda k: (rank[k[0]], keys.index(k)))
 
 
-def _label(base: str, point: tuple, short: dict[str, str]) -> str:
+def row_label(base: str, point: tuple, short: dict[str, str]) -> str:
+    """'BiLMa [mask_ratio=0.3]': the variant with its grid point (`short`: axis names)."""
     if not point:
         return base
     return base + " [" + ", ".join(f"{short[k]}={fmt_value(v)}" for k, v in point) + "]"
@@ -175,14 +186,14 @@ def build_table(
             f"study '{study}' has no finished run ({what}); wait for its trials or relaunch "
             "them (python sweeps/launch.py --grid ...)"
         )
-    datasets = sorted({r.dataset for r in finished}, key=_dataset_rank)
+    datasets = sorted({r.dataset for r in finished}, key=dataset_rank)
     kind = "main" if len(datasets) > 1 else "ablation"
     # Dataset axes are the column groups of a main table; on one dataset they are no axis.
     drop = dataset_axes(finished)
     axes = list(dict.fromkeys(k for r in finished for k, _ in r.point(drop)))
     short = short_axes(axes)
     rows = []
-    for base, point in _row_order(finished, drop):
+    for base, point in row_order(finished, drop):
         mine = [r for r in finished if r.variant_base == base and r.point(drop) == point]
         cells, n = {}, {}
         for d in datasets:
@@ -193,7 +204,7 @@ def build_table(
                 values = {r.seed: r.metrics[m] for r in runs if m in r.metrics}
                 if values:
                     cells[(d, m)] = Cell.of(values)
-        label = _label(base, point, short) if kind == "main" else base
+        label = row_label(base, point, short) if kind == "main" else base
         rows.append(Row(label, base, point, cells, n))
     table = StudyTable(
         study,
@@ -205,14 +216,13 @@ def build_table(
         len(finished),
         _selection_lines(finished, datasets),
         excluded,
+        chance=chance_levels(finished, datasets),
     )
-    if kind == "ablation":
-        _deltas(table, baseline)
-    else:
+    _compare(table, baseline)
+    if kind == "main":
         _add_published(table)
-    _bold(table)
     few = [
-        f"{_label(r.variant_base, r.point, short)}"
+        f"{row_label(r.variant_base, r.point, short)}"
         f"{'' if kind == 'ablation' else f' on {dataset_name(d)}'} (n={r.n[d]})"
         for r in table.rows
         if not r.published
@@ -243,13 +253,28 @@ def dataset_axes(records: list[TrialRecord]) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*DATASET_AXES, *follow]))
 
 
-def _dataset_rank(d: str) -> tuple[int, str]:
+def dataset_rank(d: str) -> tuple[int, str]:
     return (_DATASET_ORDER.index(d) if d in _DATASET_ORDER else len(_DATASET_ORDER), d)
 
 
-def _deltas(table: StudyTable, baseline: str | None = None) -> None:
-    """Δ and paired p against the baseline: `baseline` or the grid's first variant at the same
-    grid point (when the study has one variant: its first row)."""
+def chance_levels(finished: list[TrialRecord], datasets: list[str]) -> dict[str, list[float]]:
+    """Dataset -> the chance R1s its trials recorded (one, unless the test galleries differ);
+    datasets whose trials recorded none are left out."""
+    out = {}
+    for d in datasets:
+        seen: dict[float, float] = {}  # equal up to float noise -> the first value recorded
+        for r in finished:
+            if r.dataset == d and r.chance_r1 is not None:
+                seen.setdefault(round(r.chance_r1, 9), r.chance_r1)
+        if seen:
+            out[d] = [seen[k] for k in sorted(seen)]
+    return out
+
+
+def _compare(table: StudyTable, baseline: str | None = None) -> None:
+    """Δ, paired p and bold against the baseline: `baseline` or the grid's first variant at
+    the same grid point (when the study has one variant: its first row), per dataset. A p is
+    kept only over >= MIN_PAIRS shared seeds; bold: `stats.significant`."""
     rows = [r for r in table.rows if not r.published]
     first = rows[0].variant_base
     if baseline is not None:
@@ -276,7 +301,9 @@ def _deltas(table: StudyTable, baseline: str | None = None) -> None:
                 continue
             test = paired_t(ref.values, cell.values)
             cell.delta = cell.mean - ref.mean
-            cell.p, cell.pairs = test.p, test.pairs
+            cell.pairs = test.pairs
+            cell.p = test.p if test.pairs >= MIN_PAIRS else None
+            cell.bold = significant(test)
 
 
 def _add_published(table: StudyTable) -> None:
@@ -296,16 +323,3 @@ def _add_published(table: StudyTable) -> None:
     table.rows = pub_rows + table.rows
     used = dict.fromkeys(m["citation"] for m in shown)
     table.sources = {k: sources[k] for k in used}
-
-
-def _bold(table: StudyTable) -> None:
-    """The best mean per column: the largest, or the smallest for LOWER_IS_BETTER."""
-    for d in table.datasets:
-        for m in table.metrics:
-            cells = [r.cells[(d, m)] for r in table.rows if (d, m) in r.cells]
-            if not cells:
-                continue
-            pick = min if m in LOWER_IS_BETTER else max
-            best = pick(c.mean for c in cells)
-            for c in cells:
-                c.bold = c.mean == best

@@ -1,5 +1,10 @@
 """Figures of a study as PNG files of a fixed size (FIGSIZE at DPI): a metric against each
 swept axis with a ±std band per variant, and R1 per epoch on the selection split per variant.
+
+R1 plots draw the chance level as a dashed line labelled "chance" where the trials recorded
+it (chance_R1: 100 / identities in the test gallery). It is the test gallery's: on a curve of
+another split (val) the line is labelled "chance (test gallery)", since the val gallery's
+chance level is not recorded.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from bilma.analysis.aggregate import (  # noqa: E402
     StudyTable,
+    chance_levels,
     dataset_axes,
     dataset_name,
     fmt_value,
@@ -49,6 +55,18 @@ def _band(ax, xs: Sequence[float], means: Sequence[float], stds: Sequence[float]
     lo = [m - (0.0 if math.isnan(s) else s) for m, s in zip(means, stds, strict=True)]
     hi = [m + (0.0 if math.isnan(s) else s) for m, s in zip(means, stds, strict=True)]
     ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
+
+
+def _chance_lines(ax, chance: dict[str, list[float]], note: str = "") -> None:
+    """A dashed horizontal line at each chance R1 (dataset -> values), labelled "chance"
+    (with the datasets when they differ)."""
+    where: dict[float, list[str]] = {}
+    for d, values in chance.items():
+        for x in values:
+            where.setdefault(x, []).append(dataset_name(d))
+    for x, names in where.items():
+        label = "chance" + note + (f" ({', '.join(names)})" if len(where) > 1 else "")
+        ax.axhline(x, linestyle="--", linewidth=1.0, color="0.4", label=label)
 
 
 def _is_number(v) -> bool:
@@ -84,6 +102,8 @@ def axis_plots(table: StudyTable, metric: str, out: Path) -> list[Path]:
                 _band(ax, xs, [p[1] for p in pts], [p[2] for p in pts], name)
             if not numeric:
                 ax.set_xticks(range(len(order)), [fmt_value(v) for v in order])
+            if metric == "R1" and d in table.chance:
+                _chance_lines(ax, {d: table.chance[d]})
             ax.set_xlabel(axis)
             ax.set_ylabel(f"test {metric} (%)")
             ax.set_title(f"{table.study}: {metric} against {short[axis]} ({dataset_name(d)})")
@@ -117,6 +137,8 @@ def epoch_plot(study: str, records: list[TrialRecord], out: Path) -> Path | None
             curves.setdefault(name, {}).setdefault(epoch, []).append(value)
     if not curves:
         return None
+    with_curve = [r for r in finished if r.curve]
+    chance = chance_levels(with_curve, sorted({r.dataset for r in with_curve}))
     fig, ax = plt.subplots(figsize=FIGSIZE)
     for name, by_epoch in curves.items():
         epochs = sorted(by_epoch)
@@ -128,6 +150,7 @@ def epoch_plot(study: str, records: list[TrialRecord], out: Path) -> Path | None
             name,
         )
     split = "/".join(sorted(s for s in splits if s)) or "val"
+    _chance_lines(ax, chance, "" if split == "test" else " (test gallery)")
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"{split} R1 (%)")

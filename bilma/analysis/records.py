@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,15 +36,16 @@ from bilma.tracking.store import DEFAULT_URI, resolve_uri  # noqa: F401  (the ta
 
 # Every test metric a table can show: the five of every trial, then the look-alike ones.
 ALL_METRICS = RESULT_METRICS + GROUP_METRICS
-# Metrics where less is better (the best cell in bold is the smallest).
-LOWER_IS_BETTER = ("twin_errors",)
+# R1 of a random ranking, 100 / identities in the test gallery: a field of result.json and an
+# MLflow metric (absent for trials run before it was recorded).
+CHANCE_R1 = "chance_R1"
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "ALL_METRICS",
+    "CHANCE_R1",
     "DEFAULT_URI",
-    "LOWER_IS_BETTER",
     "RESULT_METRICS",
     "AnalysisError",
     "TrialRecord",
@@ -81,6 +83,7 @@ class TrialRecord:
     selection_metric: str | None = None
     curve: list[tuple[int, float]] = field(default_factory=list)  # (epoch, R1 on curve_split)
     curve_split: str | None = None
+    chance_r1: float | None = None  # 100 / test gallery identities; None: not recorded
     started: float = 0.0  # unix time; orders runs when variant_index is unknown
     run_id: str | None = None
     path: Path | None = None
@@ -134,6 +137,15 @@ def _int(value: Any, default: int = -1) -> int:
         return default
 
 
+def _number(value: Any) -> float | None:
+    """A recorded number as a float; None when absent or not a finite number."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
 def _order(records: list[TrialRecord]) -> list[TrialRecord]:
     return sorted(records, key=lambda r: (r.started, r.trial_id))
 
@@ -159,6 +171,7 @@ def _record(row: RunRow) -> TrialRecord | None:
     test = {m: float(metrics[f"test/{m}"]) for m in ALL_METRICS if f"test/{m}" in metrics}
     if state == FINISHED and any(m not in test for m in RESULT_METRICS):
         state = "unknown"  # FINISHED without final metrics: not a finished trial
+    chance = metrics.get(CHANCE_R1, metrics.get(f"test/{CHANCE_R1}"))
     return TrialRecord(
         study=row.study,
         trial_id=tags[schema.TAG_TRIAL_ID],
@@ -174,6 +187,7 @@ def _record(row: RunRow) -> TrialRecord | None:
         metrics=test,
         selection_split=tags.get("selection_split") or params.get("eval.select_split"),
         selection_metric=tags.get("selection_metric") or params.get("eval.select_metric"),
+        chance_r1=_number(chance),
         started=(row.start_ms or 0) / 1000.0,
         run_id=row.run_id,
     )
@@ -272,6 +286,7 @@ def _from_dir(path: Path) -> TrialRecord | None:
         metrics={k: float(v) for k, v in (src.get("metrics") or {}).items()},
         selection_split=selection.get("split") or evalc.get("select_split"),
         selection_metric=selection.get("metric") or evalc.get("select_metric"),
+        chance_r1=_number(src.get(CHANCE_R1)),
         started=float(status.get("started") or status.get("updated") or 0.0),
         path=path,
     )

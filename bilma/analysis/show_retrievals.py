@@ -2,7 +2,12 @@
 
 For N captions of the split, the caption beside its top-10 gallery images (true matches
 framed green, others red), written to <trial>/figures/retrievals_<split>.png (or --out) and
-logged as an artifact of the trial's MLflow run.
+logged as an artifact of the trial's MLflow run. The checkpoint is the one the tables report
+(the selected one, ckpt/best.pt); the figure is titled by the trial's variant and seed.
+
+Given a study folder, it shows the trial the table reports first, chosen without looking at
+any test number: the first variant (at its first grid point), its lowest seed; --variant
+and --seed choose another. Never "the best trial on test".
 """
 
 from __future__ import annotations
@@ -24,7 +29,17 @@ def build_parser(prog: str = "python analysis/show_retrievals.py") -> argparse.A
         "--trial",
         type=Path,
         required=True,
-        help="trial directory runs/<study>/<id> (or a study folder: its best finished trial)",
+        help="trial directory runs/<study>/<id>, or a study folder: the table's first variant, "
+        "lowest seed (or --variant, --seed)",
+    )
+    p.add_argument(
+        "--variant",
+        default=None,
+        metavar="NAME",
+        help="with a study folder: this variant (grid name or row label) instead of the first",
+    )
+    p.add_argument(
+        "--seed", type=int, default=None, help="with a study folder: this seed, not the lowest"
     )
     p.add_argument("--queries", type=int, default=8, help="captions to show (default 8)")
     p.add_argument("--split", choices=("test", "val"), default="test")
@@ -46,17 +61,18 @@ def main(argv: list[str] | None = None, prog: str = "python analysis/show_retrie
 def _run(args: argparse.Namespace) -> int:
     from bilma.analysis import retrievals
 
-    trial = retrievals.pick_trial(args.trial)
+    trial = retrievals.pick_trial(args.trial, args.variant, args.seed)
+    shown = retrievals.shown(trial)
     if trial != args.trial:
-        print(f"{args.trial}: showing its best finished trial, {trial}")
+        rule = (
+            "the table's first variant, lowest seed; --variant/--seed choose another"
+            if args.variant is None and args.seed is None
+            else "as chosen"
+        )
+        print(f"{args.trial}: showing {shown.variant} seed {shown.seed} ({trial}): {rule}")
     queries = retrievals.retrieve(trial, args.queries, args.split, args.data_root)
     out = args.out or trial / "figures" / f"retrievals_{args.split}.png"
-    hits = sum(q.matches[0] for q in queries)
-    title = (
-        f"{trial.name}: top-{len(queries[0].images)} on {args.split} "
-        f"(green: same person; {hits}/{len(queries)} queries right at rank 1)"
-    )
-    retrievals.draw(queries, title, out)
+    retrievals.draw(queries, shown.title(args.split, queries), out)
     print(f"wrote {out}")
     if not args.no_mlflow:
         run_id = retrievals.log_to_mlflow(trial, out)

@@ -1,5 +1,9 @@
 """Mean, sample standard deviation and the paired Student's t-test, with no scipy.
 
+The tables report a paired test only over at least MIN_PAIRS shared seeds and emphasise a
+difference only when it clears it at ALPHA (`significant`): with two seeds the t-test has
+one degree of freedom, and its p-value says next to nothing.
+
 The two-sided p-value of t with df degrees of freedom is the regularised incomplete beta
 function I_x(df/2, 1/2) at x = df / (df + t^2), evaluated by its continued fraction
 (Numerical Recipes' betacf); it agrees with scipy.stats.t to about 1e-12.
@@ -10,6 +14,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+ALPHA = 0.05  # a difference is emphasised when its paired p is below this
+MIN_PAIRS = 3  # fewer shared seeds: no p-value is reported
 
 
 def mean(xs: Sequence[float]) -> float:
@@ -102,3 +109,8 @@ def paired_t(a: dict[int, float], b: dict[int, float]) -> PairedTest:
         return PairedTest(k, md, math.copysign(math.inf, md), 0.0)
     t = md / (sd / math.sqrt(k))
     return PairedTest(k, md, t, t_two_sided_p(t, k - 1))
+
+
+def significant(test: PairedTest, alpha: float = ALPHA, min_pairs: int = MIN_PAIRS) -> bool:
+    """Whether a paired test over at least `min_pairs` seeds gives p < alpha."""
+    return test.pairs >= min_pairs and test.p < alpha  # an undefined (NaN) p is never below

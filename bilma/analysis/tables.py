@@ -1,7 +1,14 @@
 """A StudyTable as Markdown (stdout), LaTeX (booktabs) and CSV (every number, full precision).
 
-Every rendering states the checkpoint-selection rule and how many runs the table aggregates,
-and lists the trials it did not average in (unfinished, failed, early-stopped).
+Every rendering states the checkpoint-selection rule, how many runs the table aggregates,
+what bold means (a paired test against the baseline, `aggregate`), the chance level where
+the trials recorded it, and lists the trials it did not average in (unfinished, failed,
+early-stopped).
+
+Markdown shows every metric in one table. LaTeX fits a paper's column: the metrics are split
+by group (R1/R5/R10, mAP/mINP, the look-alike ones) and, where a group is still too wide, by
+dataset or into smaller chunks, so that no tabular has more than TEX_MAX_COLUMNS columns; an
+ablation with too many swept axes for a column names them in the row label instead.
 """
 
 from __future__ import annotations
@@ -10,11 +17,24 @@ import csv
 import io
 import json
 import math
+from dataclasses import dataclass
 
-from bilma.analysis.aggregate import Cell, Row, StudyTable, dataset_name, fmt_value, short_axes
-from bilma.analysis.records import STOPPED
+from bilma.analysis.aggregate import (
+    Cell,
+    Row,
+    StudyTable,
+    dataset_name,
+    fmt_value,
+    row_label,
+    short_axes,
+)
+from bilma.analysis.records import GROUP_METRICS, STOPPED
+from bilma.analysis.stats import ALPHA, MIN_PAIRS
 
 PUBLISHED_MARK = "†"
+TEX_MAX_COLUMNS = 7  # a booktabs tabular of at most this many columns fits a paper's column
+# The metrics a LaTeX tabular keeps together; any other metric is a group of its own.
+METRIC_GROUPS = (("R1", "R5", "R10"), ("mAP", "mINP"), GROUP_METRICS)
 
 
 def fmt_num(x: float) -> str:
@@ -36,12 +56,19 @@ def fmt_p(p: float | None) -> str:
 
 
 def fmt_delta(c: Cell | None, row: Row) -> str:
+    """'+2.00 (p=0.012)'; the difference alone under MIN_PAIRS shared seeds (no p kept)."""
     if row.baseline:
         return "baseline"
     if c is None or c.delta is None:
         return "n/a"
+    if c.p is None:
+        return f"{c.delta:+.2f}"
     shown = fmt_p(c.p)
     return f"{c.delta:+.2f} (p{shown if shown.startswith('<') else '=' + shown})"
+
+
+def fmt_chance(x: float) -> str:
+    return f"{x:.2f}" if x >= 0.05 else f"{x:.2g}"
 
 
 def _trial_line(r) -> str:
@@ -51,19 +78,17 @@ def _trial_line(r) -> str:
 
 
 def notes(t: StudyTable) -> list[str]:
-    """The lines under a table: selection rule, runs aggregated, tests, sources, warnings."""
+    """The lines under a table: selection rule, runs aggregated, tests and what bold means,
+    chance level, sources, warnings."""
     out = [
         f"Checkpoint selection: {'; '.join(t.selection)}.",
         f"Aggregates {t.runs} finished run{'s' if t.runs != 1 else ''}: mean ± sample standard "
         "deviation over seeds, n runs per cell.",
     ]
-    if t.kind == "ablation" and t.baseline is not None:
-        several = len({r.variant_base for r in t.rows}) > 1
-        ref = " (the first row)" if not several else (" at the same grid point" if t.axes else "")
-        out.append(
-            f'Δ: difference of the means to the baseline "{t.baseline}"{ref}; p: two-sided '
-            "paired Student's t-test over the seeds both share (n/a with fewer than 2)."
-        )
+    out += _test_notes(t)
+    chance = _chance_note(t)
+    if chance:
+        out.append(chance)
     if t.sources:
         refs = "; ".join(f"[{k}] {v}" for k, v in t.sources.items())
         out.append(f"{PUBLISHED_MARK} published numbers, copied from the papers: {refs}.")
@@ -72,6 +97,50 @@ def notes(t: StudyTable) -> list[str]:
         out.append(f"Not averaged in ({len(t.excluded)}):")
         out += [f"- {_trial_line(r)}" for r in t.excluded]
     return out
+
+
+def _test_notes(t: StudyTable) -> list[str]:
+    """What Δ, p and bold mean, and why p-values are missing where there are too few seeds."""
+    compared = t.compared()
+    if t.baseline is None or not compared:
+        return []
+    ours = [r for r in t.rows if not r.published]
+    several = len({r.variant_base for r in ours}) > 1
+    ref = " (the first row)" if not several else (" at the same grid point" if t.axes else "")
+    out = []
+    if t.kind == "ablation":
+        out.append(
+            f'Δ: difference of the means to the baseline "{t.baseline}"{ref}; p: two-sided '
+            f"paired Student's t-test over the seeds both share (shown with >= {MIN_PAIRS})."
+        )
+    rule = f'Bold: differs from "{t.baseline}"{ref} with paired p < {ALPHA:g} over >= {MIN_PAIRS} seeds'
+    if t.kind == "main":
+        rule += (
+            f" (on the same dataset); published{PUBLISHED_MARK} numbers have no seeds to pair "
+            "and are never bold"
+        )
+    out.append(rule + ".")
+    short = sorted({c.pairs for c in compared if c.pairs < MIN_PAIRS})
+    if short:
+        what = "p-values" if t.kind == "ablation" else "Bold (a paired test)"
+        ns = ", ".join(map(str, short))
+        if all(c.pairs < MIN_PAIRS for c in compared):
+            out.append(f"{what} need >= {MIN_PAIRS} paired seeds; this table has n = {ns}.")
+        else:
+            out.append(f"{what} need >= {MIN_PAIRS} paired seeds; none for cells with n = {ns}.")
+    return out
+
+
+def _chance_note(t: StudyTable) -> str | None:
+    """'Chance R1: 33.33 (...)', per dataset when they differ; None when no trial recorded it."""
+    if not t.chance:
+        return None
+    shown = {d: "/".join(fmt_chance(x) for x in xs) for d, xs in t.chance.items()}
+    how = "100 / identities in the test gallery"
+    if len(set(shown.values())) == 1 and set(shown) == set(t.datasets):
+        return f"Chance R1: {next(iter(shown.values()))} ({how})."
+    per = ", ".join(f"{v} ({dataset_name(d)})" for d, v in shown.items())
+    return f"Chance R1 ({how}): {per}."
 
 
 def _title(t: StudyTable) -> str:
@@ -97,7 +166,7 @@ def _md_escape(s: str) -> str:
 
 
 def markdown(t: StudyTable) -> str:
-    header, rows = _grid(t, _md_cell, _md_escape)
+    header, rows = _grid(t, t.rows, _md_cell, _md_escape)
     lines = [f"### {_title(t)}", ""]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join("---" for _ in header) + "|")
@@ -107,32 +176,46 @@ def markdown(t: StudyTable) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _grid(t: StudyTable, cell, text) -> tuple[list[str], list[list[str]]]:
+def _grid(
+    t: StudyTable,
+    rows: list[Row],
+    cell,
+    text,
+    metrics: list[str] | None = None,
+    datasets: list[str] | None = None,
+    axes: list[str] | None = None,
+) -> tuple[list[str], list[list[str]]]:
     """Header and body cells, shared by Markdown and LaTeX: `cell` writes a Cell, `text`
-    escapes every other string."""
+    escapes every other string. `metrics`, `datasets`: the columns (default: all); `axes`:
+    the swept axes shown as columns of an ablation (default: all), the others are named in
+    the row label."""
+    metrics = t.metrics if metrics is None else metrics
+    datasets = t.datasets if datasets is None else datasets
+    axes = t.axes if axes is None else axes
     short = short_axes(t.axes)
     if t.kind == "main":
         header = ["method"]
-        for d in t.datasets:
-            header += [f"{dataset_name(d)} {t.metrics[0]}", *t.metrics[1:], "n"]
+        for d in datasets:
+            header += [f"{dataset_name(d)} {metrics[0]}", *metrics[1:], "n"]
         body = []
-        for r in t.rows:
+        for r in rows:
             line = [text(_row_name(r))]
-            for d in t.datasets:
-                line += [cell(r.cells.get((d, m))) for m in t.metrics]
+            for d in datasets:
+                line += [cell(r.cells.get((d, m))) for m in metrics]
                 line.append(text("–" if r.published else str(r.n.get(d, 0))))
             body.append(line)
         return [text(h) for h in header], body
-    header = ["variant", *(short[a] for a in t.axes), "n"]
-    for m in t.metrics:
+    header = ["variant", *(short[a] for a in axes), "n"]
+    for m in metrics:
         header += [m, f"Δ{m}"]
-    d = t.datasets[0]
+    d = datasets[0]
     body = []
-    for r in t.rows:
+    for r in rows:
         point = dict(r.point)
-        line = [r.label, *(fmt_value(point[a]) if a in point else "–" for a in t.axes)]
+        label = row_label(r.variant_base, tuple(kv for kv in r.point if kv[0] not in axes), short)
+        line = [label, *(fmt_value(point[a]) if a in point else "–" for a in axes)]
         line = [text(x) for x in (*line, str(r.n.get(d, 0)))]
-        for m in t.metrics:
+        for m in metrics:
             c = r.cells.get((d, m))
             line += [cell(c), text(fmt_delta(c, r))]
         body.append(line)
@@ -157,11 +240,13 @@ _TEX_SPECIAL = {
     "†": r"$^\dagger$",
     "–": "--",
     "<": r"$<$",
+    ">": r"$>$",
+    "≥": r"$\geq$",
 }
 
 
 def tex_escape(s: str) -> str:
-    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in s)
+    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in s.replace(">=", "≥"))
 
 
 def _tex_cell(c: Cell | None) -> str:
@@ -169,42 +254,112 @@ def _tex_cell(c: Cell | None) -> str:
     return rf"\textbf{{{text}}}" if c is not None and c.bold else text
 
 
+def _chunks(items: list, size: int) -> list[list]:
+    """`items` in as few consecutive chunks of at most `size` as can be, of even lengths."""
+    parts = -(-len(items) // size)
+    step = -(-len(items) // parts)
+    return [items[i : i + step] for i in range(0, len(items), step)]
+
+
+def metric_groups(metrics: list[str]) -> list[list[str]]:
+    """The metrics by METRIC_GROUPS, groups and metrics in the order given."""
+    groups: dict[int, list[str]] = {}
+    for m in metrics:
+        key = next(
+            (i for i, g in enumerate(METRIC_GROUPS) if m in g), len(METRIC_GROUPS) + len(groups)
+        )
+        groups.setdefault(key, []).append(m)
+    return list(groups.values())
+
+
+@dataclass(frozen=True)
+class TexPart:
+    """One tabular of a table's LaTeX: these metrics on these datasets, these axes as columns."""
+
+    metrics: list[str]
+    datasets: list[str]
+    axes: list[str]
+
+    def columns(self, kind: str) -> int:
+        if kind == "main":  # method, then per dataset its metrics and n
+            return 1 + len(self.datasets) * (len(self.metrics) + 1)
+        return 2 + len(self.axes) + 2 * len(self.metrics)  # variant, axes, n, (m, Δm) each
+
+
+def tex_parts(t: StudyTable, width: int = TEX_MAX_COLUMNS) -> list[TexPart]:
+    """How the table is split into tabulars of at most `width` columns (`width` >= 4)."""
+    parts = []
+    if t.kind == "main":
+        for group in metric_groups(t.metrics):
+            for metrics in _chunks(group, width - 2):  # one dataset: method, metrics, n
+                per = (width - 1) // (len(metrics) + 1)
+                parts += [TexPart(metrics, ds, []) for ds in _chunks(t.datasets, per)]
+        return parts
+    axes = t.axes if 2 + len(t.axes) + 2 <= width else []  # else named in the row label
+    per = (width - 2 - len(axes)) // 2
+    for group in metric_groups(t.metrics):
+        parts += [TexPart(metrics, t.datasets, axes) for metrics in _chunks(group, per)]
+    return parts
+
+
 def latex(t: StudyTable) -> str:
-    header, body = _grid(t, _tex_cell, tex_escape)
-    ncols = len(header)
+    """One booktabs table per `tex_parts` part, each with the full caption."""
+    parts = tex_parts(t)
+    caption = " ".join(n for n in notes(t) if not n.startswith("- ") and "Not averaged" not in n)
+    out = []
+    for i, part in enumerate(parts):
+        which = ""
+        if len(parts) > 1:
+            which = ", ".join(part.metrics)
+            if t.kind == "main" and part.datasets != t.datasets:
+                which += " on " + ", ".join(dataset_name(d) for d in part.datasets)
+        label = t.study if len(parts) == 1 else f"{t.study}-{i + 1}"
+        title = f"{_title(t)} ({which})" if which else _title(t)
+        out += _tex_table(t, part, title, caption, label)
+        if i + 1 < len(parts):
+            out.append("")
+    if t.excluded:
+        out.append("% Not averaged in:")
+        out += [f"%   {_trial_line(r)}" for r in t.excluded]
+    return "\n".join(out) + "\n"
+
+
+def _tex_table(t: StudyTable, part: TexPart, title: str, caption: str, label: str) -> list[str]:
+    rows = [
+        r
+        for r in t.rows
+        if not r.published or any((d, m) in r.cells for d in part.datasets for m in part.metrics)
+    ]
+    header, body = _grid(t, rows, _tex_cell, tex_escape, part.metrics, part.datasets, part.axes)
     out = [r"\begin{table}[t]", r"\centering", r"\small"]
-    out.append(r"\begin{tabular}{l" + "r" * (ncols - 1) + "}")
+    out.append(r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}")
     out.append(r"\toprule")
     if t.kind == "main":
-        group = len(t.metrics) + 1
+        group = len(part.metrics) + 1
         spans = [
-            rf"\multicolumn{{{group}}}{{c}}{{{tex_escape(dataset_name(d))}}}" for d in t.datasets
+            rf"\multicolumn{{{group}}}{{c}}{{{tex_escape(dataset_name(d))}}}" for d in part.datasets
         ]
         out.append(" & " + " & ".join(spans) + r" \\")
         rules = [
             rf"\cmidrule(lr){{{2 + i * group}-{1 + (i + 1) * group}}}"
-            for i in range(len(t.datasets))
+            for i in range(len(part.datasets))
         ]
         out.append(" ".join(rules))
-        sub = ["method"] + [x for _ in t.datasets for x in (*t.metrics, "n")]
+        sub = ["method"] + [x for _ in part.datasets for x in (*part.metrics, "n")]
         out.append(" & ".join(tex_escape(x) for x in sub) + r" \\")
     else:
         out.append(" & ".join(header) + r" \\")
     out.append(r"\midrule")
     for i, row in enumerate(body):
         out.append(" & ".join(row) + r" \\")
-        if t.rows[i].published and i + 1 < len(t.rows) and not t.rows[i + 1].published:
+        if rows[i].published and i + 1 < len(rows) and not rows[i + 1].published:
             out.append(r"\midrule")
     out.append(r"\bottomrule")
     out.append(r"\end{tabular}")
-    caption = " ".join(n for n in notes(t) if not n.startswith("- ") and "Not averaged" not in n)
-    out.append(rf"\caption{{{tex_escape(_title(t))}. {tex_escape(caption)}}}")
-    out.append(rf"\label{{tab:{tex_escape(t.study)}}}")
+    out.append(rf"\caption{{{tex_escape(title)}. {tex_escape(caption)}}}")
+    out.append(rf"\label{{tab:{tex_escape(label)}}}")
     out.append(r"\end{table}")
-    if t.excluded:
-        out.append("% Not averaged in:")
-        out += [f"%   {_trial_line(r)}" for r in t.excluded]
-    return "\n".join(out) + "\n"
+    return out
 
 
 # ----------------------------------------------------------------------------- CSV
@@ -226,6 +381,7 @@ CSV_FIELDS = [
     "pairs",
     "baseline",
     "citation",
+    "chance_R1",  # of the dataset's test gallery, as our trials recorded it ("/" if several)
 ]
 
 
@@ -254,6 +410,9 @@ def csv_text(t: StudyTable) -> str:
                     "pairs": c.pairs if c.delta is not None else "",
                     "baseline": "yes" if r.baseline else "",
                     "citation": r.citation or "",
+                    "chance_R1": ""
+                    if r.published
+                    else "/".join(repr(x) for x in t.chance.get(d, [])),
                 }
             )
     return buf.getvalue()

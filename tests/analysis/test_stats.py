@@ -6,7 +6,16 @@ import math
 
 import pytest
 
-from bilma.analysis.stats import betainc, mean, paired_t, sample_std, t_two_sided_p
+from bilma.analysis.stats import (
+    ALPHA,
+    MIN_PAIRS,
+    betainc,
+    mean,
+    paired_t,
+    sample_std,
+    significant,
+    t_two_sided_p,
+)
 
 
 def test_mean_and_sample_std():
@@ -52,3 +61,17 @@ def test_paired_t_undefined_cases():
     assert math.isnan(paired_t({1: 1.0, 2: 2.0}, {1: 1.0, 2: 2.0}).p)  # no difference at all
     same = paired_t({1: 1.0, 2: 2.0}, {1: 2.0, 2: 3.0})  # the same difference on every seed
     assert same.p == 0.0 and same.t == math.inf
+
+
+def test_significant_needs_three_pairs_and_p_below_alpha():
+    assert (ALPHA, MIN_PAIRS) == (0.05, 3)
+    base = {1: 50.0, 2: 52.0, 3: 49.0}
+    two = paired_t({1: 50.0, 2: 52.0}, {1: 55.0, 2: 57.01})
+    assert two.p == pytest.approx(0.0006359835770077605, rel=1e-9)  # scipy's ttest_rel
+    assert not significant(two)  # p < 0.05, but over two seeds only
+    clear = paired_t(base, {1: 54.0, 2: 58.0, 3: 54.0})
+    assert clear.p == pytest.approx(0.013072457560346515, rel=1e-9) and significant(clear)
+    noise = paired_t(base, {1: 50.5, 2: 51.0, 3: 49.8})
+    assert noise.p == pytest.approx(0.8740118423302586, rel=1e-9) and not significant(noise)
+    assert not significant(paired_t(base, base))  # p undefined (NaN)
+    assert significant(paired_t(base, {s: v + 1 for s, v in base.items()}))  # p = 0

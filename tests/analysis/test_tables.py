@@ -1,46 +1,21 @@
-"""The main table's layout (papers' column groups, published rows, bold, n) and the ablation
-rules, on trial records whose numbers are chosen here (no training: see test_make_tables for
-the real sweep)."""
+"""The main table's layout (papers' column groups, published rows, bold, n), the ablation
+rules, what bold means (a paired test against the baseline over >= 3 seeds), the chance
+level and LaTeX that fits a column, on trial records whose numbers are chosen here (no
+training: see test_make_tables for the real sweep)."""
 
 from __future__ import annotations
 
-import json
-import math
 import re
 import statistics
 
 import pytest
+from support.analysis import columns, record, tabulars
 
 from bilma.analysis.aggregate import build_table, load_published
-from bilma.analysis.records import AnalysisError, TrialRecord
-from bilma.analysis.tables import csv_text, latex, markdown
+from bilma.analysis.records import ALL_METRICS, AnalysisError
+from bilma.analysis.tables import TEX_MAX_COLUMNS, csv_text, latex, markdown
 
 DATASETS = ("cuhk-pedes", "icfg-pedes", "rstpreid")
-
-
-def record(variant, index, dataset, seed, r1, state="finished", point=None, split=None):
-    metrics = {"R1": r1, "R5": r1 + 10, "R10": r1 + 15, "mAP": r1 - 5, "mINP": r1 - 20}
-    return TrialRecord(
-        study="main",
-        trial_id=f"{variant}-{dataset}-{seed}-{json.dumps(point)}",
-        variant=variant,
-        variant_base=variant,
-        variant_index=index,
-        # as grids/main.yaml zips them: dataset, its folder and its selection split
-        grid_point=point
-        or {
-            "data.dataset": dataset,
-            "data.root": f"datasets/{dataset}",
-            "eval.select_split": split or ("test" if dataset == "icfg-pedes" else "val"),
-        },
-        seed=seed,
-        dataset=dataset,
-        state=state,
-        metrics=metrics if state == "finished" else {},
-        selection_split=split or ("test" if dataset == "icfg-pedes" else "val"),
-        selection_metric="R1",
-        started=float(seed),
-    )
 
 
 def main_records():
@@ -67,15 +42,26 @@ def test_main_table_papers_layout_with_published_rows():
     names = [ln.split(" | ")[0][2:] for ln in body]
     methods, _ = load_published()
     assert names == [f"{m['name']} †[{m['citation']}]" for m in methods] + ["IRRA", "BiLMa"]
-    # Published numbers as in METHOD.md, "n/a" where a paper gives none.
+    # Published numbers as in METHOD.md, "n/a" where a paper gives none; never bold (no
+    # seeds to pair), though 89.93 and 63.83 are the best of their columns.
     irra_pub = body[1].split(" | ")
-    assert irra_pub[1:7] == ["73.38", "**89.93**", "**93.71**", "66.13", "50.24", "–"]
+    assert irra_pub[1:7] == ["73.38", "89.93", "93.71", "66.13", "50.24", "–"]
     bilma_pub = body[2].split(" | ")
-    assert bilma_pub[5] == "n/a" and bilma_pub[7] == "**63.83**"  # best ICFG R1 of all
-    # Ours: mean ± sample std over the 3 seeds, n per dataset; BiLMa CUHK R1 74, 75, 76.
-    bilma = body[4].split(" | ")
-    assert bilma[1] == f"**75.00 ± {statistics.stdev([74, 75, 76]):.2f}**"  # beats 74.03
+    assert bilma_pub[5] == "n/a" and bilma_pub[7] == "63.83"
+    assert "**" not in "".join(body[:3])
+    # Ours: mean ± sample std over the 3 seeds, n per dataset; BiLMa CUHK R1 74, 75, 76 against
+    # IRRA's 72, 72.5, 73: paired differences 2, 2.5, 3, p = 0.0131 (scipy) -> bold.
+    irra, bilma = body[3].split(" | "), body[4].split(" | ")
+    assert bilma[1] == f"**75.00 ± {statistics.stdev([74, 75, 76]):.2f}**"
+    assert irra[1] == "72.50 ± 0.50"  # the baseline itself is never bold
     assert bilma[6] == "3"
+    cell = t.rows[-1].cells[("cuhk-pedes", "R1")]
+    assert cell.pairs == 3 and cell.p == pytest.approx(0.013072457560346515, rel=1e-9)
+    assert (
+        'Bold: differs from "IRRA" with paired p < 0.05 over >= 3 seeds (on the same dataset); '
+        "published† numbers have no seeds to pair and are never bold." in md
+    )
+    assert "Chance" not in md  # these trials recorded no chance level
     # The selection rule per dataset, the runs aggregated, the failed run listed, sources.
     assert "R1 on the val split (CUHK-PEDES, RSTPReid); R1 on the test split (ICFG-PEDES)" in md
     assert "Aggregates 18 finished runs" in md
@@ -84,16 +70,70 @@ def test_main_table_papers_layout_with_published_rows():
 
 
 def test_main_table_latex_groups_and_rows():
+    """R1/R5/R10 on one dataset per tabular (method, 3 metrics, n); mAP/mINP on two."""
     tex = latex(build_table("main", main_records()))
-    assert tex.count(r"\multicolumn{6}{c}") == 3
-    assert r"\cmidrule(lr){2-7} \cmidrule(lr){8-13} \cmidrule(lr){14-19}" in tex
-    envs = re.findall(r"\\(begin|end)\{(\w+)\}", tex)
-    assert [e for k, e in envs if k == "begin"] == ["table", "tabular"]
-    assert [e for k, e in envs if k == "end"] == ["tabular", "table"]
-    body = tex.split("\\bottomrule")[0].split("\\midrule\n", 1)[1]
+    parts = tabulars(tex)
+    assert [columns(p) for p in parts] == [5, 5, 5, 7, 4]
+    assert tex.count("\\begin{table}") == 5 and tex.count("\\caption{") == 5
+    labels = re.findall(r"\\label\{(.*?)\}", tex)
+    assert labels == [f"tab:main-{i}" for i in range(1, 6)]
+    assert "\\caption{main: CUHK-PEDES, ICFG-PEDES, RSTPReid (R1, R5, R10 on CUHK-PEDES)." in tex
+    assert parts[0].count(r"\multicolumn{4}{c}{CUHK-PEDES}") == 1
+    assert r"\multicolumn{3}{c}{CUHK-PEDES} & \multicolumn{3}{c}{ICFG-PEDES}" in parts[3]
+    assert r"\cmidrule(lr){2-4} \cmidrule(lr){5-7}" in parts[3]
+    body = parts[0].split("\\bottomrule")[0].split("\\midrule\n", 1)[1]
     rows = [ln for ln in body.splitlines() if ln.endswith("\\\\")]
-    assert len(rows) == 5 and all(r.count(" & ") == 18 for r in rows)
+    assert len(rows) == 5 and all(r.count(" & ") == 4 for r in rows)
     assert rows[0].startswith("CLIP fine-tuned $^\\dagger$[irra]")
+    assert rows[-1].startswith("BiLMa & \\textbf{75.00 $\\pm$ 1.00}")
+
+
+def all_metric_records(datasets, point):
+    out = []
+    for seed in (1, 2, 3):
+        for d in datasets:
+            for name, idx in (("IRRA", 0), ("BiLMa", 1)):
+                rec = record(name, idx, d, seed, 50.0 + seed + idx, point=point)
+                rec.metrics.update({m: 10.0 + seed for m in ALL_METRICS[5:]})
+                out.append(rec)
+    return out
+
+
+def test_every_tabular_fits_a_column_with_all_metrics():
+    """Every metric, main and ablation layouts (two swept axes; and five, which go into the
+    row label): no tabular wider than TEX_MAX_COLUMNS, each metric shown exactly once."""
+    tex = latex(build_table("main", all_metric_records(DATASETS, None), list(ALL_METRICS)))
+    shown = []
+    for part in tabulars(tex):
+        assert columns(part) <= TEX_MAX_COLUMNS == 7
+        names = re.findall(r"\\multicolumn\{\d+\}\{c\}\{(.*?)\}", part)
+        sub = part.split("\\cmidrule", 1)[1].splitlines()[1].removesuffix(" \\\\")
+        cells = sub.split(" & ")[1:]
+        per = len(cells) // len(names)
+        for i, name in enumerate(names):
+            assert cells[i * per + per - 1] == "n"
+            shown += [(name, m) for m in cells[i * per : i * per + per - 1]]
+    want = [(d, tex_name(m)) for d in ("CUHK-PEDES", "ICFG-PEDES", "RSTPReid") for m in ALL_METRICS]
+    assert sorted(shown) == sorted(want)
+    for axes in (("mim.mask_ratio", "loss.id_weight"), ("a", "b", "c", "d", "e")):
+        recs = all_metric_records(("synth",), dict.fromkeys(axes, 1))
+        parts = tabulars(latex(build_table("abl", recs, list(ALL_METRICS))))
+        assert max(columns(p) for p in parts) <= TEX_MAX_COLUMNS
+        headers = [p.split("\\toprule\n", 1)[1].splitlines()[0] for p in parts]
+        metrics = [
+            h.removesuffix(" \\\\").split(" & ")[2 + (len(axes) < 5) * len(axes) :] for h in headers
+        ]
+        assert [m for ms in metrics for m in ms[::2]] == [tex_name(m) for m in ALL_METRICS]
+        assert all(ms[1::2] == [f"$\\Delta${m}" for m in ms[::2]] for ms in metrics)
+        cells = "".join(parts)
+        if len(axes) == 5:  # no room for the axes as columns: they are in the row label
+            assert "\nBiLMa [a=1, b=1, c=1, d=1, e=1] & 3 & " in cells
+        else:
+            assert "\nBiLMa & 1 & 1 & 3 & " in cells
+
+
+def tex_name(metric: str) -> str:
+    return metric.replace("_", "\\_")
 
 
 def test_ablation_baseline_is_the_grids_first_variant_and_few_seeds_warn():
@@ -117,13 +157,79 @@ def test_ablation_baseline_is_the_grids_first_variant_and_few_seeds_warn():
     b = t.rows[2].cells[("synth", "R1")]
     assert b.delta == pytest.approx(54.0 - 52.0)  # difference of the means shown
     assert b.pairs == 2  # seeds 1 and 2 only
-    # paired differences 2 and 3: t = 2.5 / (0.7071 / sqrt 2) = 5 with df 1 (Cauchy)
-    assert b.p == pytest.approx(1 - 2 * math.atan(5) / math.pi)
+    # Paired differences 2 and 3 would give t = 5 with df 1, p = 0.126 (Cauchy): with two
+    # seeds no p is reported, and nothing is bold.
+    assert b.p is None and not any(c.bold for r in t.rows for c in r.cells.values())
+    md = markdown(t)
+    assert "| B | 0.3 | 2 | 54.00 ± 1.41 | +2.00 |" in md and "p=" not in md
+    assert "p-values need >= 3 paired seeds; this table has n = 2." in md
     assert t.warnings == [
         "fewer than 3 seeds for: B [mask_ratio=0.3] (n=2); B [mask_ratio=0.5] (n=2)"
     ]
     rows = list(csv_text(t).splitlines())
     assert rows[0].startswith("study,table,source,row") and len(rows) == 5
+    assert rows[3].endswith(",2.0,,2,,,")  # Δ 2.0, no p, 2 pairs, no chance level recorded
+
+
+def test_bold_only_where_a_paired_test_over_three_seeds_clears():
+    """Against A (50, 52, 49 on seeds 1-3): B differs by 4, 6, 5 (p = 0.0131, scipy's
+    ttest_rel) -> bold with its p; C by 0.5, -1, 0.8 (p = 0.874) -> plain; D by 5.0 and 5.01
+    on two seeds only (df 1 would say p = 0.0006) -> no p, not bold."""
+    runs = {
+        "A": {1: 50.0, 2: 52.0, 3: 49.0},
+        "B": {1: 54.0, 2: 58.0, 3: 54.0},
+        "C": {1: 50.5, 2: 51.0, 3: 49.8},
+        "D": {1: 55.0, 2: 57.01},
+    }
+    recs = [
+        record(name, i, "synth", seed, r1, point={})
+        for i, (name, by_seed) in enumerate(runs.items())
+        for seed, r1 in by_seed.items()
+    ]
+    t = build_table("abl", recs, ["R1"])
+    cells = {r.label: r.cells[("synth", "R1")] for r in t.rows}
+    assert cells["B"].p == pytest.approx(0.013072457560346515, rel=1e-9) and cells["B"].bold
+    assert cells["C"].p == pytest.approx(0.8740118423302586, rel=1e-9) and not cells["C"].bold
+    assert cells["D"].p is None and cells["D"].pairs == 2 and not cells["D"].bold
+    assert not cells["A"].bold  # the baseline
+    md = markdown(t)
+    assert "| A | 3 | 50.33 ± 1.53 | baseline |" in md
+    assert "| B | 3 | **55.33 ± 2.31** | +5.00 (p=0.013) |" in md
+    assert "| C | 3 | 50.43 ± 0.60 | +0.10 (p=0.874) |" in md
+    assert "| D | 2 | 56.00 ± 1.42 | +5.67 |" in md  # Δ: of the means, as everywhere
+    assert 'Bold: differs from "A" with paired p < 0.05 over >= 3 seeds.' in md
+    assert "p-values need >= 3 paired seeds; none for cells with n = 2." in md
+    tex = latex(t)
+    assert "B & 3 & \\textbf{55.33 $\\pm$ 2.31} & +5.00 (p=0.013) \\\\" in tex
+    assert "\\textbf" not in tex.replace("\\textbf{55.33", "")
+    assert 'differs from "A" with paired p $<$ 0.05 over $\\geq$ 3 seeds' in tex
+
+
+def test_chance_level_in_the_notes():
+    """chance_R1 as the trials recorded it: one value, per dataset when they differ, nothing
+    when no trial recorded one (runs from before it was recorded)."""
+    recs = [record("A", 0, "synth", s, 50.0 + s, point={}) for s in (1, 2, 3)]
+    for r in recs:
+        r.chance_r1 = 100 / 3
+    t = build_table("abl", recs, ["R1"])
+    md = markdown(t)
+    assert "Chance R1: 33.33 (100 / identities in the test gallery)." in md
+    assert csv_text(t).splitlines()[1].endswith(f",{100 / 3!r}")
+    assert "Chance R1: 33.33 (100 / identities in the test gallery)." in latex(t)
+
+    main = main_records()
+    for r in main:
+        r.chance_r1 = {"cuhk-pedes": 0.1, "icfg-pedes": 0.1, "rstpreid": 0.5}[r.dataset]
+    md = markdown(build_table("main", main))
+    assert (
+        "Chance R1 (100 / identities in the test gallery): 0.10 (CUHK-PEDES), 0.10 (ICFG-PEDES), "
+        "0.50 (RSTPReid)." in md
+    )
+    for r in main:
+        r.chance_r1 = 0.1 if r.dataset == "cuhk-pedes" else None  # the others: older runs
+    assert "Chance R1 (100 / identities in the test gallery): 0.10 (CUHK-PEDES)." in markdown(
+        build_table("main", main)
+    )
 
 
 def test_no_finished_run_is_an_error():
@@ -170,8 +276,9 @@ def test_main_grid_trials_make_the_main_table(tmp_path):
 
 
 def test_baseline_option_and_lookalike_metrics():
-    """--baseline picks the Δ/p reference; look-alike metrics show where runs have them, and
-    twin_errors (lower is better) bolds its smallest mean."""
+    """--baseline picks the Δ/p reference; look-alike metrics show where runs have them;
+    bold is a difference to the baseline (also for twin_errors, where less is better), never
+    the best mean."""
     recs = []
     for s in (1, 2, 3):
         for name, idx, r1, twins in (("SDM", 0, 40.0, 60.0), ("IRRA", 1, 45.0, 50.0)):
@@ -187,8 +294,10 @@ def test_baseline_option_and_lookalike_metrics():
     assert bilma[("synth", "R1")].delta == pytest.approx((49 + 51 + 53) / 3 - 47.0)
     assert ("synth", "twin_errors") not in bilma  # BiLMa's runs have no look-alike metric
     assert sdm[("synth", "lookalike_R1")].mean == pytest.approx(32.0)
-    assert rows["IRRA"].cells[("synth", "twin_errors")].bold  # 52 < 62: fewer twin errors
-    assert not sdm[("synth", "twin_errors")].bold
+    # SDM's twin errors are 10 above IRRA's on every seed (p = 0: identical differences);
+    # IRRA has the fewest, but it is the baseline, which is never bold.
+    assert sdm[("synth", "twin_errors")].bold and sdm[("synth", "twin_errors")].p == 0.0
+    assert not rows["IRRA"].cells[("synth", "twin_errors")].bold
     assert "twin_errors" in markdown(t)
     with pytest.raises(AnalysisError, match=r"--baseline 'BiLMA' is no variant of study 'abl'"):
         build_table("abl", recs, ["R1"], baseline="BiLMA")
