@@ -114,6 +114,21 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Non
     atomic_write_text(path, text + ("\n" if indent is not None else ""))
 
 
+def replace_json(path: str | Path, obj: Any) -> None:
+    """Write JSON to a temporary file and os.replace it over `path`, without fsync: for files
+    that are only a view of a process's state (progress.json), rewritten every few seconds. A
+    reader never sees a torn file; a crash may lose the last write, which nothing needs."""
+    path = Path(path)
+    tmp = tmp_path(path)
+    try:
+        tmp.write_text(json.dumps(obj, default=json_default), encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """torch.save through `atomic_open`: a kill never leaves a torn checkpoint."""
     import torch  # lazily: the analysis side reads trial directories without torch

@@ -54,6 +54,7 @@ RESULT_FILE = "result.json"  # exists only when the trial is done (RESULT_FIELDS
 LAUNCH_FILE = "launch.json"  # the sweep's part of the trial's identity (LAUNCH_FIELDS)
 MLFLOW_FILE = "mlflow.json"  # the trial's MLflow run, so a resumed trial continues it
 PROVENANCE_FILE = "provenance.json"  # git commit and dirty flag, host, versions, SLURM ids
+PROGRESS_FILE = "progress.json"  # the running trainer's position (PROGRESS_FIELDS), a view only
 LOG_FILE = "train.log"
 CKPT_DIR = "ckpt"
 LAST_CKPT = "last.pt"  # every epoch (and on a stop signal): what a resume starts from
@@ -106,6 +107,20 @@ RESULT_FIELDS = (
     "chance_R1",  # Rank-1 of a random ranking of the test gallery (100 / identities)
     "finished",
 )
+# progress.json: rewritten by the running trainer every few seconds (no fsync: a view for the
+# launcher's progress display, never read to resume).
+PROGRESS_FIELDS = (
+    "phase",  # "train", "eval" (the selection split) or "test"
+    "epoch",  # 1-based epoch in progress
+    "epochs",
+    "step",  # step within the epoch
+    "steps",  # steps per epoch
+    "loss",  # mean loss of the epoch so far
+    "samples_per_s",
+    "eta_s",  # seconds of training left at the current speed (evaluations not counted)
+    "updated",  # unix time
+)
+
 # Fields of a metrics.jsonl record that are not metrics.
 RECORD_FIELDS = ("epoch", "step", "split", "time")
 

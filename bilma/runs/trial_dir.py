@@ -38,6 +38,7 @@ from bilma.fileio import (
     disk_full_message,
     is_disk_full,
     json_default,
+    replace_json,
 )
 from bilma.runs import schema
 from bilma.runs.launch import Launch, read_launch
@@ -115,6 +116,10 @@ class TrialDir:
     def best_candidate(self) -> Path:
         """The new best checkpoint, until last.pt naming its epoch is committed."""
         return self.ckpt_dir / schema.BEST_CANDIDATE
+
+    @property
+    def progress_path(self) -> Path:
+        return self.path / schema.PROGRESS_FILE
 
     @property
     def log_path(self) -> Path:
@@ -274,6 +279,22 @@ class TrialDir:
 
     def read_result(self) -> dict[str, Any] | None:
         return read_json(self.result_path)
+
+    # -- progress (a view for the launcher; never read to resume)
+    def write_progress(self, progress: dict[str, Any]) -> None:
+        """Replace progress.json; a failure to write it (a full disk) never stops training."""
+        try:
+            replace_json(self.progress_path, {**progress, "updated": time.time()})
+        except OSError as e:
+            log.debug("progress.json not written: %s", e)
+
+    def read_progress(self) -> dict[str, Any] | None:
+        """progress.json, or None when it is missing or cannot be read."""
+        try:
+            progress = read_json(self.progress_path)
+        except (ConfigError, OSError, UnicodeDecodeError):
+            return None
+        return progress if isinstance(progress, dict) else None
 
     # -- provenance
     def write_provenance(self) -> dict[str, Any]:

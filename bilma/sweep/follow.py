@@ -97,6 +97,8 @@ class _Seen:
     status: dict[str, Any] = field(default_factory=dict)
     finished: bool = False  # done or stopped early: never looked at again
     looked: bool = False  # result.json was looked at once
+    progress_sig: tuple[int, int, int] | None = None
+    progress: dict[str, Any] | None = None  # progress.json of a running trial
 
 
 class Follower:
@@ -210,6 +212,28 @@ class Follower:
     # -- answers from the last poll
     def snapshot(self) -> Snapshot:
         return self._snap
+
+    def running(self) -> list[tuple[Planned, dict[str, Any], dict[str, Any] | None]]:
+        """(trial, status, progress) of each trial last seen running; progress.json is
+        re-read only where it changed (one stat per running trial, none for the others)."""
+        out = []
+        for p in self.planned:
+            seen = self._seen[p.dir.path]
+            if (
+                seen.finished
+                or TrialState.parse(seen.status.get("state")) is not TrialState.RUNNING
+            ):
+                continue
+            sig = _signature(p.dir.progress_path)
+            if sig != seen.progress_sig:
+                seen.progress_sig = sig
+                seen.progress = p.dir.read_progress() if sig else None
+            out.append((p, seen.status, seen.progress))
+        return out
+
+    def status_of(self, p: Planned) -> dict[str, Any]:
+        """The trial's status.json as last read."""
+        return self._seen[p.dir.path].status
 
     def alive(self, p: Planned) -> bool:
         """Whether the trial's trainer or job runs (asked once per poll; a finished trial

@@ -21,8 +21,9 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _log_path(p: Planned) -> str:
-    status = read_status(p.dir)
+def log_path(p: Planned, status: dict | None = None) -> str:
+    """Where the trial's job writes its log (its directory if no job is recorded)."""
+    status = read_status(p.dir) if status is None else status
     job = status.get("job_id")
     if status.get("backend") == "local" and job:
         return str(p.dir.path / "logs" / f"{job}_0_log.err")
@@ -56,7 +57,7 @@ def status_table(
                 str(state),
                 str(status.get("attempts", 0)),
                 r1,
-                _log_path(p),
+                log_path(p, status),
             ]
         )
         if jobs:

@@ -310,7 +310,8 @@ class Trainer:
             g["lr"] = g["initial_lr"] * self.factor
         self.sampler.set_epoch(state.epoch, start=state.step_in_epoch * cfg.train.batch_size)
         show = self.progress and self.d.main
-        bar = Progress(state.epoch, cfg.train.epochs, self.steps, cfg.train.log_every, show)
+        write = self.trial.write_progress if self.d.main else None
+        bar = Progress(state.epoch, cfg.train.epochs, self.steps, cfg.train.log_every, show, write)
         bar.sums, bar.count = dict(state.loss_sums), state.loss_count
         t_epoch = time.perf_counter()
         it = iter(self.loader)
@@ -384,6 +385,8 @@ class Trainer:
             }
         ]
         due = epoch % cfg.eval.every == 0 or epoch == cfg.train.epochs
+        if d.main and due:
+            self.trial.write_progress(bar.snapshot(self.steps, phase="eval"))
         try:
             evaluated = self._evaluate(epoch) if d.main and due else None
         except RuntimeError as e:  # its loader's workers died of a stop signal
@@ -455,6 +458,8 @@ class Trainer:
         cfg, state, trial = self.cfg, self.state, self.trial
         best = checkpoint.load(trial.best_ckpt, self.device)
         checkpoint.load_model_state(self.model, best, trial.best_ckpt)
+        epochs = cfg.train.epochs
+        self.trial.write_progress({"phase": "test", "epoch": epochs, "epochs": epochs})
         groups = groups_of_config(cfg)  # look-alike metrics beside the usual ones (synth)
         test = evaluate(self.model, self.data, "test", cfg, self.device, groups)
         selection = {

@@ -266,7 +266,10 @@ def test_follow_only_follows_an_earlier_launch_until_none_is_alive(tmp_path, cap
     finally:
         proc.kill()
         proc.wait()
-    lines = capsys.readouterr().out.splitlines()
+    out = capsys.readouterr().out
+    # each trial seen running is named once, with where its log is
+    assert out.count("running v1 seed=1 (t1), log ") == 1
+    lines = [ln for ln in out.splitlines() if " study: " in ln]
     assert lines[0].endswith(
         "study: 1 done, 2 running, 0 failed, 0 pending | best test R1 50.00 (v0 seed=0)"
     )

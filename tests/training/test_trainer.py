@@ -103,6 +103,9 @@ def test_kill_and_resume_is_exact(synth_small, tmp_path):
     rb = json.loads((trial_b / "result.json").read_text())
     assert ra["metrics"] == rb["metrics"] and ra["selection"] == rb["selection"]
     assert ra["chance_R1"] == pytest.approx(100 / 3)  # synth_small's test split: 3 identities
+    # the live view's progress.json: last written when the test split was evaluated
+    progress = json.loads((trial_a / "progress.json").read_text())
+    assert progress["phase"] == "test" and progress["epoch"] == progress["epochs"] == 2
     wa, wb = weights(trial_a / "ckpt" / "last.pt"), weights(trial_b / "ckpt" / "last.pt")
     assert wa.keys() == wb.keys()
     for k in wa:

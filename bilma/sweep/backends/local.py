@@ -26,6 +26,7 @@ from bilma.sweep.expand import Grid, Trial
 from bilma.sweep.follow import Follower
 from bilma.sweep.job import TrialJob
 from bilma.sweep.plan import Action, Planned, claimed, mark_submitted, pid_alive
+from bilma.sweep.view import ProgressView
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ def _run(
     threads = max(1, (os.cpu_count() or 1) // max_parallel)
     running: dict[Path, tuple[Planned, Any]] = {}
     follower = Follower(planned, follow_every)
+    view = ProgressView(follower)
     try:
         while queue or running or follower.any_alive(watch):
             while queue and len(running) + follower.alive_count(watch) < max_parallel:
@@ -125,9 +127,10 @@ def _run(
                     follower.wake()
                     if _report_end(p, job):
                         watch.append(p)
-            follower.tick()
+            view.tick()
             time.sleep(TICK_S)
     except KeyboardInterrupt:
+        view.close()
         print("\nstopping: asking running trials to save and stop (SIGTERM) ...", flush=True)
         for p, job in running.values():
             _terminate(p, job)
@@ -136,8 +139,7 @@ def _run(
             time.sleep(TICK_S)
         print("stopped; run the same command to resume", flush=True)
         return 130
-    follower.poll()
-    follower.report(force=True)
+    view.close()
     c = follower.snapshot().counts
     return 1 if c[TrialState.FAILED] or c[TrialState.INTERRUPTED] or c[UNREADABLE] else 0
 
