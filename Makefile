@@ -45,10 +45,10 @@ study: clip-synth
 	$(BIN)/python sweeps/launch.py --grid synth_ablation
 	$(BIN)/python sweeps/launch.py --grid synth_knobs
 	$(BIN)/python sweeps/launch.py --grid synth_pretrained
-	$(BIN)/python analysis/make_tables.py --study synth-ablation --baseline "+MLM (IRRA)" --metric $(STUDY_METRICS) --format all --out tables
-	$(BIN)/python analysis/make_tables.py --study synth-knobs --metric $(STUDY_METRICS) --format all --out tables
-	$(BIN)/python analysis/make_tables.py --study synth-pretrained --metric $(STUDY_METRICS) --format all --out tables
-	$(BIN)/python analysis/branch_probe.py --study synth-ablation --out tables
+	$(BIN)/python analysis/make_tables.py --study synth_ablation --baseline "+MLM (IRRA)" --metric $(STUDY_METRICS) --format all --out tables
+	$(BIN)/python analysis/make_tables.py --study synth_knobs --metric $(STUDY_METRICS) --format all --out tables
+	$(BIN)/python analysis/make_tables.py --study synth_pretrained --metric $(STUDY_METRICS) --format all --out tables
+	$(BIN)/python analysis/branch_probe.py --study synth_ablation --out tables
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not slow"

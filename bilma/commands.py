@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bilma import resources
+from bilma.config.load import add_override_args, merge_overrides
 from bilma.errors import BilmaError, ConfigError, DataError, run_command
 from bilma.logs import configure as configure_logging
 
@@ -225,7 +226,7 @@ def _add_data_commands(sub: Any) -> None:
     p = sub.add_parser("config", help="print a resolved config and its trial id")
     p.add_argument("--config", type=Path, help="YAML file")
     p.add_argument("--keys", action="store_true", help="list every key with its default")
-    p.add_argument("overrides", nargs="*", help="key.sub=value")
+    add_override_args(p)
     p.set_defaults(func=_cmd_config)
 
     from bilma.parse.cli import add_parse_args, add_report_args, cmd_parse, cmd_report
@@ -259,7 +260,7 @@ def _add_study_commands(sub: Any) -> None:
     )
     p.add_argument("--config", type=Path, required=True, help="e.g. configs/synth_pretrain.yaml")
     p.add_argument("--out", type=Path, required=True, help="e.g. data/clip-synth-tiny")
-    p.add_argument("overrides", nargs="*", help="key.sub=value")
+    add_override_args(p)
     p.set_defaults(func=_cmd_pretrain_clip)
 
 
@@ -276,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config", type=Path, required=True, help="YAML file, e.g. configs/synth_tiny.yaml"
     )
-    p.add_argument("overrides", nargs="*", help="key.sub=value, e.g. train.epochs=5")
+    add_override_args(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(
@@ -289,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="zero-shot: the config's model as built, e.g. the weights of model.pretrained",
     )
-    p.add_argument("overrides", nargs="*", help="key.sub=value (with --config)")
+    add_override_args(p)  # with --config
     p.add_argument("--split", choices=("test", "val"), default="test")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.set_defaults(func=_cmd_eval)
@@ -305,13 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train the tiny model on synthetic data (make demo)")
     p.add_argument("--config", type=Path, default=resources.CONFIGS / "synth_tiny.yaml")
-    p.add_argument("overrides", nargs="*", help="key.sub=value")
+    add_override_args(p)
     p.set_defaults(func=_cmd_train)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    merge_overrides(args)  # `k=v` and `--set k=v` alike
     configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     return run_command(lambda: args.func(args), message=_one_line)
 

@@ -51,3 +51,22 @@ def test_config_command_prints_trial_id(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert "seed: 7" in res.stdout and "# trial id: " in res.stdout
+
+
+def test_overrides_are_taken_the_same_way_by_train_and_the_launcher():
+    from bilma.commands import build_parser
+    from bilma.config.load import merge_overrides
+    from bilma.sweep.cli import build_parser as launcher_parser
+
+    for argv in (
+        ["train", "--config", "c.yaml", "train.epochs=5", "--set", "eval.every=2"],
+        ["train", "--config", "c.yaml", "--set", "train.epochs=5", "--set", "eval.every=2"],
+    ):
+        args = build_parser().parse_args(argv)
+        assert merge_overrides(args) == ["train.epochs=5", "eval.every=2"]
+    for argv in (
+        ["--grid", "smoke", "train.epochs=5", "--set", "eval.every=2"],
+        ["--grid", "smoke", "--set", "train.epochs=5", "eval.every=2"],
+    ):
+        args = launcher_parser().parse_args(argv)
+        assert sorted(merge_overrides(args)) == ["eval.every=2", "train.epochs=5"]

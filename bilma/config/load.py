@@ -12,6 +12,7 @@ data and weight locations, worker counts): the same experiment gets the same id 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import types
@@ -304,3 +305,27 @@ def describe_keys() -> str:
         help_ = f.metadata.get(_HELP) or ""
         lines.append(f"{key:34s} {default[key]!r:24} {_type_name(tp)}{extra}. {help_}".rstrip())
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- command lines
+
+
+def add_override_args(p: argparse.ArgumentParser) -> None:
+    """Overrides the way every command takes them: `key=value ...` and `--set key=value`
+    (repeatable), either spelling or both; `merge_overrides` joins them after parsing."""
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.epochs=5")
+    p.add_argument(
+        "--set",
+        dest="set_overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="the same as a plain KEY=VALUE (repeatable)",
+    )
+
+
+def merge_overrides(args: argparse.Namespace) -> list[str]:
+    """The plain overrides, then the --set ones; stored back as `args.overrides`."""
+    merged = [*getattr(args, "overrides", []), *getattr(args, "set_overrides", [])]
+    args.overrides = merged
+    return merged

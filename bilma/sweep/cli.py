@@ -21,6 +21,8 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from bilma.config.load import add_override_args, merge_overrides
+
 if TYPE_CHECKING:
     from bilma.sweep.backends.base import Backend
 
@@ -55,9 +57,7 @@ def build_parser(prog: str = "python sweeps/launch.py") -> argparse.ArgumentPars
         action="store_true",
         help="skip the check of datasets, weights and parse maps (data only compute nodes see)",
     )
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override for every trial"
-    )
+    add_override_args(p)  # every trial's: `k=v` or `--set k=v`
     p.add_argument("--ray-address", default=None, help="ray: a running cluster (or $RAY_ADDRESS)")
     p.add_argument("--cpus-per-trial", type=float, default=None, help="ray (default 1 or profile)")
     p.add_argument("--gpus-per-trial", type=float, default=None, help="ray (default 0 or profile)")
@@ -80,6 +80,7 @@ def _positive(kind: type):
 
 def main(argv: list[str] | None = None, prog: str = "python sweeps/launch.py") -> int:
     args = build_parser(prog).parse_args(argv)
+    merge_overrides(args)
     from bilma.logs import configure
 
     configure(logging.DEBUG if args.verbose else logging.WARNING)
@@ -96,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
     from bilma.sweep.preflight import report as preflight_report
     from bilma.sweep.prepare import finish_parent, prepare
 
-    grid = load_grid(args.grid, args.set)
+    grid = load_grid(args.grid, args.overrides)
     trials, dropped = expand_report(grid)  # validates every trial before anything runs
     backend = BACKENDS[args.backend](args)
     backend.check(grid, trials)  # before any folder, dataset or MLflow run is made
@@ -215,5 +216,5 @@ def _status_command(args: argparse.Namespace) -> str:
     """The command that shows this study's table (same grid and overrides)."""
     import shlex
 
-    sets = [a for s in args.set for a in ("--set", s)]
+    sets = [a for s in args.overrides for a in ("--set", s)]
     return shlex.join([*shlex.split(args.prog), "--grid", args.grid, *sets, "--status"])

@@ -1,6 +1,6 @@
 """Grid files: finding, reading and checking one (`load_grid`), before any trial exists.
 
-A grid YAML names a study, a base trainer config, seeds, optional overrides for every trial
+A grid YAML names a study (default: its file name), a base trainer config, seeds, optional overrides for every trial
 (`set:`), rows of the ablation table (`variants:`), a cartesian product (`grid:`), axes that
 move together (`zip:`) and rules that drop trials (`exclude:`); see docs/DESIGN.md. Each
 top-level key has one parser, listed in `SECTIONS`. Expanding a `Grid` into trials is
@@ -219,8 +219,13 @@ class _Parsing:
 
 
 def _parse_study(raw: Any, p: _Parsing) -> dict[str, Any]:
-    if raw is None:
-        raise GridError(f"{p.gf}: `study:` is missing; add e.g. `study: {p.path.stem}`")
+    if raw is None:  # one name: the study is the grid's, unless the grid says otherwise
+        raw = p.path.stem
+        if not _SIMPLE_NAME.fullmatch(raw):
+            raise GridError(
+                f"{p.gf}: the file name {raw!r} cannot name a study (runs/<study>/); add "
+                "`study: <name>` with letters, digits, '-', '_' or '.'"
+            )
     if (
         not isinstance(raw, str)
         or not _SIMPLE_NAME.fullmatch(raw)

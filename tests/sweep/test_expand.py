@@ -253,7 +253,6 @@ HEAD = "study: s\nbase: base.yaml\n"
 ERRORS = [
     # (grid text, expected substrings)
     (HEAD + "variant: {a: {}}\n", ["unknown top-level key 'variant'; did you mean 'variants'?"]),
-    ("base: base.yaml\n", ["`study:` is missing"]),
     ("study: a/b\n", ["study 'a/b' must be a simple name"]),
     ("study: ..\n", ["study '..' must be a simple name"]),
     (HEAD + "seeds: [0, -1]\n", ["seeds = [0, -1] must be a non-empty list of non-negative"]),
@@ -438,7 +437,7 @@ def test_shipped_grid_contents():
     assert c.loss.mlm_weight == smoke[2].config.loss.mlm_weight == 1.0
 
     abl = expand(load_grid("ablation"))
-    assert abl[0].study == "ablation-cuhk" and abl[0].config.data.dataset == "cuhk-pedes"
+    assert abl[0].study == "ablation" and abl[0].config.data.dataset == "cuhk-pedes"
     assert [t.variant for t in abl[::3]] == ["IRRA (SDM+ID+MLM)", "+MIM pixel", "+SemMIM LIP-20"]
     assert [t.config.mim.target for t in abl[::3]] == ["semantic", "pixel", "semantic"]
 
@@ -483,3 +482,16 @@ def test_dedupe_names_both_variants(tmp_path, caplog):
         'x.yaml: "IRRA again" is the same trial as "IRRA" (same resolved config, seeds 0, 1): '
         'it runs once, under "IRRA"; make them differ or remove one'
     ]
+
+
+def test_the_study_is_the_grid_files_name_unless_it_says_otherwise(tmp_path):
+    write(tmp_path, "base: base.yaml\n", "my-study.yaml")
+    assert load_grid(tmp_path / "my-study.yaml").study == "my-study"
+    write(tmp_path, "base: base.yaml\n", "two words.yaml")
+    with pytest.raises(GridError, match="cannot name a study .* add `study: <name>`"):
+        load_grid(tmp_path / "two words.yaml")
+    # every shipped grid: one name for the grid, the study, runs/<study>/ and the parent run
+    from bilma.sweep.gridfile import resolve_grid_path
+
+    for name in ("ablation", "smoke", "main", "synth_ablation", "synth_knobs"):
+        assert load_grid(resolve_grid_path(name)).study == name
