@@ -4,7 +4,8 @@
     python analysis/make_tables.py --study smoke --out tables --format all
     python analysis/make_tables.py --runs runs/ --study main   # trial directories, no MLflow
 
-Markdown goes to stdout; with --out, LaTeX (booktabs) and CSV files and the PNG plots go there.
+Markdown goes to stdout; with --out, LaTeX (booktabs) and CSV files and the PNG plots go there
+(and, read from MLflow, to the study's parent run as artifacts under tables/).
 Runs are grouped by variant, grid point and dataset and aggregated over seeds (mean ± sample
 std, n); ablations show the difference to the grid's first variant with a paired t-test.
 A bad study, store or folder gets one line on stderr and a non-zero exit.
@@ -95,6 +96,11 @@ def _run(args: argparse.Namespace) -> int:
             print()
             for path in written["files"]:
                 print(f"wrote {path}")
+            if args.runs is None:  # the study's parent run(s) keep them too, under tables/
+                from bilma.tracking.parent import log_study_tables
+
+                for line in log_study_tables(args.tracking_uri, study, written["files"]):
+                    print(line)
     return code
 
 

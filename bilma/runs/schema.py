@@ -165,6 +165,7 @@ TAG_BEST_TRIAL_ID = "best_trial_id"
 # "model training" kind (the runs table); without the tag it may open the GenAI traces page.
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
+TAG_NOTE = "mlflow.note.content"  # an experiment's (or run's) description, Markdown
 
 # The MLflow run status that shows each state.
 MLFLOW_STATUS = {

@@ -2,19 +2,22 @@
 
 `prepare`: the shared synthetic data (made once, not by every trial at once), the MLflow
 experiment and the sweep's parent run, each trial's directory with its config.yaml and its
-launch.json (`Trial.launch` + `bilma.runs.launch.write_launch`). `finish_parent`: the parent
-run's final status.
+launch.json (`Trial.launch` + `bilma.runs.launch.write_launch`). The parent run gets the
+grid's params and the grid file when the sweep starts, and the sweep's summary and mean curves
+with its final status at the end (`finish_parent`); `bilma.tracking.parent` says what each is.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import logging
+from pathlib import Path
 
 from bilma.config import Config
+from bilma.errors import first_line
 from bilma.runs.launch import write_launch
 from bilma.runs.lock import claim
-from bilma.runs.schema import MLFLOW_STATUS, TrialState
+from bilma.runs.schema import MLFLOW_STATUS, TAG_GRID, TrialState
 from bilma.sweep.expand import Grid
 from bilma.sweep.plan import Planned
 
@@ -41,7 +44,7 @@ def prepare(grid: Grid, planned: list[Planned], tracking: bool = True) -> str | 
                 ensure_synthetic(data)
         cfg0 = planned[0].trial.config
         if tracking and cfg0.tracking.enabled:
-            parent = _parent_run(grid, cfg0)
+            parent = _parent_run(grid, cfg0, planned)
     for p in to_run:
         p.dir.init(p.trial.config)
         # this command's tracking settings win over the ones frozen in config.yaml
@@ -53,34 +56,66 @@ def prepare(grid: Grid, planned: list[Planned], tracking: bool = True) -> str | 
     return parent
 
 
-def _parent_run(grid: Grid, cfg: Config) -> str | None:
+def _parent_run(grid: Grid, cfg: Config, planned: list[Planned]) -> str | None:
+    from bilma.tracking.parent import setup_parent
     from bilma.tracking.store import ensure_experiment, ensure_parent_run
 
     try:
         # The experiment exists before any trial starts: concurrent creation of a fresh
         # SQLite store or experiment corrupts it or files runs under "Default" (STACK.md).
         ensure_experiment(cfg.tracking.uri, grid.study)
-        return ensure_parent_run(
-            cfg.tracking.uri, grid.study, grid.path.stem, {"grid": str(grid.path)}
+        parent = ensure_parent_run(
+            cfg.tracking.uri, grid.study, grid.path.stem, {TAG_GRID: str(grid.path)}
         )
     except Exception as e:  # MLflow down: trials still run; `python -m bilma sync` later
         log.warning(
             "MLflow at %s unavailable (%s): trials run without a parent run; run "
             "`python -m bilma sync --runs %s` to mirror them later",
             cfg.tracking.uri,
-            (str(e).splitlines() or [type(e).__name__])[0],
+            first_line(e),
             cfg.paths.runs,
         )
         return None
+    try:
+        setup_parent(cfg.tracking.uri, parent, grid.path, grid_params(grid, planned))
+    except Exception as e:  # the trials have their parent; its params can wait for nothing
+        log.warning("MLflow parent run %s: params not logged (%s)", parent, first_line(e))
+    return parent
+
+
+def grid_params(grid: Grid, planned: list[Planned]) -> dict[str, str]:
+    """The parent run's params: what the trials tell (`sweep_params`), the grid's base and
+    fixed settings (`set.<key>`, the launch's --set included), its Ray Tune search."""
+    from bilma.tracking.mirror import param_value
+    from bilma.tracking.parent import sweep_params
+
+    params = sweep_params([p.trial.launch(str(grid.path), None, {}) for p in planned])
+    if grid.base is not None:
+        params["base"] = str(grid.base)
+    fixed = {**grid.set, **grid.extra_set}
+    params.update({f"set.{k}": param_value(v) for k, v in fixed.items()})
+    for name, section in (("search", grid.search), ("scheduler", grid.scheduler)):
+        if dataclasses.is_dataclass(section) and section != type(section)():  # not the default
+            values = dataclasses.asdict(section)
+            params.update({f"{name}.{k}": param_value(v) for k, v in values.items() if v})
+    return params
 
 
 def finish_parent(cfg: Config, parent: str | None, failed: bool) -> None:
+    """The sweep's summary and mean curves on its parent run (from the trial directories),
+    then its final status. Never raises: a server gone since the start costs a warning."""
     if not parent:
         return
-    from bilma.tracking.store import mlflow_client, resolve_uri
+    from bilma.tracking.parent import update_parent
 
-    # A server gone since the start: fail fast (mlflow_client), never stop the launcher.
-    with contextlib.suppress(Exception):
-        mlflow_client(resolve_uri(cfg.tracking.uri)).set_terminated(
-            parent, MLFLOW_STATUS[TrialState.FAILED if failed else TrialState.DONE]
+    status = MLFLOW_STATUS[TrialState.FAILED if failed else TrialState.DONE]
+    try:
+        study_dir = Path(cfg.paths.runs) / cfg.tracking.study
+        update_parent(cfg.tracking.uri, parent, [study_dir], status=status)
+    except Exception as e:
+        log.warning(
+            "MLflow parent run %s not updated (%s); `python -m bilma sync --runs %s` does it",
+            parent,
+            first_line(e),
+            cfg.paths.runs,
         )

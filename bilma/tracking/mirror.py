@@ -7,16 +7,19 @@ while training and again (idempotently) from `python -m bilma sync` (`bilma.trac
   SQLite stores); one run per trial, found again by the run id in mlflow.json or its
   `trial_id` tag, so a resumed or requeued trial continues its run;
 - tags: study, trial_id, variant, variant_base and variant_index and one `grid.<axis>` per
-  grid axis (from launch.json; values as params are written), seed, dataset, git_commit, slurm_job_id, kind=trial (parent runs:
-  kind=sweep, tag sweep=<name>), mlflow.runName "<variant or trial> seed=<seed>",
-  mlflow.parentRunId under a sweep; selection_split / selection_metric / selection_epoch once
-  done; stopped_early=true for a trial stopped early on purpose (state "stopped");
-  state_updated (status.json "updated" of the state shown: `sync` from another copy of the
-  trial never replaces a newer state);
+  grid axis (from launch.json; values as params are written), seed, dataset, git_commit,
+  slurm_job_id, kind=trial (parent runs: kind=sweep, tag sweep=<name>, see
+  `bilma.tracking.parent`), mlflow.runName "s<seed> <variant>" (`run_label`: the seed first,
+  so the runs table shows it), mlflow.parentRunId under a sweep; selection_split /
+  selection_metric / selection_epoch once done; stopped_early=true for a trial stopped early
+  on purpose (state "stopped"); state_updated (status.json "updated" of the state shown:
+  `sync` from another copy of the trial never replaces a newer state);
 - params: the flattened resolved config (strings as they are, everything else as JSON:
   `true`, `null`, `[384, 128]`, so `yaml.safe_load(param)` gives the value back);
-- metrics: each metrics.jsonl record as "<split>/<name>" at step = epoch with the record's
-  time, one point per (key, step) (a resumed epoch is not logged again); final metrics "test/R1".. (and "train_seconds") from result.json at step = epochs;
+- metrics: each metrics.jsonl record as "<split>/<name>" at step = epoch (never the global
+  step: the chart view draws curves over epochs) with the record's time, one point per (key,
+  step) (a resumed epoch is not logged again); final metrics "test/R1".. (and
+  "train_seconds") from result.json at step = epochs;
 - config.yaml as an artifact;
 - run status from the trial state (`MLFLOW_STATUS`): done FINISHED, failed FAILED,
   interrupted and stopped KILLED, running RUNNING, pending SCHEDULED.
@@ -69,8 +72,15 @@ def config_params(cfg: Config) -> dict[str, str]:
     return {k: param_value(v) for k, v in flatten(to_dict(cfg)).items()}
 
 
+def run_label(variant: str | None, seed: Any) -> str:
+    """A trial's run name: "s1 IRRA [id_weight=1.0]". The seed comes first, so that the runs
+    table's narrow name column shows it whatever the length of the variant's label (the full
+    label is also the `variant` tag)."""
+    return f"s{'?' if seed is None else seed} {variant or 'trial'}"
+
+
 def run_name(cfg: Config) -> str:
-    return f"{cfg.tracking.variant or 'trial'} seed={cfg.train.seed}"
+    return run_label(cfg.tracking.variant, cfg.train.seed)
 
 
 def _is_number(v: Any) -> bool:

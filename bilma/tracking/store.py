@@ -1,5 +1,15 @@
 """The MLflow store: which URI, a client for it, the study's experiment, a sweep's parent run.
 
+The study's experiment carries `mlflow.experimentKind=custom_model_development` (the MLflow 3
+UI's "model training" kind), set when bilma creates it and when bilma uses one that has no
+kind yet (a kind someone chose in the UI is left alone): the kind by which MLflow's UI is to
+open an experiment on its runs table rather than on its GenAI pages. MLflow 3.17's UI does not
+read it for that yet: one switch in its sidebar ("GenAI | Model training", remembered by the
+browser, GenAI by default) decides (mlflow/mlflow#24498). So the experiment's description,
+which the UI shows atop the GenAI pages too, says so and links to the runs table
+(`experiment_note`; an existing description is never replaced). The parent run of a sweep is
+named by the study (`parent_run_name`); what it carries is `bilma.tracking.parent`'s.
+
 MLflow is imported lazily (about a second): the analysis side and `--help` do without it.
 """
 
@@ -10,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from bilma.errors import TrackingError  # noqa: F401  (importable from here too)
-from bilma.runs.schema import TAG_KIND, TAG_STUDY, TAG_SWEEP
+from bilma.runs.schema import (
+    EXPERIMENT_KIND_TRAINING,
+    TAG_EXPERIMENT_KIND,
+    TAG_KIND,
+    TAG_NOTE,
+    TAG_RUN_NAME,
+    TAG_STUDY,
+    TAG_SWEEP,
+)
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
@@ -64,6 +82,8 @@ def artifact_location(uri: str, study: str) -> str | None:
 
 
 _experiments: dict[tuple[str, str], str] = {}
+# Kinds that are no one's choice: the UI's "not inferred", or nothing. bilma replaces these.
+_NO_KIND = ("", "no_inferred_type")
 
 
 def ensure_experiment(uri: str, study: str) -> str:
@@ -79,11 +99,15 @@ def ensure_experiment(uri: str, study: str) -> str:
 
     client = mlflow_client(uri)
     exp = client.get_experiment_by_name(study)
+    tags: dict[str, str] = {}
     if exp is None:
         try:
             exp_id = client.create_experiment(
-                study, artifact_location=artifact_location(uri, study)
+                study,
+                artifact_location=artifact_location(uri, study),
+                tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING},
             )
+            tags = {TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING}
         except MlflowException:
             exp = client.get_experiment_by_name(study)  # another process won the race
             if exp is None:
@@ -95,14 +119,39 @@ def ensure_experiment(uri: str, study: str) -> str:
                 f"`mlflow experiments restore --experiment-id {exp.experiment_id}` or use "
                 "another tracking.study"
             )
-        exp_id = exp.experiment_id
+        exp_id, tags = exp.experiment_id, exp.tags
+    if tags.get(TAG_EXPERIMENT_KIND, "") in _NO_KIND:  # made before bilma tagged them
+        client.set_experiment_tag(exp_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING)
+    if not tags.get(TAG_NOTE):  # never someone's own description
+        client.set_experiment_tag(exp_id, TAG_NOTE, experiment_note(study, exp_id))
     _experiments[(uri, study)] = exp_id
     return exp_id
 
 
+def experiment_note(study: str, exp_id: str) -> str:
+    """The experiment's description (Markdown, shown atop its pages, GenAI ones included)."""
+    runs = f"#/experiments/{exp_id}/runs?workflowType=machine_learning"
+    return (
+        f"Training runs of the bilma study `{study}`: one run per trial, under its sweep's "
+        "parent run. If MLflow shows its GenAI pages, pick **Model training** in the sidebar "
+        f"(the browser remembers it), or [open the runs table]({runs})."
+    )
+
+
+def parent_run_name(study: str, sweep: str) -> str:
+    """The parent run's name: the study's ("ablation-cuhk"), with the grid file's name when the
+    study's name does not already say it ("ablation-cuhk (knobs)"): one study, several grids."""
+
+    def norm(name: str) -> str:
+        return name.lower().replace("_", "-")
+
+    return study if not sweep or norm(sweep) in norm(study) else f"{study} ({sweep})"
+
+
 def ensure_parent_run(uri: str, study: str, sweep: str, tags: dict[str, str] | None = None) -> str:
-    """The sweep's parent run (tags kind=sweep, sweep=<name>), created once: a relaunch
-    of the same sweep gets the same run id. Raises (MlflowException) if MLflow fails."""
+    """The sweep's parent run (tags kind=sweep, sweep=<name>; named by `parent_run_name`),
+    created once: a relaunch of the same sweep gets the same run id (and a run named before
+    this naming its new name). Raises (MlflowException) if MLflow fails."""
     uri = resolve_uri(uri)
     exp_id = ensure_experiment(uri, study)
     client = mlflow_client(uri)
@@ -112,12 +161,15 @@ def ensure_parent_run(uri: str, study: str, sweep: str, tags: dict[str, str] | N
         max_results=1,
         order_by=["attributes.start_time ASC"],
     )
+    name = parent_run_name(study, sweep)
     if runs:
-        run_id = runs[0].info.run_id
-        if tags:
+        run = runs[0]
+        new = {k: str(v) for k, v in {**(tags or {}), TAG_RUN_NAME: name}.items()}
+        new = {k: v for k, v in new.items() if run.data.tags.get(k) != v}
+        if new:
             from mlflow.entities import RunTag
 
-            client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-        return run_id
+            client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in new.items()])
+        return run.info.run_id
     all_tags = {TAG_KIND: "sweep", TAG_SWEEP: sweep, TAG_STUDY: study, **(tags or {})}
-    return client.create_run(exp_id, tags=all_tags, run_name=sweep).info.run_id
+    return client.create_run(exp_id, tags=all_tags, run_name=name).info.run_id

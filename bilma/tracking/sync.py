@@ -1,7 +1,11 @@
 """`python -m bilma sync`: rebuild the MLflow mirror of every trial directory under a folder.
 
 Idempotent: a metric point already in MLflow is not logged again, a run is found again by its
-trial id, so it can run after any crash, or against a new server, as often as wanted.
+trial id, so it can run after any crash, or against a new server, as often as wanted. The
+trials of a sweep (launch.json names its grid file) go under the sweep's parent run, found in
+this store or made there; each parent's summary and mean curves are brought up to date from
+the trial directories, and a parent all of whose trials ended is ended
+(`bilma.tracking.parent`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from bilma.config import ConfigError
 from bilma.errors import first_line
 from bilma.runs.trial_dir import TrialDir, find_trials
 from bilma.tracking.mirror import MlflowMirror
+from bilma.tracking.parent import FROM_TRIALS, find_parent, update_parent
 from bilma.tracking.store import TrackingError, resolve_uri
 
 log = logging.getLogger(__name__)
@@ -26,7 +31,10 @@ def sync(runs_root: str | Path, uri: str | None = None) -> dict[str, int]:
     The URI: `uri`, else each trial's tracking.uri (the default one defers to
     $MLFLOW_TRACKING_URI). Raises TrackingError if MLflow fails (nothing is lost: run again).
     """
-    counts = {"trials": 0, "runs_created": 0, "points_logged": 0, "skipped": 0}
+    counts = {"trials": 0, "runs_created": 0, "points_logged": 0, "skipped": 0, "parents": 0}
+    # (uri, study, sweep) -> the parent run's id, and the folders holding the sweep's trials
+    parents: dict[tuple[str, str, str], str] = {}
+    folders: dict[tuple[str, str, str], set[Path]] = {}
     for path in find_trials(runs_root):
         trial = TrialDir(path)
         try:
@@ -37,6 +45,13 @@ def sync(runs_root: str | Path, uri: str | None = None) -> dict[str, int]:
             continue
         mirror = MlflowMirror(trial, cfg, uri=uri or resolve_uri(cfg.tracking.uri))
         try:
+            launch = trial.read_launch()
+            if launch.grid:  # a sweep's trial: under the sweep's parent run in this store
+                key = (mirror.uri, cfg.tracking.study, Path(launch.grid).stem)
+                if key not in parents:
+                    parents[key] = find_parent(*key, known=launch.parent_run_id)
+                folders.setdefault(key, set()).add(path.parent)
+                mirror.parent_run_id = parents[key]
             n = mirror.sync()
         except TrackingError:
             raise
@@ -59,6 +74,15 @@ def sync(runs_root: str | Path, uri: str | None = None) -> dict[str, int]:
             "new" if mirror.created else "existing",
             n,
         )
+    for (store, study, sweep), run_id in parents.items():
+        try:
+            update_parent(store, run_id, sorted(folders[(store, study, sweep)]), FROM_TRIALS)
+        except Exception as e:
+            raise TrackingError(
+                f"{study}: could not update the parent run {run_id} of sweep {sweep} in MLflow "
+                f"at {store} ({first_line(e)}); check the URI or the server, then run sync again"
+            ) from e
+        counts["parents"] += 1
     return counts
 
 
@@ -83,6 +107,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     print(
         f"synced {counts['trials']} trials: {counts['runs_created']} runs created, "
         f"{counts['points_logged']} metric points logged"
+        + (f", {counts['parents']} sweep parent runs updated" if counts["parents"] else "")
         + (f", {counts['skipped']} skipped (bad config.yaml)" if counts["skipped"] else "")
     )
     return 0

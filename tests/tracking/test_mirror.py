@@ -44,7 +44,7 @@ def test_start_creates_one_run_with_tags_params_artifact(tmp_path: Path, store: 
     assert tags["study"] == "start" and tags["trial_id"] == trial.trial_id
     assert (tags["variant"], tags["seed"], tags["dataset"]) == ("+SemMIM", "3", "synth")
     assert "git_commit" in tags and tags["slurm_job_id"] == ""
-    assert tags["mlflow.runName"] == run.info.run_name == "+SemMIM seed=3"
+    assert tags["mlflow.runName"] == run.info.run_name == "s3 +SemMIM"
     assert "mlflow.parentRunId" not in tags
     assert run.data.params == config_params(cfg)
     assert run.data.params["data.image_size"] == "[384, 128]"

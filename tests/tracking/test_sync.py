@@ -42,7 +42,13 @@ def test_sync_a_trial_written_without_mlflow_and_twice(tmp_path: Path, store: st
 
     counts = sync(tmp_path / "runs", store)
     # 3 epochs x (train/loss + val/R1 + val/mAP) + 5 test metrics + train_seconds
-    assert counts == {"trials": 1, "runs_created": 1, "points_logged": 15, "skipped": 1}
+    assert counts == {
+        "trials": 1,
+        "runs_created": 1,
+        "points_logged": 15,
+        "skipped": 1,
+        "parents": 0,
+    }
     (run,) = runs_of(store, "offline")
     run_id = run.info.run_id
     assert run.info.status == "FINISHED" and run.data.tags["trial_id"] == trial.trial_id
@@ -55,7 +61,7 @@ def test_sync_a_trial_written_without_mlflow_and_twice(tmp_path: Path, store: st
     assert json.loads(trial.mlflow_path.read_text())["run_id"] == run_id
 
     again = sync(tmp_path / "runs", store)
-    assert again == {"trials": 1, "runs_created": 0, "points_logged": 0, "skipped": 1}
+    assert again == {"trials": 1, "runs_created": 0, "points_logged": 0, "skipped": 1, "parents": 0}
     assert [r.info.run_id for r in runs_of(store, "offline")] == [run_id]
     for key, n in (("train/loss", 3), ("val/R1", 3), ("val/mAP", 3), ("test/R1", 1)):
         assert len(client(store).get_metric_history(run_id, key)) == n

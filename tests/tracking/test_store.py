@@ -1,0 +1,97 @@
+"""The study's experiment and a sweep's parent run as the MLflow UI shows them (real SQLite)."""
+
+# ruff: noqa: F811 (pytest fixtures imported from tracking_support are used as parameters)
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from support.tracking import _isolated, client, store  # noqa: F401 (fixtures are used by name)
+
+from bilma.runs.schema import EXPERIMENT_KIND_TRAINING, TAG_EXPERIMENT_KIND, TAG_NOTE
+from bilma.tracking import store as store_module
+from bilma.tracking.store import (
+    ensure_experiment,
+    ensure_parent_run,
+    experiment_note,
+    parent_run_name,
+)
+
+# MLflow's own SQLAlchemy usage, not ours.
+pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
+
+
+def kind(uri: str, exp_id: str) -> str | None:
+    return client(uri).get_experiment(exp_id).tags.get(TAG_EXPERIMENT_KIND)
+
+
+def test_the_mlflow_3_ui_knows_the_kind() -> None:
+    """The value is the one the installed MLflow UI calls custom model development (the runs
+    table), not a guess: it is in the UI's bundle beside the GenAI kind."""
+    import mlflow
+
+    assert EXPERIMENT_KIND_TRAINING == "custom_model_development"
+    assert TAG_EXPERIMENT_KIND == "mlflow.experimentKind"
+    js = Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js"
+    bundle = "".join(p.read_text(errors="ignore") for p in js.glob("main.*.js"))
+    assert f'CUSTOM_MODEL_DEVELOPMENT="{EXPERIMENT_KIND_TRAINING}"' in bundle
+    assert TAG_EXPERIMENT_KIND in "".join(p.read_text(errors="ignore") for p in js.glob("*.js"))
+
+
+def test_a_new_experiment_is_tagged_model_training_and_described(store: str) -> None:
+    exp_id = ensure_experiment(store, "kind-new")
+    assert kind(store, exp_id) == EXPERIMENT_KIND_TRAINING
+    note = client(store).get_experiment(exp_id).tags[TAG_NOTE]
+    assert note == experiment_note("kind-new", exp_id)
+    assert "pick **Model training** in the sidebar" in note
+    assert f"(#/experiments/{exp_id}/runs?workflowType=machine_learning)" in note
+
+
+def test_someone_s_description_is_kept(store: str) -> None:
+    exp_id = client(store).create_experiment("described", tags={TAG_NOTE: "my notes"})
+    store_module._experiments.clear()
+    ensure_experiment(store, "described")
+    tags = client(store).get_experiment(exp_id).tags
+    assert tags[TAG_NOTE] == "my notes" and tags[TAG_EXPERIMENT_KIND] == EXPERIMENT_KIND_TRAINING
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (None, EXPERIMENT_KIND_TRAINING),  # made by an older bilma: tagged when used
+        ("no_inferred_type", EXPERIMENT_KIND_TRAINING),  # the UI's "not inferred": no choice
+        ("genai_development", "genai_development"),  # someone chose it in the UI: kept
+    ],
+)
+def test_an_existing_experiment_gets_the_kind_unless_one_was_chosen(
+    store: str, before: str | None, after: str
+) -> None:
+    name = f"kind-old-{before}"
+    tags = {TAG_EXPERIMENT_KIND: before} if before else None
+    exp_id = client(store).create_experiment(name, tags=tags)
+    assert kind(store, exp_id) == before
+    store_module._experiments.clear()  # a new process: the cache knows nothing
+    assert ensure_experiment(store, name) == exp_id
+    assert kind(store, exp_id) == after
+    assert client(store).get_experiment(exp_id).tags[TAG_NOTE] == experiment_note(name, exp_id)
+
+
+def test_parent_run_named_by_the_study(store: str) -> None:
+    assert parent_run_name("synth-ablation", "synth_ablation") == "synth-ablation"
+    assert parent_run_name("ablation-cuhk", "ablation") == "ablation-cuhk"
+    assert parent_run_name("ablation-cuhk", "knobs") == "ablation-cuhk (knobs)"
+    run_id = ensure_parent_run(store, "parent-name", "parent-name")
+    run = client(store).get_run(run_id)
+    assert run.info.run_name == "parent-name" and run.data.tags["kind"] == "sweep"
+    other = ensure_parent_run(store, "parent-name", "knobs")
+    assert client(store).get_run(other).info.run_name == "parent-name (knobs)"
+
+    # A parent named by an older bilma (the grid's name) takes the study's on the next launch.
+    exp_id = ensure_experiment(store, "renamed-cuhk")
+    old = client(store).create_run(
+        exp_id,
+        tags={"kind": "sweep", "sweep": "renamed", "study": "renamed-cuhk"},
+        run_name="renamed",
+    )
+    assert ensure_parent_run(store, "renamed-cuhk", "renamed") == old.info.run_id
+    assert client(store).get_run(old.info.run_id).info.run_name == "renamed-cuhk"
