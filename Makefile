@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test test-all lint format bench clean clip-synth study
+.PHONY: setup demo ui test test-all lint format bench clean clip-synth study
 
 setup: $(STAMP)
 
@@ -19,14 +19,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@touch $(STAMP)
 
-# The smoke sweep on synthetic data (IRRA vs BiLMa, 2 seeds), tracked in sqlite:///mlflow.db;
-# then its retrieval examples and, last, its table with the paths of the plot and the figure.
+# The demo (sweeps/grids/demo.yaml): two loss recipes x 2 seeds on synthetic pedestrians,
+# trained from scratch, two trials at a time, tracked in sqlite:///mlflow.db; then its table
+# (Rank-1 against chance), the per-epoch curves and retrieval examples. About 5 minutes on 2
+# cores with the .venv in place (BENCHMARKS.md "The demo").
 demo: setup
-	$(BIN)/python sweeps/launch.py --grid smoke
-	$(BIN)/python analysis/show_retrievals.py --trial runs/smoke --queries 6 --out tables/smoke_retrievals_test.png
-	$(BIN)/python analysis/make_tables.py --study smoke --format all --out tables
-	@echo "plot: tables/smoke_val_R1_per_epoch.png"
-	@echo "retrieval figure: tables/smoke_retrievals_test.png"
+	$(BIN)/python sweeps/launch.py --grid demo --max-parallel 2
+	$(BIN)/python analysis/make_tables.py --study demo --format all --out tables
+	$(BIN)/python analysis/show_retrievals.py --trial runs/demo --queries 6 --out tables/demo_retrievals_test.png
+	@echo "curves: tables/demo_val_R1_per_epoch.png   retrievals: tables/demo_retrievals_test.png"
+	@echo "compare runs: make ui   (or .venv/bin/mlflow ui), then open http://127.0.0.1:5000"
+
+# The MLflow UI over the demo's store (and every local sweep's): http://127.0.0.1:5000
+ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1
 
 # The tiny CLIP pretrained on synthetic pedestrians (CLIP's contrastive loss, about 10 minutes
 # on a 2-core CPU), exported as a transformers CLIP folder that configs/synth_finetune.yaml and

@@ -100,8 +100,11 @@ def record_metrics(record: dict[str, Any]) -> dict[str, float]:
 
 
 def final_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """result.json -> the run's final metrics: "test/R1".. and "train_seconds"."""
+    """result.json -> the run's final metrics: "test/R1".., "test/chance_R1" (the test
+    gallery's chance level) and "train_seconds"."""
     out = {f"test/{k}": float(v) for k, v in result.get("metrics", {}).items() if _is_number(v)}
+    if _is_number(result.get("chance_R1")):
+        out["test/chance_R1"] = float(result["chance_R1"])
     if _is_number(result.get("train_seconds")):
         out["train_seconds"] = float(result["train_seconds"])
     return out

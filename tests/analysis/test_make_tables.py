@@ -112,6 +112,8 @@ def test_table_states_selection_runs_and_left_out_trials(tables):
     md = tables[0].stdout
     assert "Checkpoint selection: R1 on the val split (synthetic)." in md
     assert "Aggregates 9 finished runs" in md
+    # the chance level, read back from MLflow (test/chance_R1): the 3 test identities
+    assert "Chance R1: 33.33" in md
     assert "Not averaged in (1):" in md
     assert re.search(r"- broken \[id_weight=1.0\] seed=1, \S+ \(\w+\): failed", md)
     assert "Warning" not in md and "warning" not in tables[0].stderr  # n = 3 everywhere
