@@ -28,7 +28,7 @@ demo: setup
 	$(BIN)/python analysis/make_tables.py --study demo --format all --out tables
 	$(BIN)/python analysis/show_retrievals.py --trial runs/demo --queries 6 --out tables/demo_retrievals_test.png
 	@echo "curves: tables/demo_val_R1_per_epoch.png   retrievals: tables/demo_retrievals_test.png"
-	@echo "compare runs: make ui   (or .venv/bin/mlflow ui), then open http://127.0.0.1:5000"
+	@echo "compare runs: make ui   (or .venv/bin/mlflow ui), then open $$($(BIN)/python -c "from bilma.tracking.store import runs_url; print(runs_url('sqlite:///mlflow.db', 'demo') or 'http://127.0.0.1:5000')")"
 
 # The MLflow UI over the demo's store (and every local sweep's): http://127.0.0.1:5000
 ui: setup

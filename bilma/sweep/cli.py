@@ -149,8 +149,20 @@ def _run(args: argparse.Namespace) -> int:
         finish_parent(trials[0].config, parent, failed=code != 0)
     print(report.status_table(plan(trials)))
     if trials[0].config.tracking.enabled:
-        print(f"\ncompare runs: mlflow ui --backend-store-uri {trials[0].config.tracking.uri}")
+        print(_compare_runs(trials[0].config.tracking.uri, trials[0].config.tracking.study))
     return code
+
+
+def _compare_runs(uri: str, study: str) -> str:
+    """Where to see the study's runs: the UI's command, and the URL of its runs table in the
+    model-training view (a fresh browser opens the GenAI pages otherwise, mlflow/mlflow#24498)."""
+    from bilma.tracking.store import resolve_uri, runs_url
+
+    text = f"\ncompare runs: make ui  (or: mlflow ui --backend-store-uri {uri})"
+    server = resolve_uri(uri)  # a tracking server serves its own UI
+    http = server.startswith(("http://", "https://"))
+    url = runs_url(uri, study, base=server) if http else runs_url(uri, study)
+    return text + (f"\nthen open {url}" if url else "")
 
 
 def _preflight(args: argparse.Namespace, planned: list) -> list:

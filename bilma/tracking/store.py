@@ -7,8 +7,10 @@ open an experiment on its runs table rather than on its GenAI pages. MLflow 3.17
 read it for that yet: one switch in its sidebar ("GenAI | Model training", remembered by the
 browser, GenAI by default) decides (mlflow/mlflow#24498). So the experiment's description,
 which the UI shows atop the GenAI pages too, says so and links to the runs table
-(`experiment_note`; an existing description is never replaced). The parent run of a sweep is
-named by the study (`parent_run_name`); what it carries is `bilma.tracking.parent`'s.
+(`experiment_note`; an existing description is never replaced); the launcher and `make demo`
+print the URL that opens the runs table in any browser (`runs_url`, which names the view:
+`?workflowType=machine_learning`). The parent run of a sweep is named by the study
+(`parent_run_name`); what it carries is `bilma.tracking.parent`'s.
 
 MLflow is imported lazily (about a second): the analysis side and `--help` do without it.
 """
@@ -135,6 +137,26 @@ def experiment_note(study: str, exp_id: str) -> str:
         f"Training runs of the bilma study `{study}`: one run per trial, under its sweep's "
         "parent run. If MLflow shows its GenAI pages, pick **Model training** in the sidebar "
         f"(the browser remembers it), or [open the runs table]({runs})."
+    )
+
+
+def runs_url(uri: str, study: str, base: str = "http://127.0.0.1:5000") -> str | None:
+    """The study's runs table in the UI's model-training view, served at `base`: the URL a
+    fresh browser opens on the runs (not on the GenAI pages, mlflow/mlflow#24498). None when
+    the experiment does not exist (or is deleted) or MLflow cannot be read; never raises.
+    Looks up only: no experiment is made, nor a SQLite file that is not there."""
+    try:
+        uri = resolve_uri(uri)
+        db = _sqlite_path(uri)
+        if db is not None and not db.is_file():
+            return None
+        exp = mlflow_client(uri).get_experiment_by_name(study)
+    except Exception:  # noqa: BLE001 (a link is a nicety: no store, no link)
+        return None
+    if exp is None or exp.lifecycle_stage == "deleted":
+        return None
+    return (
+        f"{base.rstrip('/')}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
     )
 
 

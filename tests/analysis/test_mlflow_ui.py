@@ -8,16 +8,18 @@ metrics at step = epoch; `make_tables --out` logs the tables and plots to the pa
 In a real headless Chromium (`mlflow ui` bound to 127.0.0.1): MLflow 3.17's UI picks its
 GenAI pages or its model-training pages by one switch in its sidebar ("GenAI | Model
 training"), which the browser remembers (localStorage `mlflow.workflowType_v1`, GenAI by
-default); it does not read the experiment's `mlflow.experimentKind` tag for that
-(mlflow/mlflow#24498). So a fresh browser opens the experiment on the GenAI overview whatever
-the store holds: that test is a strict xfail, which fails (XPASS) once an MLflow that follows
-the tag is installed. On that first opening the experiment's description tells the researcher
-to pick "Model training" and links to the runs table. After that one click (kept by the
-browser), opening the experiment from the experiments list, with no URL of our own, shows the
-runs table: the parent folded, and, unfolded, each trial's seed within the part of its name
-the table shows; the chart view draws the parent's mean curves while it is folded; sorted by
-test/R1 through the URL the finished trials come in descending order; a trial's page shows the
-swept axis as a param.
+default), or by the URL's `?workflowType=machine_learning`; it does not read the experiment's
+`mlflow.experimentKind` tag for that (mlflow/mlflow#24498). The URL that the launcher prints
+(`then open ...`, `bilma.tracking.store.runs_url`) names the view: a fresh browser opening it
+shows the runs table at once, each trial's seed readable in its name. The bare experiment page
+(the experiments list, no URL of ours) still opens on the GenAI overview in a fresh browser:
+that test is a strict xfail, which fails (XPASS) once an MLflow that follows the tag is
+installed. On that opening the experiment's description tells the researcher to pick "Model
+training" and links to the runs table. After that one click (kept by the browser), opening the
+experiment from the experiments list shows the runs table: the parent folded, and, unfolded,
+each trial's seed within the part of its name the table shows; the chart view draws the
+parent's mean curves while it is folded; sorted by test/R1 through the URL the finished trials
+come in descending order; a trial's page shows the swept axis as a param.
 Screenshots go to artifacts/ (kept by CI). Debian's chromium is installed when missing and $CI
 is set (apt-get, about 20 s); elsewhere the browser tests are skipped with the command to run.
 """
@@ -25,6 +27,7 @@ is set (apt-get, about 20 s); elsewhere the browser tests are skipped with the c
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -247,14 +250,63 @@ def open_from_experiment_list(b: Browser, url: str, study: str) -> str:
     return b.evaluate("location.hash")
 
 
+def printed_url(smoke_sweep, ui: str) -> str:
+    """The URL of the launcher's `then open ...` line, served by the test's UI (its port)."""
+    lines = [ln for ln in smoke_sweep.output.splitlines() if ln.startswith("then open ")]
+    assert len(lines) == 1, smoke_sweep.output[-3000:]
+    url = lines[0].removeprefix("then open ")
+    assert re.fullmatch(r"http://127\.0\.0\.1:5000/#/experiments/\d+/runs\?\S+", url), url
+    return ui + url.removeprefix("http://127.0.0.1:5000")
+
+
+def assert_seeds_shown(b: Browser, children) -> None:
+    """Each trial's seed is in the part of its name that the table shows (children unfolded)."""
+    seeds = {c.info.run_id: c.data.tags["seed"] for c in children}
+    visible = {i: (full, part) for i, full, part in b.evaluate(SHOWN_NAMES) if i in seeds}
+    assert len(visible) == len(children), visible
+    for run_id, (full, part) in visible.items():
+        assert part.startswith(f"s{seeds[run_id]} "), (full, part)
+    # ...though the table does cut names: the measure above sees it.
+    assert any(part != full for full, part in visible.values()), visible
+
+
+@pytest.mark.browser
+def test_first_opening_of_the_printed_url_shows_the_runs_table(smoke_sweep, mlflow_ui, tmp_path):
+    exe = chromium()
+    exp, parent, children = _runs(smoke_sweep)
+    names = sorted(c.info.run_name for c in children)
+    url = printed_url(smoke_sweep, mlflow_ui)
+    assert f"/#/experiments/{exp.experiment_id}/runs?" in url
+
+    with Browser(exe, tmp_path / "profile") as b:  # a fresh profile: nothing stored
+        b.navigate(url)
+        # The runs table (not the GenAI pages), on this first load: the parent, its children
+        # folded...
+        assert b.wait_for(f'!!document.querySelector("{EXPANDER}")', 120), (
+            b.evaluate("location.href"),
+            b.evaluate("document.body.innerText")[:3000],
+        )
+        assert f"/experiments/{exp.experiment_id}/runs" in b.evaluate("location.hash")
+        text = b.evaluate("document.body.innerText")
+        assert parent.info.run_name in text.splitlines(), text[:3000]
+        # ...which unfold to every trial, its seed readable in the name the table shows.
+        b.evaluate(f'document.querySelector("{EXPANDER}").click()')
+        shown = " && ".join(f"document.body.innerText.includes({n!r})" for n in names)
+        assert b.wait_for(shown, 60), b.evaluate("document.body.innerText")[:3000]
+        b.screenshot(ARTIFACTS / "mlflow_ui_first_opening_printed_url.png")
+        assert_seeds_shown(b, children)
+
+
 @pytest.mark.browser
 @pytest.mark.xfail(
     strict=True,
     reason="MLflow 3.17's UI opens every experiment in a fresh browser on its GenAI pages: "
     "its sidebar switch (localStorage, default GenAI) decides, not mlflow.experimentKind "
-    "(mlflow/mlflow#24498)",
+    "(mlflow/mlflow#24498); the printed URL names the view instead",
 )
-def test_first_opening_shows_the_runs_table(smoke_sweep, mlflow_ui, tmp_path):
+def test_bare_experiment_page_ignores_experiment_kind_mlflow_24498(
+    smoke_sweep, mlflow_ui, tmp_path
+):
     exe = chromium()
     with Browser(exe, tmp_path / "profile") as b:
         landed = open_from_experiment_list(b, mlflow_ui, smoke_sweep.study)
@@ -295,14 +347,7 @@ def test_runs_page_lists_parent_and_children(smoke_sweep, mlflow_ui, tmp_path):
         shown = " && ".join(f"document.body.innerText.includes({n!r})" for n in names)
         assert b.wait_for(shown, 60), b.evaluate("document.body.innerText")[:3000]
         b.screenshot(ARTIFACTS / "mlflow_ui_runs.png")
-        # Each trial's seed is in the part of its name that the table shows.
-        seeds = {c.info.run_id: c.data.tags["seed"] for c in children}
-        visible = {i: (full, part) for i, full, part in b.evaluate(SHOWN_NAMES) if i in seeds}
-        assert len(visible) == 10, visible
-        for run_id, (full, part) in visible.items():
-            assert part.startswith(f"s{seeds[run_id]} "), (full, part)
-        # ...though the table does cut names: the measure above sees it.
-        assert any(part != full for full, part in visible.values()), visible
+        assert_seeds_shown(b, children)
 
         # The chart view with the parent folded again: its mean curves are drawn.
         b.evaluate(f'document.querySelector("{EXPANDER}").click()')

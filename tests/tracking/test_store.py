@@ -3,6 +3,8 @@
 # ruff: noqa: F811 (pytest fixtures imported from tracking_support are used as parameters)
 from __future__ import annotations
 
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from bilma.tracking.store import (
     ensure_parent_run,
     experiment_note,
     parent_run_name,
+    runs_url,
 )
 
 # MLflow's own SQLAlchemy usage, not ours.
@@ -95,3 +98,34 @@ def test_parent_run_named_by_the_study(store: str) -> None:
     )
     assert ensure_parent_run(store, "renamed-cuhk", "renamed") == old.info.run_id
     assert client(store).get_run(old.info.run_id).info.run_name == "renamed-cuhk"
+
+
+def test_runs_url_opens_the_model_training_view(store: str, tmp_path: Path) -> None:
+    exp_id = ensure_experiment(store, "linked")
+    view = f"/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+    assert runs_url(store, "linked") == "http://127.0.0.1:5000" + view
+    assert runs_url(store, "linked", base="http://mlflow.lab:8080/") == (
+        "http://mlflow.lab:8080" + view
+    )
+
+    # Looked up only: a missing experiment (or store) is None and nothing is made.
+    assert runs_url(store, "never-made") is None
+    assert client(store).get_experiment_by_name("never-made") is None
+    assert runs_url(f"sqlite:///{tmp_path}/none/mlflow.db", "linked") is None
+    assert not (tmp_path / "none").exists()
+    client(store).delete_experiment(client(store).create_experiment("gone"))
+    assert runs_url(store, "gone") is None
+
+
+def test_runs_url_of_an_unreachable_server_is_none_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for var in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.setenv(var, "")  # recorded, so what runs_url sets is undone after the test
+        monkeypatch.delenv(var)  # MLflow's defaults (retries for minutes) unless runs_url's
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    assert runs_url(f"http://127.0.0.1:{port}", "linked") is None
+    assert time.monotonic() - start < 10
