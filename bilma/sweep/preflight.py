@@ -50,6 +50,14 @@ class Problem:
 def preflight(configs: Iterable[Config]) -> list[Problem]:
     """The problems of the trials' inputs, each distinct check run once, in a stable order."""
     checks: dict[tuple, tuple[Callable[[], Problem | None], int]] = {}
+    annotations: dict[tuple[str, str], list[Record]] = {}
+
+    def read(dataset: str, root: Path) -> list[Record]:
+        """Each annotation file read once per preflight (CUHK-PEDES': 40k entries)."""
+        key = (dataset, str(root))
+        if key not in annotations:
+            annotations[key] = formats.read_annotations(dataset, root)
+        return annotations[key]
 
     def add(key: tuple, check: Callable[[], Problem | None]) -> None:
         fn, n = checks.get(key, (check, 0))
@@ -57,14 +65,14 @@ def preflight(configs: Iterable[Config]) -> list[Problem]:
 
     for cfg in configs:
         d = cfg.data
-        add(("data", d.dataset, d.root, *_synth_key(cfg)), lambda c=cfg: _check_data(c))
+        add(("data", d.dataset, d.root, *_synth_key(cfg)), lambda c=cfg: _check_data(c, read))
         if cfg.model.pretrained:
             add(("pretrained", cfg.model.pretrained), lambda c=cfg: _check_pretrained(c))
         if d.tokenizer or (d.dataset != "synth" and not cfg.model.pretrained):
             add(("tokenizer", d.dataset, d.tokenizer), lambda c=cfg: _check_tokenizer(c))
         if cfg.mim.target == "semantic" and cfg.loss.mim_weight > 0 and d.dataset != "synth":
             where = (d.dataset, d.root, d.parsing_root, cfg.mim.labels)
-            add(("parse", *where), lambda c=cfg: _check_parse_maps(c))
+            add(("parse", *where), lambda c=cfg: _check_parse_maps(c, read))
     out = []
     for fn, n in checks.values():
         problem = fn()
@@ -108,7 +116,7 @@ def _synth_key(cfg: Config) -> tuple:
 # ----------------------------------------------------------------------------- the checks
 
 
-def _check_data(cfg: Config) -> Problem | None:
+def _check_data(cfg: Config, read: Callable[[str, Path], list[Record]]) -> Problem | None:
     d = cfg.data
     root = Path(d.root)
     if d.dataset == "synth":
@@ -123,7 +131,7 @@ def _check_data(cfg: Config) -> Problem | None:
             f"--set data.root=<its folder>",
         )
     try:
-        records = formats.read_annotations(d.dataset, root)
+        records = read(d.dataset, root)
     except DataError as e:
         return Problem("data.root", d.root, str(e))
     images = formats.image_dir(d.dataset, root)
@@ -183,11 +191,11 @@ def _check_tokenizer(cfg: Config) -> Problem | None:
     )
 
 
-def _check_parse_maps(cfg: Config) -> Problem | None:
+def _check_parse_maps(cfg: Config, read: Callable[[str, Path], list[Record]]) -> Problem | None:
     d = cfg.data
     root = Path(d.root)
     try:
-        records = formats.read_annotations(d.dataset, root)
+        records = read(d.dataset, root)
     except DataError:
         return None  # the data check says why
     parsing_root = Path(d.parsing_root) if d.parsing_root else root / "parsing"
