@@ -142,8 +142,16 @@ def train_tokenizer(captions: Sequence[str], out: str | Path, vocab_size: int = 
     )
     tok.train_from_iterator(captions, trainer=trainer)
     model = json.loads(tok.to_str())["model"]
-    vocab: dict[str, int] = dict(model["vocab"])
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    # The trainer numbers the symbols it starts from in hash-map order, which changes from run
+    # to run (the merges do not): the same captions gave other token ids, so the same seed
+    # trained another model. Number them in sorted order, then each merge's product in merge
+    # order: one tokenizer for one caption set.
+    made = ["".join(m) for m in merges]
+    start = sorted(set(model["vocab"]) - set(made))
+    vocab: dict[str, int] = {}
+    for sym in (*start, *made):
+        vocab.setdefault(sym, len(vocab))
     # Like CLIP, every byte exists alone and as a word end, so no input maps to the unknown
     # token (which would be EOT, and break argmax pooling).
     for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):

@@ -104,3 +104,22 @@ def test_encode_cached_reuses_file(tmp_path, tiny):
     np.testing.assert_array_equal(a, b)
     encode_cached(tiny, caps, 20, tmp_path)  # another length is another entry
     assert len(list(tmp_path.glob("tokens-*.npy"))) == 2
+
+
+def test_token_ids_follow_the_merges_not_the_trainers_hash_order(tmp_path):
+    """The BPE trainer numbers the symbols it starts from in hash-map order (another order in
+    every process, so the same captions gave other ids); ours are numbered in sorted order,
+    then each merge's product in merge order, then the rest of the byte alphabet and the
+    specials: the ids are a function of the merges."""
+    folder = train_tokenizer(CAPTIONS, tmp_path / "t", vocab_size=400)
+    vocab = json.loads((folder / "vocab.json").read_text())
+    merges = (folder / "merges.txt").read_text().splitlines()[1:]
+    made = ["".join(m.split(" ")) for m in merges]
+    n_start = next(i for i, tok in enumerate(vocab) if tok == made[0])
+    start = list(vocab)[:n_start]
+    assert start == sorted(start) and len(start) > 20
+    assert [vocab[t] for t in made if t not in start] == list(
+        range(n_start, n_start + len({t for t in made if t not in start}))
+    )
+    assert sorted(vocab.values()) == list(range(len(vocab)))  # dense ids
+    assert list(vocab)[-3:] == [MASK, SOT, EOT]
