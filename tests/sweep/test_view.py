@@ -71,6 +71,7 @@ def test_a_log_file_gets_one_line_per_change(tmp_path):
 
     d = planned[0].dir
     d.set_status(TrialState.RUNNING, backend="local", job_id="100")
+    view.follower.wake()  # as the launcher does when a job starts: poll at the next tick
     view.tick()
     out = new_output()
     log = d.path / "logs" / "100_0_log.err"
