@@ -12,10 +12,11 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from bilma.data.records import SPLITS, DataError, Record
+from bilma.labels import LabelSet, get_label_set
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,23 @@ def image_dir(dataset: str, root: Path) -> Path:
     """Return the folder that `Record.image_path` is relative to (root/imgs for all formats)."""
     _format(dataset)
     return Path(root) / "imgs"
+
+
+def parse_map_path(
+    parsing_root: str | Path, labelset: str | LabelSet, image_relpath: str | Path
+) -> Path:
+    """Path of the parse map of an image (the layout: `bilma.data.parsing`'s docstring).
+
+    ``image_relpath`` is relative to the images folder (``CUHK01/0001001.png``).
+    """
+    name = get_label_set(labelset).name
+    rel = PurePosixPath(Path(image_relpath).as_posix())
+    # An absolute path or '..' would silently escape parsing_root.
+    if rel.is_absolute() or ".." in rel.parts or not rel.name:
+        raise ValueError(
+            f"image path {str(image_relpath)!r} must be relative to the images folder, without '..'"
+        )
+    return Path(parsing_root) / name / rel.with_suffix(".png")
 
 
 def _load_json_list(path: Path) -> list[Any]:

@@ -23,13 +23,14 @@ its image, and holds class ids ``0..num_classes-1`` of its label set (0 = backgr
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from bilma.data.formats import parse_map_path  # the layout above; torch-free for launchers
 from bilma.data.records import DataError
 from bilma.labels import LABEL_SETS, LabelSet, get_label_set
 
@@ -41,23 +42,6 @@ __all__ = [
     "parse_map_path",
     "patch_labels",
 ]
-
-
-def parse_map_path(
-    parsing_root: str | Path, labelset: str | LabelSet, image_relpath: str | Path
-) -> Path:
-    """Path of the parse map of an image, per the layout in the module docstring.
-
-    ``image_relpath`` is relative to the images folder (``CUHK01/0001001.png``).
-    """
-    name = get_label_set(labelset).name
-    rel = PurePosixPath(Path(image_relpath).as_posix())
-    # An absolute path or '..' would silently escape parsing_root.
-    if rel.is_absolute() or ".." in rel.parts or not rel.name:
-        raise ValueError(
-            f"image path {str(image_relpath)!r} must be relative to the images folder, without '..'"
-        )
-    return Path(parsing_root) / name / rel.with_suffix(".png")
 
 
 def load_parse_map(

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bilma.config import Config
 from bilma.data import formats
-from bilma.data.parsing import parse_map_path
+from bilma.data.formats import parse_map_path
 from bilma.data.records import DataError, Record
 from bilma.data.synth_cache import synth_mismatch
 from bilma.errors import PreflightError
