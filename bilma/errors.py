@@ -58,6 +58,15 @@ class CheckpointMismatch(DataError):
 class PretrainedNotFound(DataError):
     """A pretrained folder that does not exist or is not a CLIP model."""
 
+    @staticmethod
+    def fix(folder: Path | str) -> str:
+        """How to get the weights into `folder` (the trainer's error and the preflight's)."""
+        return (
+            "download the model once on a machine with internet (e.g. `hf download "
+            f"openai/clip-vit-base-patch16 --local-dir {folder}`) and point model.pretrained at "
+            "that folder"
+        )
+
 
 class PreflightError(BilmaError, ValueError):
     """Inputs of a launch's trials that would make them fail (one line each, with the fix),

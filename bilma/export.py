@@ -137,7 +137,7 @@ def export_clip(
 ) -> dict[str, Any]:
     """Write the checkpoint's encoders and tokenizer as a CLIP folder at `out`; return its
     `bilma_export.json` content."""
-    from bilma.data.datasets import tokenizer_folder
+    from bilma.data.tokenizer import tokenizer_folder
     from bilma.model.bilma import build_from_signature
     from bilma.training import checkpoint as ckpt_io
 

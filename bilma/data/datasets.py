@@ -27,7 +27,12 @@ from bilma.config import Config
 from bilma.data import formats, parsing
 from bilma.data.records import DataError, Record
 from bilma.data.synth_cache import ensure_synthetic  # noqa: F401  (re-exported)
-from bilma.data.tokenizer import CaptionTokenizer, encode_cached, load_tokenizer
+from bilma.data.tokenizer import (  # noqa: F401  (tokenizer_folder: importable from here too)
+    CaptionTokenizer,
+    encode_cached,
+    load_tokenizer,
+    tokenizer_folder,
+)
 from bilma.data.transforms import TestTransform, TrainTransform
 from bilma.labels import IGNORE_INDEX
 from bilma.patches import PATCH
@@ -67,20 +72,6 @@ class PedesData:
     @property
     def num_train_ids(self) -> int:
         return len({r.pid for r in self.records if r.split == "train"})
-
-
-def tokenizer_folder(cfg: Config) -> Path:
-    """data.tokenizer, else the CLIP weights folder, else the synthetic dataset's own."""
-    if cfg.data.tokenizer:
-        return Path(cfg.data.tokenizer)
-    if cfg.model.pretrained:
-        return Path(cfg.model.pretrained)
-    if cfg.data.dataset == "synth":
-        return Path(cfg.data.root) / "tokenizer"
-    raise DataError(
-        f"no tokenizer for {cfg.data.dataset}: set model.pretrained to a local CLIP folder "
-        "(it holds vocab.json and merges.txt) or data.tokenizer to such a folder"
-    )
 
 
 def load_data(cfg: Config, check_parse_maps: bool | None = None) -> PedesData:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bilma.config import Config
 from bilma.data.records import DataError
 from bilma.fileio import atomic_numpy_save, atomic_write_text
 
@@ -100,6 +101,20 @@ def _read_folder(folder: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
             raise DataError(f"{merges_file}: line {n} is not a pair of symbols: {line!r}")
         merges.append((parts[0], parts[1]))
     return vocab, merges
+
+
+def tokenizer_folder(cfg: Config) -> Path:
+    """data.tokenizer, else the CLIP weights folder, else the synthetic dataset's own."""
+    if cfg.data.tokenizer:
+        return Path(cfg.data.tokenizer)
+    if cfg.model.pretrained:
+        return Path(cfg.model.pretrained)
+    if cfg.data.dataset == "synth":
+        return Path(cfg.data.root) / "tokenizer"
+    raise DataError(
+        f"no tokenizer for {cfg.data.dataset}: set model.pretrained to a local CLIP folder "
+        "(it holds vocab.json and merges.txt) or data.tokenizer to such a folder"
+    )
 
 
 def load_tokenizer(folder: str | Path) -> CaptionTokenizer:

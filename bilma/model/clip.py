@@ -191,9 +191,8 @@ def load_pretrained(folder: str | Path, cfg: Config, vocab_size: int, eot_id: in
     folder = Path(folder)
     if not (folder / "config.json").exists():
         raise PretrainedNotFound(
-            f"model.pretrained = {folder}: not a local folder with config.json; download the "
-            "model once on a machine with internet (e.g. `hf download openai/clip-vit-base-patch16 "
-            f"--local-dir {folder}`) and point model.pretrained at that folder"
+            f"model.pretrained = {folder}: not a local folder with config.json; "
+            + PretrainedNotFound.fix(folder)
         )
     from transformers import CLIPModel
 

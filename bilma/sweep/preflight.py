@@ -27,7 +27,8 @@ from bilma.data import formats
 from bilma.data.formats import parse_map_path
 from bilma.data.records import DataError, Record
 from bilma.data.synth_cache import synth_mismatch
-from bilma.errors import PreflightError
+from bilma.data.tokenizer import tokenizer_folder
+from bilma.errors import PreflightError, PretrainedNotFound
 
 SAMPLE = 24  # images (and parse maps) looked at per dataset: the first, the last, evenly between
 DATASET_HELP = 'see README "Datasets" for where to obtain it and its layout'
@@ -68,8 +69,8 @@ def preflight(configs: Iterable[Config]) -> list[Problem]:
         add(("data", d.dataset, d.root, *_synth_key(cfg)), lambda c=cfg: _check_data(c, read))
         if cfg.model.pretrained:
             add(("pretrained", cfg.model.pretrained), lambda c=cfg: _check_pretrained(c))
-        if d.tokenizer or (d.dataset != "synth" and not cfg.model.pretrained):
-            add(("tokenizer", d.dataset, d.tokenizer), lambda c=cfg: _check_tokenizer(c))
+        tokenizer = (d.dataset, d.root, d.tokenizer, cfg.model.pretrained)
+        add(("tokenizer", *tokenizer), lambda c=cfg: _check_tokenizer(c))
         if cfg.mim.target == "semantic" and cfg.loss.mim_weight > 0 and d.dataset != "synth":
             where = (d.dataset, d.root, d.parsing_root, cfg.mim.labels)
             add(("parse", *where), lambda c=cfg: _check_parse_maps(c, read))
@@ -160,11 +161,7 @@ def _check_pretrained(cfg: Config) -> Problem | None:
     if "clip-synth" in folder.name:  # the tiny CLIP pretrained here on synthetic pedestrians
         fix = f"build it with `make clip-synth CLIP_SYNTH={folder}` (about 10 minutes on 2 cores)"
     else:
-        fix = (
-            "download the model once on a machine with internet (`hf download "
-            f"openai/clip-vit-base-patch16 --local-dir {folder}`) and point model.pretrained "
-            "at that folder"
-        )
+        fix = PretrainedNotFound.fix(folder)
     return Problem(
         "model.pretrained", cfg.model.pretrained, f"not a local folder with config.json; {fix}"
     )
@@ -172,14 +169,12 @@ def _check_pretrained(cfg: Config) -> Problem | None:
 
 def _check_tokenizer(cfg: Config) -> Problem | None:
     d = cfg.data
+    try:
+        folder = tokenizer_folder(cfg)
+    except DataError as e:  # a real dataset with neither data.tokenizer nor model.pretrained
+        return Problem("model.pretrained", "null", str(e))
     if not d.tokenizer:
-        return Problem(
-            "model.pretrained",
-            "null",
-            f"no tokenizer for {d.dataset}: set model.pretrained to a local CLIP folder (it "
-            "holds vocab.json and merges.txt) or data.tokenizer to such a folder",
-        )
-    folder = Path(d.tokenizer)
+        return None  # the CLIP folder (its own check) or the synthetic dataset's own
     lacking = [f for f in ("vocab.json", "merges.txt") if not (folder / f).is_file()]
     if not lacking:
         return None

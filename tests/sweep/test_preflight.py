@@ -160,3 +160,29 @@ def test_a_synthetic_root_made_with_other_parameters(synth_small):
     assert p.key == "data.root" and "ids 30 (config: 40)" in p.message
     fresh = load_config(base, [f"data.root={synth_small.parent / 'not-yet'}"])
     assert preflight([fresh]) == []  # generated on first use
+
+
+def test_a_real_dataset_without_any_tokenizer(tmp_path):
+    root = make_cuhk(tmp_path)
+    (p,) = preflight(
+        [cfg(**{"data.root": root, "model.pretrained": "null", "mim.target": "pixel"})]
+    )
+    assert (p.key, p.value) == ("model.pretrained", "null")
+    assert p.message.startswith("no tokenizer for cuhk-pedes: set model.pretrained")
+    bad = tmp_path / "tok"
+    bad.mkdir()
+    (bad / "vocab.json").write_text("{}")
+    c = cfg(
+        **{
+            "data.root": root,
+            "model.pretrained": "null",
+            "data.tokenizer": bad,
+            "mim.target": "pixel",
+        }
+    )
+    (p,) = preflight([c])
+    assert (p.key, p.message) == (
+        "data.tokenizer",
+        "no merges.txt in that folder; point data.tokenizer at a CLIP model folder or a "
+        "tokenizer made by `python -m bilma synth`",
+    )
