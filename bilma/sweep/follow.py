@@ -104,23 +104,22 @@ class _Seen:
 class Follower:
     """The trials of a launch as last seen on disk, re-read only where a file changed.
 
-    `poll()` looks; `alive()` and `tick()` poll first when a poll is `due()`, `snapshot()`
-    answers from the last one. The local backend calls them from a loop that ticks every
-    0.5 s for its own jobs (asking a job costs no file); `wake()` when a job ends or starts
-    makes the next tick poll, at the shortest interval again.
+    `poll()` looks; `refresh()` and `alive()` poll first when a poll is `due()`, `snapshot()`
+    and `running()` answer from the last one. The local backend and its view
+    (`bilma.sweep.view`) call them from a loop that ticks every 0.5 s (asking a job costs no
+    file); `wake()` when a job ends or starts makes the next tick poll, at the shortest
+    interval again.
     """
 
     def __init__(
         self,
         planned: list[Planned],
-        follow_every: float = 10.0,
         min_interval: float = MIN_INTERVAL_S,
         max_interval: float = MAX_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.planned = planned
         self.study = planned[0].trial.study if planned else ""
-        self.follow_every = follow_every
         self.min_interval, self.max_interval = min_interval, max_interval
         self.interval = min_interval  # the wait after the last poll
         self.clock = clock
@@ -128,11 +127,15 @@ class Follower:
         self._seen: dict[Path, _Seen] = {p.dir.path: _Seen() for p in planned}
         self._alive: dict[Path, bool] = {}  # liveness asked since the last poll
         self._snap = Snapshot(Counter(), None)
-        self._last_line, self._last_print = "", 0.0
 
     # -- polling
     def due(self) -> bool:
         return self.clock() >= self._next
+
+    def refresh(self) -> None:
+        """Poll if a poll is due."""
+        if self.due():
+            self.poll()
 
     def wake(self) -> None:
         """Something happened (a job ended or started): poll at the next tick, 0.5 s again."""
@@ -231,15 +234,10 @@ class Follower:
             out.append((p, seen.status, seen.progress))
         return out
 
-    def status_of(self, p: Planned) -> dict[str, Any]:
-        """The trial's status.json as last read."""
-        return self._seen[p.dir.path].status
-
     def alive(self, p: Planned) -> bool:
         """Whether the trial's trainer or job runs (asked once per poll; a finished trial
         is not asked again)."""
-        if self.due():
-            self.poll()
+        self.refresh()
         seen = self._seen[p.dir.path]
         if seen.finished:
             return False
@@ -252,20 +250,3 @@ class Follower:
 
     def alive_count(self, planned: list[Planned]) -> int:
         return sum(1 for p in planned if self.alive(p))
-
-    # -- the progress view
-    def tick(self) -> None:
-        """Poll if due, and show the progress line if it changed."""
-        if self.due():
-            self.poll()
-        self.report()
-
-    def report(self, force: bool = False) -> None:
-        """Print the progress line when its counts changed, every `follow_every` seconds, or
-        when forced (the last line of a launch)."""
-        line = progress_line(self.study, self._snap)
-        # line[9:]: the line without its time of day
-        stale = time.time() - self._last_print > self.follow_every
-        if force or stale or line[9:] != self._last_line[9:]:
-            print(line, flush=True)
-            self._last_line, self._last_print = line, time.time()

@@ -17,6 +17,7 @@ progress.json, which the trainer rewrites every few seconds).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
@@ -82,7 +83,7 @@ class ProgressView:
             )
             self.live.start()
         self._last_draw = 0.0
-        self._said: dict[Any, tuple] = {}  # trial -> last (state) line printed (plain mode)
+        self._said: dict[Path, str] = {}  # trial -> the epoch it was last said at (plain mode)
         self._counts_line = ""
 
     def say(self, text: str) -> None:
@@ -92,9 +93,7 @@ class ProgressView:
             print(text, file=self.console.file, flush=True)
 
     def tick(self, force: bool = False) -> None:
-        f = self.follower
-        if f.due():
-            f.poll()
+        self.follower.refresh()
         if self.live is not None:
             now = time.monotonic()
             if force or now - self._last_draw >= REDRAW_S:
@@ -142,10 +141,9 @@ class ProgressView:
             if key not in self._said:
                 where = log_path(p, status)
                 self.say(f"  running {trial_label(p)} ({p.dir.trial_id}), log {where}")
-                self._said[key] = ("starting",)
-            mark = (epoch,)
-            if progress and mark != self._said[key]:
-                self._said[key] = mark
+                self._said[key] = ""
+            if progress and epoch != self._said[key]:
+                self._said[key] = epoch
                 what = ", ".join(
                     x
                     for x in (

@@ -12,7 +12,7 @@ while training and again (idempotently) from `python -m bilma sync` (`bilma.trac
   `bilma.tracking.parent`), mlflow.runName "s<seed> <variant>" (`run_label`: the seed first,
   so the runs table shows it), mlflow.parentRunId under a sweep; selection_split /
   selection_metric / selection_epoch once done; stopped_early=true for a trial stopped early
-  on purpose (state "stopped"); state_updated (status.json "updated" of the state shown:
+  on purpose (`TrialState.STOPPED`); state_updated (status.json "updated" of the state shown:
   `sync` from another copy of the trial never replaces a newer state);
 - params: the flattened resolved config (strings as they are, everything else as JSON:
   `true`, `null`, `[384, 128]`, so `yaml.safe_load(param)` gives the value back);

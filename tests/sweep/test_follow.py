@@ -25,6 +25,7 @@ from bilma.runs.trial_dir import TrialDir
 from bilma.sweep.backends.local import follow_only
 from bilma.sweep.follow import Follower, progress_line, snapshot
 from bilma.sweep.plan import Action, Planned
+from bilma.sweep.view import ProgressView
 
 _opens: list[str] | None = None
 
@@ -236,16 +237,16 @@ def test_the_follower_counts_what_a_fresh_read_counts(tmp_path):
 
 def test_the_progress_line_is_printed_when_it_changes(tmp_path, capsys):
     planned = make_trials(tmp_path, 2)
-    f = Follower(planned, follow_every=3600)
-    f.tick()
-    f.tick()
+    view = ProgressView(Follower(planned))  # not a terminal: one line per change
+    view.tick()
+    view.tick()
     assert capsys.readouterr().out.count("\n") == 1
     planned[0].dir.set_status(TrialState.RUNNING)
-    f.wake()
-    f.tick()
+    view.follower.wake()
+    view.tick()
     out = capsys.readouterr().out
     assert out.endswith("study: 0 done, 1 running, 0 failed, 1 pending\n")
-    f.report(force=True)
+    view.close()  # the last line of a launch, printed even though nothing changed
     assert capsys.readouterr().out.count("\n") == 1
 
 

@@ -69,19 +69,18 @@ def run_local(
     planned: list[Planned],
     max_parallel: int,
     timeout_min: float,
-    follow_every: float = 10.0,
     signal_delay_s: int = 60,
 ) -> int:
     """Run the trials to run as local submitit jobs, at most `max_parallel` at once (trials
     started by an earlier launch count), and follow every trial until none is alive."""
     queue = [p for p in planned if p.action.runs()]
-    return _run(planned, queue, max_parallel, timeout_min, follow_every, signal_delay_s)
+    return _run(planned, queue, max_parallel, timeout_min, signal_delay_s)
 
 
-def follow_only(planned: list[Planned], follow_every: float = 10.0) -> int:
+def follow_only(planned: list[Planned]) -> int:
     """Follow the trials an earlier launch started (action running) until none is alive:
     `run_local`'s loop with nothing to submit."""
-    return _run(planned, [], 1, 0.0, follow_every, 0)
+    return _run(planned, [], 1, 0.0, 0)
 
 
 def _run(
@@ -89,13 +88,12 @@ def _run(
     queue: list[Planned],
     max_parallel: int,
     timeout_min: float,
-    follow_every: float,
     signal_delay_s: int,
 ) -> int:
     watch = [p for p in planned if p.action is Action.SKIP_RUNNING]  # an earlier launch's
     threads = max(1, (os.cpu_count() or 1) // max_parallel)
     running: dict[Path, tuple[Planned, Any]] = {}
-    follower = Follower(planned, follow_every)
+    follower = Follower(planned)
     view = ProgressView(follower)
     try:
         while queue or running or follower.any_alive(watch):

@@ -62,7 +62,7 @@ def test_local_jobs_get_their_threads_and_none_of_the_launchers_job(tmp_path, mo
     trial = SimpleNamespace(study="s", variant="v", seed=0)
     planned = [Planned(trial, d, SUBMIT)]  # type: ignore[arg-type]
 
-    code = launcher.run_local(planned, max_parallel=2, timeout_min=1, follow_every=60)
+    code = launcher.run_local(planned, max_parallel=2, timeout_min=1)
 
     (env,) = _RecordingExecutor.seen
     assert not [k for k in env if k.startswith("SLURM_")]
