@@ -1,6 +1,5 @@
 """A sweep's parent run: params, grid file, summary, mean curves, tables (real SQLite MLflow)."""
 
-# ruff: noqa: F811 (pytest fixtures imported from tracking_support are used as parameters)
 from __future__ import annotations
 
 import json
@@ -8,15 +7,7 @@ import statistics
 from pathlib import Path
 
 import pytest
-from support.tracking import (  # noqa: F401 (fixtures are used by name)
-    _isolated,
-    client,
-    finish_trial,
-    history,
-    make_cfg,
-    runs_of,
-    store,
-)
+from support.tracking import client, finish_trial, history, make_cfg, runs_of
 
 from bilma.runs.launch import Launch, write_launch
 from bilma.runs.trial_dir import TrialDir

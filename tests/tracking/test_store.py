@@ -1,6 +1,5 @@
 """The study's experiment and a sweep's parent run as the MLflow UI shows them (real SQLite)."""
 
-# ruff: noqa: F811 (pytest fixtures imported from tracking_support are used as parameters)
 from __future__ import annotations
 
 import socket
@@ -8,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support.tracking import _isolated, client, store  # noqa: F401 (fixtures are used by name)
+from support.tracking import client
 
 from bilma.runs.schema import EXPERIMENT_KIND_TRAINING, TAG_EXPERIMENT_KIND, TAG_NOTE
 from bilma.tracking import store as store_module

@@ -1,22 +1,12 @@
 """`bilma sync`: rebuilding MLflow from trial directories, idempotently."""
 
-# ruff: noqa: F811 (pytest fixtures imported from tracking_support are used as parameters)
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
-from support.tracking import (  # noqa: F401 (fixtures are used by name)
-    _isolated,
-    client,
-    finish_trial,
-    history,
-    make_cfg,
-    runs_of,
-    store,
-    write_records,
-)
+from support.tracking import client, finish_trial, history, make_cfg, runs_of, write_records
 
 from bilma.runs.trial_dir import (
     TrialDir,
