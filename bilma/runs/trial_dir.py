@@ -66,6 +66,11 @@ def read_json(path: Path) -> Any:
         raise ConfigError(f"{path}: line {e.lineno}: invalid JSON: {e.msg}") from None
 
 
+def state_of(status: dict[str, Any], done: bool) -> TrialState | None:
+    """A trial's state from its status.json and whether result.json exists (it wins)."""
+    return TrialState.DONE if done else TrialState.parse(status.get("state"))
+
+
 class TrialDir:
     """One trial's directory `runs/<study>/<trial_id>/`: the source of truth of a run."""
 
@@ -162,9 +167,8 @@ class TrialDir:
     def state(self) -> TrialState | None:
         """The state status.json names (None: no status yet, or a state this code does not
         know). A trial with result.json is done whatever status.json says."""
-        if self.is_done():
-            return TrialState.DONE
-        return TrialState.parse(self.status().get("state"))
+        done = self.is_done()
+        return state_of({} if done else self.status(), done)
 
     def set_status(self, state: TrialState | str, **fields: Any) -> dict[str, Any]:
         """Update status.json (keeping every earlier field, e.g. the last error) atomically."""

@@ -48,7 +48,7 @@ from bilma.errors import first_line
 from bilma.runs import schema
 from bilma.runs.launch import Launch, read_launch
 from bilma.runs.schema import MLFLOW_STATUS, TrialState
-from bilma.runs.trial_dir import TrialDir
+from bilma.runs.trial_dir import TrialDir, state_of
 from bilma.tracking.mirror import (
     _MAX_METRICS,
     _MAX_PARAMS,
@@ -221,7 +221,8 @@ def summarize(trials: Sequence[TrialDir]) -> Summary:
     backends: set[str] = set()
     for trial in trials:
         try:
-            state, status, result = trial.state(), trial.status(), trial.read_result()
+            status, result = trial.status(), trial.read_result()  # each file read once
+            state = state_of(status, result is not None)
         except ConfigError as e:  # a hand-edited status.json or result.json
             log.warning("%s: %s; counted as neither done nor failed", trial.path, e)
             state, status, result = None, {}, None
