@@ -11,6 +11,7 @@ line; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import reprlib
 import signal
 import sys
 from collections.abc import Callable
@@ -136,6 +137,17 @@ class TrialInterrupted(BilmaError, RuntimeError):
     """A trial job stopped on a signal after saving; launching again resumes it."""
 
     exit_code = 1
+
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict = 3, 6, 6
+_SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlong = 60, 60, 40
+
+
+def shown(value: object) -> str:
+    """`repr(value)` cut to a readable size: what an error message prints of a user's value
+    (a value can be a 10,000-item list, or a YAML alias expanding to millions)."""
+    return _SHOWN.repr(value)
 
 
 def first_line(e: BaseException) -> str:

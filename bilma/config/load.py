@@ -33,7 +33,7 @@ from bilma.config.schema import (
 )
 from bilma.config.yamlfile import did_you_mean, safe_load_unique, yaml_error
 from bilma.config.yamlfile import suggest as _suggest
-from bilma.errors import ConfigError  # noqa: F401  (importable from here too)
+from bilma.errors import ConfigError, shown  # noqa: F401  (ConfigError importable from here too)
 
 # ----------------------------------------------------------------------------- key tables
 
@@ -119,16 +119,16 @@ def _check_value(key: str, value: Any, where: str) -> Any:
     f, tp = LEAF_FIELDS[key]
     ok, v = _coerce(value, tp)
     if not ok:
-        raise ConfigError(f"{where}: {key} = {value!r} is not {_type_name(tp)}")
+        raise ConfigError(f"{where}: {key} = {shown(value)} is not {_type_name(tp)}")
     rng = f.metadata.get(_RANGE)
     if rng is not None and isinstance(v, (int, float)) and not isinstance(v, bool):
         if not math.isfinite(v):  # nan passes every comparison below, inf an open end
-            raise ConfigError(f"{where}: {key} = {value!r} is not a finite number")
+            raise ConfigError(f"{where}: {key} = {shown(value)} is not a finite number")
         lo, hi = rng
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             lo_s = "-inf" if lo is None else lo
             hi_s = "inf" if hi is None else hi
-            raise ConfigError(f"{where}: {key} = {v!r} is out of range [{lo_s}, {hi_s}]")
+            raise ConfigError(f"{where}: {key} = {shown(v)} is out of range [{lo_s}, {hi_s}]")
     return v
 
 
@@ -234,7 +234,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     key = key.strip()
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load_unique(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key, value

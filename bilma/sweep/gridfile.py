@@ -30,7 +30,7 @@ from bilma.config import (
     parse_override,
 )
 from bilma.config.yamlfile import did_you_mean, safe_load_unique, yaml_error
-from bilma.errors import GridError  # noqa: F401  (importable from here too)
+from bilma.errors import GridError, shown  # noqa: F401  (GridError importable from here too)
 
 GRIDS_DIR = resources.GRIDS
 
@@ -183,11 +183,11 @@ def _seeds(raw: Any, where: str) -> list[int]:
     )
     if not ok:
         raise GridError(
-            f"{where}: seeds = {raw!r} must be a non-empty list of non-negative integers, "
+            f"{where}: seeds = {shown(raw)} must be a non-empty list of non-negative integers, "
             "e.g. [0, 1, 2] (omit it to use the config's train.seed)"
         )
     if len(set(raw)) != len(raw):
-        raise GridError(f"{where}: seeds = {raw!r} repeats a seed; list each once")
+        raise GridError(f"{where}: seeds = {shown(raw)} repeats a seed; list each once")
     return list(raw)
 
 
@@ -196,7 +196,7 @@ def _axes(raw: Any, where: str) -> dict[str, list[Any]]:
     for key, values in flat.items():
         if not isinstance(values, list) or not values:
             raise GridError(
-                f"{where}: {key} = {values!r} must be a non-empty list of values, e.g. [0.3, 0.5]"
+                f"{where}: {key} = {shown(values)} must be a non-empty list of values, e.g. [0.3, 0.5]"
             )
     return flat
 
@@ -336,7 +336,7 @@ def _parse_exclude(raw: Any, p: _Parsing) -> dict[str, Any]:
             if key == "variant":
                 if not isinstance(value, str) or value not in variants:
                     fix = did_you_mean(value, variants, f"variants: {', '.join(variants)}")
-                    raise GridError(f"{where}: no variant {value!r}; {fix}")
+                    raise GridError(f"{where}: no variant {shown(value)}; {fix}")
             elif key not in LEAF_FIELDS and key not in axis_names:
                 fix = _fix_for(key, ["variant", *sorted(axis_names), *VALID_KEYS])
                 raise GridError(f"{where}: unknown key '{key}'; {fix}")

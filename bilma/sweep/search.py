@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bilma.config.yamlfile import did_you_mean
-from bilma.errors import SearchError  # noqa: F401  (importable from here too)
+from bilma.errors import SearchError, shown  # noqa: F401  (SearchError importable from here too)
 
 METHODS = ("grid", "random", "optuna")
 SCHEDULERS = ("fifo", "asha")
@@ -70,7 +70,7 @@ def _int(raw: dict[str, Any], key: str, where: str, default: int | None, low: in
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise SearchError(f"{where}.{key} = {value!r} must be an integer >= {low}")
+        raise SearchError(f"{where}.{key} = {shown(value)} must be an integer >= {low}")
     return value
 
 

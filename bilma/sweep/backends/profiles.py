@@ -22,7 +22,7 @@ import yaml
 
 from bilma import resources
 from bilma.config.yamlfile import did_you_mean, safe_load_unique, suggest, yaml_error
-from bilma.errors import ProfileError  # noqa: F401  (importable from here too)
+from bilma.errors import ProfileError, shown  # noqa: F401  (ProfileError importable from here too)
 
 PROFILES_DIR = resources.PROFILES
 
@@ -202,13 +202,13 @@ def _check_value(key: str, value: Any, where: str) -> None:
             return
         if not isinstance(value, int) or isinstance(value, bool) or value < _INT_MIN[key]:
             what = "a positive integer" if _INT_MIN[key] else "a non-negative integer"
-            raise ProfileError(f"{where}: {key} = {value!r} must be {what}")
+            raise ProfileError(f"{where}: {key} = {shown(value)} must be {what}")
     elif key in _STR:
         if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise ProfileError(f"{where}: {key} = {value!r} must be a string (or null)")
+            raise ProfileError(f"{where}: {key} = {shown(value)} must be a string (or null)")
     elif key == "exclusive":
         if not isinstance(value, bool):
-            raise ProfileError(f"{where}: exclusive = {value!r} must be true or false")
+            raise ProfileError(f"{where}: exclusive = {shown(value)} must be true or false")
     elif key in _LISTS:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ProfileError(f'{where}: {key} must be a list of strings, e.g. ["..."]')
