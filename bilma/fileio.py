@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import secrets
 import shutil
 import time
@@ -22,6 +23,24 @@ from typing import IO, Any
 from bilma.errors import DiskFull  # noqa: F401  (importable from here too)
 
 TMP_GLOB = ".*.tmp"
+
+# A name that becomes one folder or file name (a study: runs/<study>/): one path component on
+# every file system the project meets (NFS, Lustre, a laptop), never hidden, never an option.
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+MAX_NAME = 100
+NAME_RULE = f"letters, digits, '-', '_', '.' (at most {MAX_NAME}, not starting with '.' or '-')"
+
+
+def name_problem(name: object) -> str | None:
+    """Why `name` cannot be one folder name, or None. Every entry point that turns a
+    user's name into a path (the config's tracking.study, a grid's study) asks this."""
+    if not isinstance(name, str) or not name:
+        return f"must be a non-empty name: {NAME_RULE}"
+    if len(name) > MAX_NAME:
+        return f"is {len(name)} characters long; use at most {MAX_NAME}"
+    if not _NAME.fullmatch(name):
+        return f"must be a simple name ({NAME_RULE}); it names a folder"
+    return None
 
 
 def disk_full_message(path: str | Path, needed: int | None = None) -> str:

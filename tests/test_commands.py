@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+from support.paths import REPO
+
 
 def bilma(*args: str, cwd=None) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -70,3 +72,27 @@ def test_overrides_are_taken_the_same_way_by_train_and_the_launcher():
     ):
         args = launcher_parser().parse_args(argv)
         assert sorted(merge_overrides(args)) == ["eval.every=2", "train.epochs=5"]
+
+
+def test_train_refuses_a_study_that_escapes_the_runs_folder(tmp_path):
+    # `bilma train` takes tracking.study from the config or an override, not from a grid: the
+    # same rule as the launcher's, before anything is written (runs/<study>/<trial>).
+    runs = tmp_path / "runs"
+    for study, problem in [
+        ("../escaped", "must be a simple name"),
+        (str(tmp_path / "abs"), "must be a simple name"),
+        ("s" * 300, "is 300 characters long; use at most 100"),
+    ]:
+        res = bilma(
+            "train",
+            "--config",
+            "configs/synth_tiny.yaml",
+            f"tracking.study={study}",
+            f"paths.runs={runs}",
+            "tracking.enabled=false",
+            cwd=REPO,
+        )
+        assert res.returncode == 2, res.stderr
+        assert res.stderr.count("\n") == 1 and "tracking.study = " in res.stderr, res.stderr
+        assert problem in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing created, in or out

@@ -54,3 +54,26 @@ def test_remove_stale_tmp_keeps_live_writers(tmp_path):
         live.wait()
     assert removed == [stale]
     assert busy.exists() and other.exists() and not stale.exists()
+
+
+@pytest.mark.parametrize(
+    "name, problem",
+    [
+        ("bilma-cuhk_pedes.v2", None),
+        ("_scratch", None),
+        ("../x", "must be a simple name"),
+        ("/abs/path", "must be a simple name"),
+        ("a/b", "must be a simple name"),
+        ("..", "must be a simple name"),
+        (".hidden", "must be a simple name"),
+        ("-rf", "must be a simple name"),
+        ("x" * 300, "is 300 characters long; use at most 100"),
+        ("", "must be a non-empty name"),
+        (7, "must be a non-empty name"),
+    ],
+)
+def test_name_problem_is_the_one_rule_for_names_that_become_folders(name, problem):
+    from bilma.fileio import name_problem
+
+    got = name_problem(name)
+    assert (got is None) if problem is None else (problem in got)

@@ -34,6 +34,7 @@ from bilma.config.schema import (
 from bilma.config.yamlfile import did_you_mean, safe_load_unique, yaml_error
 from bilma.config.yamlfile import suggest as _suggest
 from bilma.errors import ConfigError, shown  # noqa: F401  (ConfigError importable from here too)
+from bilma.fileio import name_problem
 
 # ----------------------------------------------------------------------------- key tables
 
@@ -146,6 +147,9 @@ def _check_cross(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: data.synth_lookalike = 1: use 0 (no groups) or 2 to 4")
     if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
         raise ConfigError(f"{where}: optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.999]")
+    if (problem := name_problem(cfg.tracking.study)) is not None:
+        # It names the folder runs/<study>/: '../x' or '/abs' would write outside paths.runs.
+        raise ConfigError(f"{where}: tracking.study = {shown(cfg.tracking.study)} {problem}")
     if cfg.model.embed_dim % cfg.model.cross_heads:
         raise ConfigError(
             f"{where}: model.embed_dim = {cfg.model.embed_dim} must be divisible by "

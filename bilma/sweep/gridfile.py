@@ -12,7 +12,6 @@ fix. Nothing here writes a file or creates a folder.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +30,13 @@ from bilma.config import (
 )
 from bilma.config.yamlfile import did_you_mean, safe_load_unique, yaml_error
 from bilma.errors import GridError, shown  # noqa: F401  (GridError importable from here too)
+from bilma.fileio import NAME_RULE, name_problem
 
 GRIDS_DIR = resources.GRIDS
 
 DEFAULT_VARIANT = "default"
 # Keys the grid sets itself from `study:`, the variant label and `seeds:`.
 _STUDY_KEY, _VARIANT_KEY, _SEED_KEY = "tracking.study", "tracking.variant", "train.seed"
-_SIMPLE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 # ----------------------------------------------------------------------------- data
@@ -221,20 +220,13 @@ class _Parsing:
 def _parse_study(raw: Any, p: _Parsing) -> dict[str, Any]:
     if raw is None:  # one name: the study is the grid's, unless the grid says otherwise
         raw = p.path.stem
-        if not _SIMPLE_NAME.fullmatch(raw):
+        if name_problem(raw) is not None:
             raise GridError(
-                f"{p.gf}: the file name {raw!r} cannot name a study (runs/<study>/); add "
-                "`study: <name>` with letters, digits, '-', '_' or '.'"
+                f"{p.gf}: the file name {shown(raw)} cannot name a study (runs/<study>/); add "
+                f"`study: <name>` with {NAME_RULE}"
             )
-    if (
-        not isinstance(raw, str)
-        or not _SIMPLE_NAME.fullmatch(raw)
-        or not raw.strip(".")  # "." and ".." are not folder names
-    ):
-        raise GridError(
-            f"{p.gf}: study {raw!r} must be a simple name (letters, digits, '-', '_', '.'), "
-            "it names runs/<study>/"
-        )
+    if (problem := name_problem(raw)) is not None:
+        raise GridError(f"{p.gf}: study {shown(raw)} {problem} (runs/<study>/)")
     return {"study": raw}
 
 
