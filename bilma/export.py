@@ -142,6 +142,8 @@ def export_clip(
     from bilma.training import checkpoint as ckpt_io
 
     checkpoint, out = Path(checkpoint), Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} is a file; export-clip writes a folder: give --out a folder path")
     if out.exists() and any(out.iterdir()) and read_export_info(out) is None:
         raise DataError(
             f"{out} exists and is not an exported CLIP folder (no {EXPORT_MARKER}); it is left "
@@ -173,6 +175,14 @@ def export_clip(
         write_tokenizer(tok_dir, tmp, spec.context)
         atomic_write_json(tmp / EXPORT_MARKER, info)
         files_like_umask(tmp)
+        # An earlier export is replaced whole: refuse if the user added files to it.
+        added = sorted(_listing(out) - _listing(tmp)) if out.exists() else []
+        if added:
+            raise DataError(
+                f"{out} holds files an export does not write ({', '.join(added[:4])}"
+                f"{', ...' if len(added) > 4 else ''}); they would be deleted: move them out, "
+                "or choose another --out"
+            )
     log.info(
         "exported the encoders of %s to %s (grid %dx%d as a %dx%d table)",
         checkpoint,
@@ -182,6 +192,11 @@ def export_clip(
         info["square_side"],
     )
     return info
+
+
+def _listing(folder: Path) -> set[str]:
+    """Every file under `folder`, as paths relative to it."""
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir()}
 
 
 def read_export_info(folder: str | Path) -> dict[str, Any] | None:

@@ -248,3 +248,37 @@ def test_export_command_names_a_bad_checkpoint(tmp_path, capsys) -> None:
     code = main(["export-clip", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path)])
     assert code == 2
     assert capsys.readouterr().err.strip() == f"error: checkpoint not found: {tmp_path / 'none.pt'}"
+
+
+def test_export_into_an_earlier_export_keeps_what_the_user_added(synth_small, tmp_path) -> None:
+    ckpt, _, _ = _trained_like_checkpoint(synth_small, tmp_path, [128, 64])
+    out = tmp_path / "clip"
+    export_clip(ckpt, out)
+    first = sorted(p.name for p in out.iterdir())
+    export_clip(ckpt, out)  # a plain re-export replaces the folder whole
+    assert sorted(p.name for p in out.iterdir()) == first
+    (out / "NOTES.md").write_text("which checkpoint this was, and why")
+    (out / "eval").mkdir()
+    (out / "eval" / "zero_shot.json").write_text("{}")
+    with pytest.raises(DataError) as e:
+        export_clip(ckpt, out)
+    assert str(e.value) == (
+        f"{out} holds files an export does not write (NOTES.md, eval/zero_shot.json); they "
+        "would be deleted: move them out, or choose another --out"
+    )
+    assert (out / "NOTES.md").read_text() == "which checkpoint this was, and why"
+    assert sorted(p.name for p in out.iterdir()) == sorted([*first, "NOTES.md", "eval"])
+    assert not list(tmp_path.glob(".*.tmp"))  # the half-built folder is gone
+
+
+def test_export_out_naming_a_file_is_one_line(synth_small, tmp_path, capsys) -> None:
+    from bilma.__main__ import main
+
+    ckpt, _, _ = _trained_like_checkpoint(synth_small, tmp_path, [128, 64])
+    target = tmp_path / "clip.bin"
+    target.write_text("mine")
+    assert main(["export-clip", "--checkpoint", str(ckpt), "--out", str(target)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {target} is a file; export-clip writes a folder: give --out a folder path"
+    )
+    assert target.read_text() == "mine"
