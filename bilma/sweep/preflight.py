@@ -26,6 +26,7 @@ from bilma.config import Config
 from bilma.data import formats
 from bilma.data.formats import parse_map_path
 from bilma.data.records import DataError, Record
+from bilma.data.splits import counts_of, split_problems, synth_counts
 from bilma.data.synth_cache import synth_mismatch
 from bilma.data.tokenizer import tokenizer_folder
 from bilma.errors import PreflightError, PretrainedNotFound
@@ -67,6 +68,8 @@ def preflight(configs: Iterable[Config]) -> list[Problem]:
     for cfg in configs:
         d = cfg.data
         add(("data", d.dataset, d.root, *_synth_key(cfg)), lambda c=cfg: _check_data(c, read))
+        splits = (d.dataset, d.root, *_synth_key(cfg), cfg.train.batch_size, cfg.eval.select_split)
+        add(("splits", *splits), lambda c=cfg: _check_splits(c, read))
         if cfg.model.pretrained:
             add(("pretrained", cfg.model.pretrained), lambda c=cfg: _check_pretrained(c))
         tokenizer = (d.dataset, d.root, d.tokenizer, cfg.model.pretrained)
@@ -152,6 +155,23 @@ def _check_data(cfg: Config, read: Callable[[str, Path], list[Record]]) -> Probl
             f"{images} (e.g. {missing[0]}); complete the image folder ({DATASET_HELP})",
         )
     return None
+
+
+def _check_splits(cfg: Config, read: Callable[[str, Path], list[Record]]) -> Problem | None:
+    """Enough identities to train and rank, a batch no larger than the train split. Synthetic
+    counts follow from the config; a dataset that cannot be read is `_check_data`'s problem."""
+    if cfg.data.dataset == "synth":
+        counts = synth_counts(cfg)
+    else:
+        try:
+            counts = counts_of(read(cfg.data.dataset, Path(cfg.data.root)))
+        except (DataError, OSError):
+            return None
+    problems = split_problems(counts, cfg)
+    if not problems:
+        return None
+    p = problems[0]
+    return Problem(p.key, str(p.value), p.message)
 
 
 def _check_pretrained(cfg: Config) -> Problem | None:

@@ -34,6 +34,7 @@ import torch.distributed as dist
 
 from bilma.config import Config
 from bilma.data.datasets import TrainSet, ensure_synthetic, load_data, train_loader
+from bilma.data.splits import SplitCount, counts_of, split_problems, synth_counts
 from bilma.device import (
     Dist,
     amp_dtype,
@@ -43,7 +44,7 @@ from bilma.device import (
     max_over_processes,
     pick_device,
 )
-from bilma.errors import Interrupted  # noqa: F401  (importable from here too)
+from bilma.errors import DataError, Interrupted  # noqa: F401  (Interrupted importable from here too)
 from bilma.evaluation.lookalike import groups_of_config
 from bilma.evaluation.metrics import format_metrics
 from bilma.evaluation.retrieval import evaluate, split_chance_r1
@@ -100,6 +101,8 @@ def train(
     Raises `Interrupted` after saving when a stop signal arrives. `on_eval(record, trial)`
     runs on rank 0 after each committed evaluation; it may raise `StopTrial`.
     """
+    if cfg.data.dataset == "synth":  # known from the config: refuse before anything is made
+        _check_splits(synth_counts(cfg), cfg)
     trial = TrialDir.for_config(cfg)
     acquire_trial_lock(trial.path)  # one process per trial, whoever started it (bilma/lock.py)
     try:
@@ -108,6 +111,13 @@ def train(
         return _train(cfg, trial, parent_run_id, progress, on_eval)
     finally:
         release_trial_lock(trial.path)
+
+
+def _check_splits(counts: dict[str, SplitCount], cfg: Config, world: int = 1) -> None:
+    """Raise DataError (one line) if the splits cannot train or rank a model."""
+    problems = split_problems(counts, cfg, world)
+    if problems:
+        raise DataError(problems[0].line())
 
 
 def _train(
@@ -207,6 +217,7 @@ class Trainer:
         if d.world > 1:
             dist.barrier()
         self.data = data = load_data(cfg)
+        _check_splits(counts_of(data.records), cfg, d.world)
         self.train_set = TrainSet(data, cfg)
         self.model = build_model(
             cfg, data.tokenizer.vocab_size, data.tokenizer.eot_id, data.num_train_ids
@@ -263,13 +274,8 @@ class Trainer:
         self.loader, self.sampler = train_loader(
             self.train_set, cfg.train.batch_size, cfg.data.num_workers, d.rank, d.world
         )
-        steps_full = len(self.sampler) // cfg.train.batch_size
+        steps_full = len(self.sampler) // cfg.train.batch_size  # >= 1: `_check_splits`
         self.steps = min(steps_full, cfg.train.max_steps_per_epoch or steps_full)
-        if self.steps == 0:
-            raise ValueError(
-                f"train.batch_size = {cfg.train.batch_size} is larger than the "
-                f"{len(self.train_set)} training pairs per process; lower it"
-            )
         self.select_split = cfg.eval.select_split
         if not data.split(self.select_split)[0]:
             log.warning(

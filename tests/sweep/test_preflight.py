@@ -23,6 +23,8 @@ BASE = REPO / "configs" / "cuhk_pedes.yaml"
 
 
 def cfg(**overrides):
+    """The CUHK-PEDES preset at a batch the fixture's 7 training pairs can fill."""
+    overrides = {"train.batch_size": 4, **overrides}
     return load_config(BASE, [f"{k}={v}" for k, v in overrides.items()])
 
 
@@ -186,3 +188,17 @@ def test_a_real_dataset_without_any_tokenizer(tmp_path):
         "no merges.txt in that folder; point data.tokenizer at a CLIP model folder or a "
         "tokenizer made by `python -m bilma synth`",
     )
+
+
+def test_splits_that_cannot_train_or_rank_are_named(tmp_path):
+    root = make_cuhk(tmp_path)
+    clip = clip_folder(tmp_path)
+    common = {"data.root": root, "model.pretrained": clip, "mim.target": "pixel"}
+    (p,) = preflight([cfg(**common, **{"train.batch_size": 64, "train.seed": s}) for s in (0, 1)])
+    assert p.line() == (
+        f"train.batch_size=64 (2 trials): larger than the 7 training pairs of {root}; set "
+        "train.batch_size to at most 7"
+    )
+    synth = load_config(None, [*SYNTH_OVERRIDES, "data.synth_ids=9", "train.batch_size=4"])
+    (p,) = preflight([synth])
+    assert p.key == "data.synth_ids" and "the test split has 1 identity" in p.message
