@@ -170,7 +170,45 @@ def load_model_state(model: BiLMa, ckpt: dict[str, Any], path: Path) -> None:
             f"{path} was saved from another model ({'; '.join(diffs[:4])}); use the config it was "
             "trained with, or start a new run directory"
         )
-    model.load_state_dict(ckpt["model"], strict=True)
+    weights = ckpt["model"]
+    if diffs := weight_mismatch(weights, model.state_dict()):
+        # The signature matched but the weights do not: the file was edited, or another
+        # program wrote it. A raw load_state_dict error is a 40-line traceback.
+        raise CheckpointMismatch(
+            f"{path}: its weights do not fit the model its own signature describes "
+            f"({'; '.join(diffs[:4])}); the file was altered or written by another program: "
+            "use another checkpoint (ckpt/best.pt or ckpt/last.pt of the trial)"
+        )
+    model.load_state_dict(weights, strict=True)
+
+
+def weight_mismatch(weights: Any, expected: dict[str, torch.Tensor]) -> list[str]:
+    """How a checkpoint's state dict differs from the model's: missing, unexpected and
+    wrongly shaped tensors (a few names each)."""
+    if not isinstance(weights, dict):
+        return [f"the weights are a {type(weights).__name__}, not a state dict"]
+
+    def few(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    common = [k for k in expected if k in weights]
+    wrong_type = [k for k in common if not isinstance(weights[k], torch.Tensor)]
+    shapes = [
+        f"{k} {list(weights[k].shape)} instead of {list(expected[k].shape)}"
+        for k in common
+        if k not in wrong_type and weights[k].shape != expected[k].shape
+    ]
+    out = []
+    if missing:
+        out.append(f"missing {few(missing)}")
+    if unexpected:
+        out.append(f"unexpected {few(unexpected)}")
+    if wrong_type:
+        out.append(f"not tensors: {few(wrong_type)}")
+    out.extend(shapes[:3])
+    return out
 
 
 def load_for_eval(path: Path, device: torch.device) -> tuple[BiLMa, Config, dict[str, Any]]:

@@ -114,3 +114,27 @@ def test_a_gpu_checkpoint_loads_on_the_cpu(saved, tmp_path, monkeypatch):
         w = loaded["model"]
         assert all(t.device.type == "cpu" for t in w.values())
         assert all(torch.equal(w[k], ckpt["model"][k]) for k in ckpt["model"])
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda w: w.pop("encoders.mask_token"), "missing encoders.mask_token"),
+        (lambda w: w.update(extra=torch.zeros(1)), "unexpected extra"),
+        (
+            lambda w: w.update({"encoders.mask_token": torch.zeros(3)}),
+            "encoders.mask_token [3] instead of [128]",
+        ),
+        (lambda w: w.update({"encoders.mask_token": "x"}), "not tensors: encoders.mask_token"),
+    ],
+)
+def test_weights_that_do_not_fit_their_own_signature_are_one_line(saved, tmp_path, edit, expected):
+    ckpt = torch.load(saved, weights_only=True)
+    edit(ckpt["model"])
+    path = tmp_path / "edited.pt"
+    torch.save(ckpt, path)
+    with pytest.raises(checkpoint.CheckpointMismatch) as e:
+        checkpoint.load_for_eval(path, torch.device("cpu"))
+    message = str(e.value)
+    assert "\n" not in message and expected in message, message
+    assert message.startswith(f"{path}: its weights do not fit the model its own signature")
