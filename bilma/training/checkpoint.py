@@ -115,6 +115,18 @@ def settle_best(candidate: Path, best: Path, best_epoch: int | None) -> None:
         candidate.unlink()
 
 
+class UnreadableCheckpoint(DataError):
+    """A checkpoint file that cannot be read as one (torn, truncated, foreign); `reason` says
+    what it is in a few words."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):  # picklable across processes (Ray, submitit results)
+        return (type(self), (str(self), self.reason))
+
+
 def load(path: Path, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:
     """Read a checkpoint safely (`weights_only=True`), with a clear error for a bad file.
 
@@ -127,13 +139,26 @@ def load(path: Path, map_location: str | torch.device | None = "cpu") -> dict[st
     try:
         ckpt = torch.load(path, map_location=map_location or "cpu", weights_only=True)
     except Exception as e:  # a torn or foreign file: say what it is, not torch's advice
-        raise DataError(
-            f"cannot read checkpoint {path}: not a bilma checkpoint ({_what_went_wrong(path, e)}); give a "
-            "ckpt/last.pt or ckpt/best.pt of a trial directory"
+        reason = _what_went_wrong(path, e)
+        raise UnreadableCheckpoint(
+            f"cannot read checkpoint {path}: not a bilma checkpoint ({reason}); give a "
+            "ckpt/last.pt or ckpt/best.pt of a trial directory",
+            reason,
         ) from None
     if not isinstance(ckpt, dict) or "signature" not in ckpt or "model" not in ckpt:
-        raise DataError(f"{path} is not a bilma checkpoint (no model signature in it)")
+        raise UnreadableCheckpoint(
+            f"{path} is not a bilma checkpoint (no model signature in it)", "no model signature"
+        )
     return ckpt
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an unusable checkpoint to `<name>.damaged` beside it (kept for a look, never
+    deleted) so that the next run starts without it; returns the new path."""
+    aside = path.with_name(path.name + ".damaged")
+    os.replace(path, aside)
+    fsync_dir(path.parent)
+    return aside
 
 
 def _what_went_wrong(path: Path, e: Exception) -> str:

@@ -255,13 +255,30 @@ class Trainer:
         checkpoint.settle_best(trial.best_candidate, trial.best_ckpt, state.best.get("epoch"))
 
     def _resume(self, path: Path) -> None:
-        ckpt = checkpoint.load(path, self.device)
+        try:
+            ckpt = checkpoint.load(path, self.device)
+        except checkpoint.UnreadableCheckpoint as e:
+            raise self._damaged(path, e.reason) from None
         checkpoint.load_model_state(self.model, ckpt, path)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         checkpoint.set_rng_state(ckpt["rng"])
         self.state = State(**ckpt["state"])
+
+    def _damaged(self, path: Path, reason: str) -> DataError:
+        """The error for a last.pt that cannot be resumed from (a truncated copy, a disk
+        fault). It is set aside, so that running the command again restarts the trial instead
+        of hitting the same wall (`--retry-failed` included); best.pt and the records stay
+        until the new run replaces them."""
+        where = path
+        if self.d.main and path.exists():
+            where = checkpoint.set_aside(path)
+        return DataError(
+            f"{path} cannot be resumed from ({reason}); it is kept as {where.name}: run the same "
+            "command again to train this trial from epoch 1, or put an intact copy back at "
+            f"{path} to resume"
+        )
 
     def _setup_loop(self) -> None:
         """The (DDP-wrapped) network, the loader and its sampler, steps per epoch."""

@@ -260,6 +260,40 @@ def test_disk_full_is_one_line_and_the_relaunch_resumes(synth_small, tmp_path, s
     assert keys == [(1, "train"), (1, "val"), (2, "train"), (2, "val")]
 
 
+def test_a_truncated_last_pt_is_set_aside_and_the_next_run_restarts(synth_small, tmp_path):
+    from bilma.data.records import DataError
+    from bilma.training.trainer import train
+
+    cfg = load_config(None, tiny_overrides(synth_small, tmp_path / "runs"))
+
+    def crash(record, trial):
+        if record["epoch"] == 1:  # epoch 1 is committed to last.pt; then the node dies
+            raise RuntimeError("node lost")
+
+    with pytest.raises(RuntimeError, match="node lost"):
+        train(cfg, progress=False, on_eval=crash)
+    trial = TrialDir.for_config(cfg)
+    data = trial.last_ckpt.read_bytes()
+    trial.last_ckpt.write_bytes(data[: len(data) // 3])  # an interrupted rsync of the runs folder
+
+    with pytest.raises(DataError) as info:
+        train(cfg, progress=False)
+    assert str(info.value) == (
+        f"{trial.last_ckpt} cannot be resumed from (a truncated or damaged PyTorch file: copy "
+        "it again); it is kept as last.pt.damaged: run the same command again to train this "
+        f"trial from epoch 1, or put an intact copy back at {trial.last_ckpt} to resume"
+    )
+    assert trial.status()["state"] == "failed"
+    aside = trial.ckpt_dir / "last.pt.damaged"
+    assert aside.read_bytes() == data[: len(data) // 3]  # kept as it was, for a look
+
+    result = train(cfg, progress=False)  # the same command again: from epoch 1
+    assert result["epochs"] == 2 and trial.status()["state"] == "done"
+    keys = [(r["epoch"], r["split"]) for r in trial.read_metrics()]
+    assert keys == [(1, "train"), (1, "val"), (2, "train"), (2, "val")]
+    assert torch.load(trial.last_ckpt, weights_only=True)["state"]["epoch"] == 2
+
+
 def test_disk_full_at_start_is_one_line(synth_small, tmp_path, small_disk):
     fill(small_disk, leave=0)
     args = ["train", "--config", "/dev/null", *tiny_overrides(synth_small, small_disk / "runs")]
