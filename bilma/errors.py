@@ -11,6 +11,7 @@ line; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 import reprlib
 import signal
 import sys
@@ -54,6 +55,18 @@ class LabelMapError(DataError):
 
 class CheckpointMismatch(DataError):
     """A checkpoint whose model differs from the one the config builds."""
+
+
+class UnreadableCheckpoint(DataError):
+    """A checkpoint file that cannot be read as one (torn, truncated, foreign); `reason` says
+    what it is in a few words."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):  # picklable across processes (Ray, submitit results)
+        return (type(self), (str(self), self.reason))
 
 
 class PretrainedNotFound(DataError):
@@ -157,6 +170,18 @@ def first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
 
 
+def unwritable_line(e: OSError) -> str | None:
+    """One line for a write refused by the file system (read-only, no permission), naming the
+    path: an environment to fix, not a bug. None for any other OSError."""
+    if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or not e.filename:
+        return None
+    why = "read-only file system" if e.errno == errno.EROFS else "permission denied"
+    return (
+        f"cannot write {e.filename} ({why}); make its folder writable or choose another one "
+        "(paths.runs=<folder> for trials, --out for outputs)"
+    )
+
+
 def run_command(func: Callable[[], int], message: Callable[[BilmaError], str] | None = None) -> int:
     """`func()`'s exit code; a `BilmaError` is printed as one line and exits with its code."""
     try:
@@ -164,6 +189,11 @@ def run_command(func: Callable[[], int], message: Callable[[BilmaError], str] | 
     except BilmaError as e:
         print(f"{e.label}: {(message or str)(e)}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        if (line := unwritable_line(e)) is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

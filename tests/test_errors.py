@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import pkgutil
 import subprocess
 import sys
@@ -89,3 +90,23 @@ def test_pickled_interrupted_keeps_its_fields():
 
     e = pickle.loads(pickle.dumps(errors.Interrupted(12, 0, 5, "p")))
     assert (e.signum, e.epoch, e.step, e.exit_code) == (12, 0, 5, 140)
+
+
+def test_a_write_the_file_system_refuses_is_one_line(capsys):
+    import errno as e
+
+    def refused(code: int):
+        def write():
+            raise OSError(code, os.strerror(code), "/nfs/runs/study/abc")
+
+        return write
+
+    assert run_command(refused(e.EROFS)) == 1
+    assert capsys.readouterr().err == (
+        "error: cannot write /nfs/runs/study/abc (read-only file system); make its folder "
+        "writable or choose another one (paths.runs=<folder> for trials, --out for outputs)\n"
+    )
+    assert run_command(refused(e.EACCES)) == 1
+    assert "(permission denied)" in capsys.readouterr().err
+    with pytest.raises(OSError):  # any other OSError is not the environment's: a traceback
+        run_command(refused(e.EIO))

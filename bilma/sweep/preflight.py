@@ -18,6 +18,7 @@ Each problem is one line naming the key, the value, how many trials it stops and
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,9 @@ def preflight(configs: Iterable[Config]) -> list[Problem]:
 
     for cfg in configs:
         d = cfg.data
+        add(("runs", cfg.paths.runs), lambda c=cfg: unwritable("paths.runs", c.paths.runs))
+        if d.dataset == "synth" and synth_mismatch(d) is None:  # generated on first use
+            add(("synth-root", d.root), lambda c=cfg: unwritable("data.root", c.data.root))
         add(("data", d.dataset, d.root, *_synth_key(cfg)), lambda c=cfg: _check_data(c, read))
         splits = (d.dataset, d.root, *_synth_key(cfg), cfg.train.batch_size, cfg.eval.select_split)
         add(("splits", *splits), lambda c=cfg: _check_splits(c, read))
@@ -172,6 +176,26 @@ def _check_splits(cfg: Config, read: Callable[[str, Path], list[Record]]) -> Pro
         return None
     p = problems[0]
     return Problem(p.key, str(p.value), p.message)
+
+
+def unwritable(key: str, folder: str | Path) -> Problem | None:
+    """A folder the trials must write into (or create) that they cannot: read-only file
+    system, no permission, or a file in its place."""
+    path = Path(folder).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return Problem(key, str(folder), f"{existing} is a file, not a folder; point {key} "
+                       f"at a folder (--set {key}=<folder>)")  # fmt: skip
+    if os.access(existing, os.W_OK | os.X_OK):
+        return None
+    read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    why = "a read-only file system" if read_only else "no permission to write there"
+    return Problem(
+        key,
+        str(folder),
+        f"{existing} is not writable ({why}); point {key} at a writable folder "
+        f"(--set {key}=<folder>)",
+    )
 
 
 def _check_pretrained(cfg: Config) -> Problem | None:

@@ -21,7 +21,7 @@ import torch
 
 from bilma.config import Config, from_dict, to_dict
 from bilma.data.records import DataError
-from bilma.errors import CheckpointMismatch  # noqa: F401  (importable from here too)
+from bilma.errors import CheckpointMismatch, UnreadableCheckpoint  # noqa: F401  (importable from here too)
 from bilma.fileio import DiskFull, atomic_torch_save, disk_full_message, fsync_dir
 from bilma.model.bilma import BiLMa, build_from_signature, model_signature, signature_mismatch
 
@@ -113,18 +113,6 @@ def settle_best(candidate: Path, best: Path, best_epoch: int | None) -> None:
         promote_best(candidate, best)
     else:
         candidate.unlink()
-
-
-class UnreadableCheckpoint(DataError):
-    """A checkpoint file that cannot be read as one (torn, truncated, foreign); `reason` says
-    what it is in a few words."""
-
-    def __init__(self, message: str, reason: str):
-        super().__init__(message)
-        self.reason = reason
-
-    def __reduce__(self):  # picklable across processes (Ray, submitit results)
-        return (type(self), (str(self), self.reason))
 
 
 def load(path: Path, map_location: str | torch.device | None = "cpu") -> dict[str, Any]:

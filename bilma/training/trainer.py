@@ -104,6 +104,8 @@ def train(
     if cfg.data.dataset == "synth":  # known from the config: refuse before anything is made
         _check_splits(synth_counts(cfg), cfg)
     trial = TrialDir.for_config(cfg)
+    if (done := trial.read_result()) is not None:  # final: no lock, no write (a read-only
+        return _report_done(trial, done)  # folder, a colleague's runs) to say so
     acquire_trial_lock(trial.path)  # one process per trial, whoever started it (bilma/lock.py)
     try:
         if moved := data_root_warning(trial.config_path, cfg):  # data.root: not in the trial id
@@ -111,6 +113,11 @@ def train(
         return _train(cfg, trial, parent_run_id, progress, on_eval)
     finally:
         release_trial_lock(trial.path)
+
+
+def _report_done(trial: TrialDir, done: dict[str, Any]) -> dict[str, Any]:
+    log.info("trial %s is already done: %s", trial.path, format_metrics(done["metrics"]))
+    return done
 
 
 def _check_splits(counts: dict[str, SplitCount], cfg: Config, world: int = 1) -> None:
@@ -128,9 +135,8 @@ def _train(
     on_eval: EvalCallback | None,
 ) -> dict[str, Any]:
     done = trial.read_result()
-    if done is not None:
-        log.info("trial %s is already done: %s", trial.path, format_metrics(done["metrics"]))
-        return done
+    if done is not None:  # finished by another process while this one waited for the lock
+        return _report_done(trial, done)
     status = trial.status()
     if trial.state() is TrialState.STOPPED:
         log.info(

@@ -202,3 +202,20 @@ def test_splits_that_cannot_train_or_rank_are_named(tmp_path):
     synth = load_config(None, [*SYNTH_OVERRIDES, "data.synth_ids=9", "train.batch_size=4"])
     (p,) = preflight([synth])
     assert p.key == "data.synth_ids" and "the test split has 1 identity" in p.message
+
+
+def test_a_runs_folder_that_cannot_be_written(tmp_path, read_only):
+    root = make_cuhk(tmp_path)
+    common = {"data.root": root, "model.pretrained": clip_folder(tmp_path), "mim.target": "pixel"}
+    _, view = read_only
+    (p,) = preflight([cfg(**common, **{"paths.runs": view / "runs"})])
+    assert p.line() == (
+        f"paths.runs={view / 'runs'} (1 trial): {view} is not writable (a read-only file "
+        "system); point paths.runs at a writable folder (--set paths.runs=<folder>)"
+    )
+    (tmp_path / "afile").write_text("")
+    (p,) = preflight([cfg(**common, **{"paths.runs": tmp_path / "afile" / "runs"})])
+    assert p.message.startswith(f"{tmp_path / 'afile'} is a file, not a folder")
+    # A synthetic dataset not generated yet is made under data.root: the same check.
+    synth = load_config(None, [*SYNTH_OVERRIDES, f"data.root={view / 'synth'}"])
+    assert [p.key for p in preflight([synth])] == ["data.root"]

@@ -294,6 +294,27 @@ def test_a_truncated_last_pt_is_set_aside_and_the_next_run_restarts(synth_small,
     assert torch.load(trial.last_ckpt, weights_only=True)["state"]["epoch"] == 2
 
 
+def test_a_read_only_runs_folder(synth_small, read_only):
+    """A colleague's runs, an NFS snapshot: a done trial is reported without writing a byte;
+    a trial to train is one line naming the folder (it was an OSError traceback)."""
+    from bilma.training.trainer import train
+
+    src, view = read_only
+    done = train(load_config(None, tiny_overrides(synth_small, src / "runs", "train.epochs=1")))
+    cfg = load_config(None, tiny_overrides(synth_small, view / "runs", "train.epochs=1"))
+    assert train(cfg, progress=False) == done  # no lock file, no status write
+    new = tiny_overrides(synth_small, view / "runs", "train.epochs=1", "train.seed=5")
+    proc = cli(["train", "--config", "/dev/null", *new], view.parent)
+    out, _ = proc.communicate(timeout=300)
+    trial = TrialDir.for_config(load_config(None, new))
+    assert proc.returncode == 1, out
+    assert out.strip().splitlines()[-1] == (
+        f"error: cannot write {trial.path} (read-only file system); make its folder writable "
+        "or choose another one (paths.runs=<folder> for trials, --out for outputs)"
+    )
+    assert "Traceback" not in out
+
+
 def test_disk_full_at_start_is_one_line(synth_small, tmp_path, small_disk):
     fill(small_disk, leave=0)
     args = ["train", "--config", "/dev/null", *tiny_overrides(synth_small, small_disk / "runs")]
