@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from bilma.config import Config, canonical, from_dict, to_dict, trial_id
+from bilma.config import Config, canonical, differences, from_dict, to_dict, trial_id
 from bilma.data.records import DataError
 from bilma.fileio import atomic_dir, atomic_write_json, atomic_write_text, files_like_umask
 
@@ -209,12 +209,8 @@ def read_export_info(folder: str | Path) -> dict[str, Any] | None:
 
 
 def changed_keys(saved: dict[str, Any], cfg: Config) -> list[str]:
-    """Keys whose value in `cfg` differs from the saved canonical config; a key one side lacks
-    counts at its default, so a key added to the project later does not make a folder stale."""
-    now = json.loads(canonical(cfg))
-    default = json.loads(canonical(Config()))
-    keys = set(saved) | set(now)
-    return sorted(k for k in keys if saved.get(k, default.get(k)) != now.get(k, default.get(k)))
+    """Keys whose value in `cfg` differs from the saved canonical config (`differences`)."""
+    return [key for key, _, _ in differences(saved, cfg)]
 
 
 def check_built(out: Path, cfg: Config) -> bool:

@@ -4,7 +4,7 @@
 The names below are the layer's public face: `from bilma.config import Config, load_config`.
 """
 
-from bilma.config.identity import canonical, trial_id
+from bilma.config.identity import canonical, differences, trial_id
 from bilma.config.load import (
     ConfigError,
     apply_values,
@@ -54,6 +54,7 @@ __all__ = [
     "apply_values",
     "canonical",
     "describe_keys",
+    "differences",
     "dump_yaml",
     "flatten",
     "from_dict",

@@ -17,19 +17,39 @@ from typing import Any
 from bilma.config.schema import _HASH, LEAF_FIELDS, Config
 
 
+def _as_hashed(key: str, value: Any) -> Any:
+    """A value as the identity sees it: a location by its basename (`hash="basename"`)."""
+    if LEAF_FIELDS[key][0].metadata.get(_HASH, True) == "basename" and isinstance(value, str):
+        return os.path.basename(os.path.normpath(value))
+    return value
+
+
+HASHED_KEYS = tuple(k for k, (f, _) in LEAF_FIELDS.items() if f.metadata.get(_HASH, True))
+
+
 def canonical(cfg: Config) -> str:
     """Canonical JSON of the parts that define the experiment (see the module docstring)."""
     out: dict[str, Any] = {}
-    for key, (f, _tp) in LEAF_FIELDS.items():
-        mode = f.metadata.get(_HASH, True)
-        if mode is False:
-            continue
+    for key in HASHED_KEYS:
         sec, name = key.split(".", 1)
-        value = getattr(getattr(cfg, sec), name)
-        if mode == "basename" and isinstance(value, str):
-            value = os.path.basename(os.path.normpath(value))
-        out[key] = value
+        out[key] = _as_hashed(key, getattr(getattr(cfg, sec), name))
     return json.dumps(out, sort_keys=True, separators=(",", ":"))
+
+
+def differences(saved: dict[str, Any], cfg: Config) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, cfg's value) for each key of the experiment on which they differ.
+
+    `saved`: flat dotted keys (a trial's config.yaml flattened, or a saved canonical form). A
+    key it lacks counts at its default, so a key added to the project later differs from
+    nothing; keys this code no longer knows are ignored."""
+    now = json.loads(canonical(cfg))
+    default = json.loads(canonical(Config()))
+    out = []
+    for key in HASHED_KEYS:
+        then = json.loads(json.dumps(_as_hashed(key, saved.get(key, default[key]))))
+        if then != now[key]:
+            out.append((key, then, now[key]))
+    return out
 
 
 def trial_id(cfg: Config, length: int = 10) -> str:

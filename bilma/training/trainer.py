@@ -101,15 +101,15 @@ def train(
     Raises `Interrupted` after saving when a stop signal arrives. `on_eval(record, trial)`
     runs on rank 0 after each committed evaluation; it may raise `StopTrial`.
     """
-    if cfg.data.dataset == "synth":  # known from the config: refuse before anything is made
-        _check_splits(synth_counts(cfg), cfg)
     trial = TrialDir.for_config(cfg)
+    if moved := data_root_warning(trial.config_path, cfg):  # data.root: not in the trial id
+        log.warning(moved)
     if (done := trial.read_result()) is not None:  # final: no lock, no write (a read-only
         return _report_done(trial, done)  # folder, a colleague's runs) to say so
+    if cfg.data.dataset == "synth":  # known from the config: refuse before anything is made
+        _check_splits(synth_counts(cfg), cfg)
     acquire_trial_lock(trial.path)  # one process per trial, whoever started it (bilma/lock.py)
     try:
-        if moved := data_root_warning(trial.config_path, cfg):  # data.root: not in the trial id
-            log.warning(moved)
         return _train(cfg, trial, parent_run_id, progress, on_eval)
     finally:
         release_trial_lock(trial.path)
