@@ -101,6 +101,11 @@ class TrialConflictError(RunRecordError):
     """A trial directory holds a different experiment than the config being run."""
 
 
+class ChangedTrials(RunRecordError):
+    """Finished trials of the study were trained with other values than the plan (a changed
+    default, an edited grid): the launch asks whether to rerun them or keep them."""
+
+
 class TrialBusy(RunRecordError):
     """Another live process holds the trial's lock: it is training that trial now."""
 

@@ -52,6 +52,21 @@ def build_parser(prog: str = "python sweeps/launch.py") -> argparse.ArgumentPars
     p.add_argument("--dry-run", action="store_true", help="show what would run; write nothing")
     p.add_argument("--status", action="store_true", help="table of the study's trials")
     p.add_argument("--retry-failed", action="store_true", help="run failed trials again")
+    changed = p.add_mutually_exclusive_group()
+    changed.add_argument(
+        "--rerun-changed",
+        dest="changed",
+        action="store_const",
+        const="rerun",
+        help="train trials whose finished twin (same variant and seed) had other values",
+    )
+    changed.add_argument(
+        "--keep-changed",
+        dest="changed",
+        action="store_const",
+        const="keep",
+        help="keep finished trials trained with other values instead of training the plan's",
+    )
     p.add_argument(
         "--no-preflight",
         action="store_true",
@@ -92,7 +107,16 @@ def main(argv: list[str] | None = None, prog: str = "python sweeps/launch.py") -
 def _run(args: argparse.Namespace) -> int:
     from bilma.sweep import report
     from bilma.sweep.expand import expand_report, load_grid
-    from bilma.sweep.plan import Action, check_trial_configs, data_root_warnings, plan, summary
+    from bilma.sweep.plan import (
+        Action,
+        changed_lines,
+        changed_trials,
+        check_trial_configs,
+        data_root_warnings,
+        plan,
+        resolve_changed,
+        summary,
+    )
     from bilma.sweep.preflight import raise_problems
     from bilma.sweep.preflight import report as preflight_report
     from bilma.sweep.prepare import finish_parent, prepare
@@ -110,6 +134,14 @@ def _run(args: argparse.Namespace) -> int:
     ran_by = [make(args) for name, make in BACKENDS.items() if name in recorded]
     for b in ran_by:
         b.reconcile(planned)
+    changed = changed_trials(planned)
+    if changed and (args.status or args.dry_run) and args.changed is None:
+        print(f"note: {len(changed)} finished trial(s) were trained with other values than "
+              "this plan (--rerun-changed or --keep-changed):", file=sys.stderr)  # fmt: skip
+        for line in changed_lines(changed):
+            print(f"  {line}", file=sys.stderr)
+    elif changed:
+        resolve_changed(changed, args.changed)
     if args.status:
         views = {b.name: b.status(planned) for b in ran_by}
         views = {name: view for name, view in views.items() if view}

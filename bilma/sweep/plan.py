@@ -22,8 +22,13 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from bilma.config import canonical
+import yaml
+
+from bilma.config import canonical, differences, flatten
+from bilma.config.yamlfile import safe_load_unique
+from bilma.errors import ChangedTrials
 from bilma.fileio import pid_alive  # noqa: F401  (the local backend's too)
+from bilma.runs.launch import read_launch
 from bilma.runs.lock import claim, holder, is_locked, lock_path
 from bilma.runs.reading import UNREADABLE, read_result, read_status
 from bilma.runs.reuse import moved_data_root
@@ -182,6 +187,92 @@ def data_root_warnings(planned: list[Planned]) -> list[str]:
         "id, so use another paths.runs or study to train on the new root"
         for (old, new), ps in moved.items()
     ]
+
+
+@dataclass
+class Changed:
+    """A trial of the plan not started yet, and a finished trial of the same study, variant
+    and seed that was trained with other values (`keys`: (key, then, now))."""
+
+    planned: Planned
+    old: TrialDir
+    keys: list[tuple[str, Any, Any]]
+
+
+def changed_trials(planned: list[Planned]) -> list[Changed]:
+    """The plan's new trials that a finished trial already answers with other values.
+
+    Trial ids hash every key, so a default changed in the code (or a value edited in the grid)
+    gives every trial a new folder: relaunching would rerun the study, and the tables would
+    then hold two results per (variant, seed). The launch names the differences instead and
+    lets the user choose (`resolve_changed`)."""
+    new = [p for p in planned if p.action is Action.SUBMIT]
+    if not new:
+        return []
+    planned_paths = {p.dir.path for p in planned}
+    finished: dict[tuple[Any, str, Any], list[TrialDir]] = {}
+    for study in sorted({p.dir.path.parent for p in new}):
+        if not study.is_dir():
+            continue
+        for path in sorted(study.iterdir()):
+            d = TrialDir(path)
+            if path in planned_paths or not d.result_path.is_file():
+                continue
+            launch = read_launch(path)
+            finished.setdefault((study, launch.variant, launch.seed), []).append(d)
+    out = []
+    for p in new:
+        for old in finished.get((p.dir.path.parent, p.trial.variant, p.trial.seed), []):
+            try:
+                tree = safe_load_unique(old.config_path.read_text())
+            except (OSError, ValueError, yaml.YAMLError):
+                continue  # a config.yaml this code cannot read: nothing to compare
+            if not isinstance(tree, dict):
+                continue
+            if keys := differences(flatten(tree), p.trial.config):
+                out.append(Changed(p, old, keys))
+    return out
+
+
+def changed_lines(changed: list[Changed], most: int = 6) -> list[str]:
+    """One line per set of differences: how many trials, which, and each key then and now."""
+    groups: dict[str, list[Changed]] = {}
+    for c in changed:
+        what = "; ".join(f"{k} was {then!r}, now {now!r}" for k, then, now in c.keys[:most])
+        if len(c.keys) > most:
+            what += f"; and {len(c.keys) - most} more keys"
+        groups.setdefault(what, []).append(c)
+    lines = []
+    for what, cs in groups.items():
+        names = ", ".join(f"{c.planned.name} ({c.old.path.name})" for c in cs[:3])
+        more = f" and {len(cs) - 3} more" if len(cs) > 3 else ""
+        n = f"{len(cs)} finished trial{'s' if len(cs) != 1 else ''}"
+        lines.append(f"{n}: {names}{more}: {what}")
+    return lines
+
+
+def resolve_changed(changed: list[Changed], choice: str | None) -> None:
+    """Apply the user's choice for `changed`: 'keep' skips the plan's trials (the finished
+    ones stand in the tables), 'rerun' trains them (both stay, the tables name the keys that
+    differ); no choice raises ChangedTrials listing them."""
+    if not changed:
+        return
+    if choice == "keep":
+        for c in changed:
+            c.planned.action = Action.SKIP_DONE
+            c.planned.note = f"kept {c.old.path} (--keep-changed)"
+        return
+    if choice == "rerun":
+        return
+    study = changed[0].planned.dir.path.parent
+    raise ChangedTrials(
+        f"{len(changed)} finished trial(s) in {study} were trained with other values than "
+        "this plan (a default changed in the code, or a value edited in the grid):\n  "
+        + "\n  ".join(changed_lines(changed))
+        + "\nrun again with --rerun-changed to train the plan (the finished trials stay; "
+        "tables show both, naming the keys that differ) or --keep-changed to keep the "
+        "finished results and train only the other trials"
+    )
 
 
 def check_trial_configs(planned: list[Planned]) -> None:

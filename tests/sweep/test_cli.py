@@ -377,3 +377,42 @@ def test_a_hand_edited_trial_config_is_refused_before_anything_is_made(synth_sma
         f"by hand?); restore it or remove {d.path}"
     )
     assert not other.path.exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_changed_default_names_the_finished_trials_and_asks(synth_small, tmp_path):
+    """Ids hash every key: a default changed in the code (here: a value of the grid's base
+    settings) gives every trial a new folder. The relaunch names the finished trials, the keys
+    and both values, and trains nothing until told to rerun them or keep them."""
+    grid = write_grid(tmp_path, synth_small, seeds=[1], variants={"only": {}})
+    first = launch("--grid", str(grid), "--backend", "debug", cwd=tmp_path)
+    out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out
+    (old,) = [p.parent.name for p in results(tmp_path)]
+    grid.write_text(grid.read_text().replace("optim.lr: 0.001", "optim.lr: 0.002"))
+
+    def again(*extra: str) -> tuple[int, str]:
+        proc = launch("--grid", str(grid), "--backend", "debug", *extra, cwd=tmp_path)
+        out, _ = proc.communicate(timeout=600)
+        return proc.returncode, out
+
+    code, out = again()
+    assert code == 2, out
+    lines = out.strip().splitlines()
+    assert lines[-3:] == [
+        f"error: 1 finished trial(s) in {tmp_path / 'runs' / 'launch-test'} were trained with "
+        "other values than this plan (a default changed in the code, or a value edited in the "
+        "grid):",
+        f"  1 finished trial: only seed=1 ({old}): optim.lr was 0.001, now 0.002",
+        "run again with --rerun-changed to train the plan (the finished trials stay; tables "
+        "show both, naming the keys that differ) or --keep-changed to keep the finished "
+        "results and train only the other trials",
+    ]
+    code, out = again("--dry-run")
+    assert code == 0 and "optim.lr was 0.001, now 0.002" in out and "1 to start" in out
+    code, out = again("--keep-changed")
+    assert code == 0 and "nothing to submit: every trial is done" in out, out
+    assert [p.parent.name for p in results(tmp_path)] == [old]
+    assert len(list((tmp_path / "runs" / "launch-test").glob("*/config.yaml"))) == 1
+    code, out = again("--rerun-changed")
+    assert code == 0, out
+    assert len(results(tmp_path)) == 2  # the finished trial is kept beside the new one
