@@ -175,16 +175,24 @@ def first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
 
 
-def unwritable_line(e: OSError) -> str | None:
-    """One line for a write refused by the file system (read-only, no permission), naming the
-    path: an environment to fix, not a bug. None for any other OSError."""
-    if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or not e.filename:
+def path_error_line(e: OSError) -> str | None:
+    """One line for a path the file system refuses (read-only, no permission, a file where a
+    folder must be or the reverse), naming it and the fix: the environment or the command
+    line to fix, not a bug. None for any other OSError (it keeps its traceback)."""
+    where = e.filename
+    if not where:
         return None
-    why = "read-only file system" if e.errno == errno.EROFS else "permission denied"
-    return (
-        f"cannot write {e.filename} ({why}); make its folder writable or choose another one "
-        "(paths.runs=<folder> for trials, --out for outputs)"
-    )
+    fix = "choose another path (paths.runs=<folder> for trials, --out for outputs)"
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        why = "read-only file system" if e.errno == errno.EROFS else "permission denied"
+        return f"cannot write {where} ({why}); make its folder writable or {fix}"
+    if e.errno == errno.EEXIST:  # mkdir(exist_ok=True) meeting a file
+        return f"{where} is a file where a folder is needed; {fix}"
+    if e.errno == errno.ENOTDIR:
+        return f"a part of {where} is a file, not a folder; {fix}"
+    if e.errno == errno.EISDIR:
+        return f"{where} is a folder where a file is needed; give the file's path"
+    return None
 
 
 def run_command(func: Callable[[], int], message: Callable[[BilmaError], str] | None = None) -> int:
@@ -195,7 +203,7 @@ def run_command(func: Callable[[], int], message: Callable[[BilmaError], str] | 
         print(f"{e.label}: {(message or str)(e)}", file=sys.stderr)
         return e.exit_code
     except OSError as e:
-        if (line := unwritable_line(e)) is None:
+        if (line := path_error_line(e)) is None:
             raise
         print(f"error: {line}", file=sys.stderr)
         return 1

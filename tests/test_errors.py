@@ -104,9 +104,13 @@ def test_a_write_the_file_system_refuses_is_one_line(capsys):
     assert run_command(refused(e.EROFS)) == 1
     assert capsys.readouterr().err == (
         "error: cannot write /nfs/runs/study/abc (read-only file system); make its folder "
-        "writable or choose another one (paths.runs=<folder> for trials, --out for outputs)\n"
+        "writable or choose another path (paths.runs=<folder> for trials, --out for outputs)\n"
     )
     assert run_command(refused(e.EACCES)) == 1
     assert "(permission denied)" in capsys.readouterr().err
+    assert run_command(refused(e.EEXIST)) == 1
+    assert "abc is a file where a folder is needed; choose another path" in capsys.readouterr().err
+    assert run_command(refused(e.EISDIR)) == 1
+    assert "abc is a folder where a file is needed" in capsys.readouterr().err
     with pytest.raises(OSError):  # any other OSError is not the environment's: a traceback
         run_command(refused(e.EIO))

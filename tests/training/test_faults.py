@@ -310,7 +310,7 @@ def test_a_read_only_runs_folder(synth_small, read_only):
     assert proc.returncode == 1, out
     assert out.strip().splitlines()[-1] == (
         f"error: cannot write {trial.path} (read-only file system); make its folder writable "
-        "or choose another one (paths.runs=<folder> for trials, --out for outputs)"
+        "or choose another path (paths.runs=<folder> for trials, --out for outputs)"
     )
     assert "Traceback" not in out
 
