@@ -255,6 +255,9 @@ def _parse_set(raw: Any, p: _Parsing) -> dict[str, Any]:
     return {"set": set_, "extra_set": extras}
 
 
+MAX_VARIANT = 80
+
+
 def _parse_variants(raw: Any, p: _Parsing) -> dict[str, Any]:
     if raw is None:
         return {"variants": {DEFAULT_VARIANT: {}}}
@@ -266,7 +269,15 @@ def _parse_variants(raw: Any, p: _Parsing) -> dict[str, Any]:
     variants: dict[str, dict[str, Any]] = {}
     for name, body in raw.items():
         if not isinstance(name, str) or not name.strip():
-            raise GridError(f"{p.gf}: variant name {name!r} must be a non-empty string; quote it")
+            raise GridError(
+                f"{p.gf}: variant name {shown(name)} must be a non-empty string; quote it"
+            )
+        # A row label: of the tables, the status lines and the MLflow run names (one line each).
+        if not name.isprintable() or len(name) > MAX_VARIANT:
+            raise GridError(
+                f"{p.gf}: variant name {shown(name)} must be one line of at most {MAX_VARIANT} "
+                "printable characters (it labels a table row and an MLflow run)"
+            )
         where = f'{p.gf}: variant "{name}"'
         variants[name] = _flat(body, where, "a mapping of overrides")
         _check_keys(variants[name], where, p.owned())

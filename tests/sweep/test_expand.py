@@ -495,3 +495,10 @@ def test_the_study_is_the_grid_files_name_unless_it_says_otherwise(tmp_path):
 
     for name in ("ablation", "smoke", "main", "synth_ablation", "synth_knobs"):
         assert load_grid(resolve_grid_path(name)).study == name
+
+
+@pytest.mark.parametrize("name", ["a\\nb", "tab\\there", "x" * 81])
+def test_a_variant_name_is_one_printable_line(tmp_path, name):
+    path = write(tmp_path, f'study: s\nbase: base.yaml\nvariants:\n  "{name}": {{}}\n')
+    with pytest.raises(GridError, match="must be one line of at most 80 printable characters"):
+        load_grid(path)
