@@ -25,13 +25,15 @@ from typing import Any
 
 import yaml
 
+from bilma.config import flatten
 from bilma.errors import AnalysisError, first_line  # noqa: F401  (AnalysisError: importable from here too)
 from bilma.runs import schema
 from bilma.runs.schema import GROUP_METRICS, RESULT_METRICS, STATE_OF_MLFLOW, TrialState
 from bilma.runs.trial_dir import TrialDir, find_trials
 
 # The run schema, from the library (see the module docstring).
-from bilma.tracking.read import RunRow, read_runs
+from bilma.tracking.mirror import param_value
+from bilma.tracking.read import RunRow, read_params, read_runs
 from bilma.tracking.store import DEFAULT_URI, resolve_uri  # noqa: F401  (the tables name the store)
 
 # Every test metric a table can show: the five of every trial, then the look-alike ones.
@@ -87,6 +89,9 @@ class TrialRecord:
     started: float = 0.0  # unix time; orders runs when variant_index is unknown
     run_id: str | None = None
     path: Path | None = None
+    # The flattened config as MLflow params write it ({"optim.lr": "0.0001"}): from config.yaml,
+    # or (MLflow) only for the runs that share a row and a seed with another configuration.
+    config: dict[str, str] = field(default_factory=dict)
 
     @property
     def curve_key(self) -> str:
@@ -100,6 +105,21 @@ class TrialRecord:
     def point(self, drop: tuple[str, ...] = DATASET_AXES) -> tuple[tuple[str, Any], ...]:
         """The grid point as a hashable key, without the dataset axes."""
         return tuple((k, hashable(v)) for k, v in self.grid_point.items() if k not in drop)
+
+    def claim(self) -> tuple[str, tuple, str, int]:
+        """What a finished trial claims in a table: (variant, grid point, dataset, seed)."""
+        return (self.variant_base, self.point(), self.dataset, self.seed)
+
+
+def claimants(records: list[TrialRecord]) -> list[list[TrialRecord]]:
+    """Groups of finished trials (distinct trial ids) claiming one (variant, grid point,
+    dataset, seed): two configurations under one name, e.g. two grids with one `study:` or a
+    grid edited between launches. Each group has two trials or more."""
+    by_claim: dict[tuple, dict[str, TrialRecord]] = {}
+    for r in records:
+        if r.finished:
+            by_claim.setdefault(r.claim(), {}).setdefault(r.trial_id, r)
+    return [list(g.values()) for g in by_claim.values() if len(g) > 1]
 
 
 def hashable(value: Any) -> Any:
@@ -241,9 +261,21 @@ def load_mlflow(
             if curves and rec.finished:
                 _set_curve(rec, row.curves.get(rec.curve_key, []))
             records.append(rec)
+        _add_configs(uri, records)
         if records or studies:
             out[name] = _order(records)
     return out
+
+
+def _add_configs(uri: str | None, records: list[TrialRecord]) -> None:
+    """The params (flattened config) of the runs of a variant two configurations of which
+    claim one seed: the tables name the keys in which they differ, on every row."""
+    rows = {g[0].claim()[:2] for g in claimants(records)}
+    clashing = [r for r in records if r.finished and r.claim()[:2] in rows and r.run_id]
+    if clashing:
+        params = read_params(uri, [r.run_id for r in clashing])
+        for r in clashing:
+            r.config = params.get(r.run_id, {})
 
 
 # ----------------------------------------------------------------------------- directories
@@ -289,6 +321,7 @@ def _from_dir(path: Path) -> TrialRecord | None:
         chance_r1=_number(src.get(CHANCE_R1)),
         started=float(status.get("started") or status.get("updated") or 0.0),
         path=path,
+        config={k: param_value(v) for k, v in flatten(cfg).items()},
     )
     if rec.finished:
         split = rec.selection_split or "val"

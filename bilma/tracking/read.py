@@ -64,6 +64,33 @@ def read_runs(
     return _read_client(uri, studies, params, curve_key)
 
 
+def read_params(uri: str | None, run_ids: list[str]) -> dict[str, dict[str, str]]:
+    """{run id: every param} of a few runs (the tables read all params only of those)."""
+    uri = resolve_uri(uri or DEFAULT_URI)
+    db = _sqlite_file(uri)
+    out: dict[str, dict[str, str]] = {rid: {} for rid in run_ids}
+    if db is not None:
+        try:
+            con = sqlite3.connect(f"file:{quote(str(db))}?mode=ro", uri=True)
+            try:
+                marks = ",".join("?" * len(run_ids))
+                for rid, key, value in con.execute(
+                    f"SELECT run_uuid, key, value FROM params WHERE run_uuid IN ({marks})", run_ids
+                ):
+                    out[rid][key] = value
+            finally:
+                con.close()
+            return out
+        except sqlite3.DatabaseError as e:
+            log.debug("reading %s directly failed (%s); using MLflow's client", db, e)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    for rid in run_ids:
+        out[rid] = dict(client.get_run(rid).data.params)
+    return out
+
+
 def _check_store(uri: str) -> None:
     """Fail in one line on a store that is not there (MLflow would create an empty SQLite
     file) or a server that does not answer (MLflow would retry for minutes)."""

@@ -3,6 +3,8 @@ client gives, and the trial directories agree with both."""
 
 from __future__ import annotations
 
+import pytest
+
 from bilma.analysis import records as runs
 
 
@@ -36,3 +38,24 @@ def test_trial_directories_agree_with_mlflow(smoke_sweep):
         assert [getattr(d, f) for f in fields] == [getattr(m, f) for f in fields]
         assert (d.state, d.metrics, d.selection_split) == (m.state, m.metrics, m.selection_split)
         assert d.curve == m.curve
+
+
+@pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy:DeprecationWarning")
+def test_two_configurations_of_one_seed_read_from_mlflow_name_their_keys(tmp_path):
+    """The runs of two grids with one study name, mirrored by sync: the tables read the
+    params of that variant's runs and show both configurations."""
+    from support.analysis import trial_on_disk
+
+    from bilma.analysis.aggregate import build_table
+    from bilma.tracking.sync import sync
+
+    folder, uri = tmp_path / "runs", f"sqlite:///{tmp_path}/mlflow.db"
+    trial_on_disk(folder, "clash", "IRRA", 1, 41.0, grid="a", **{"optim.lr": 1e-4})
+    trial_on_disk(folder, "clash", "IRRA", 1, 61.0, grid="b", **{"optim.lr": 2e-4})
+    trial_on_disk(folder, "clash", "IRRA", 2, 42.0, grid="a", **{"optim.lr": 1e-4})
+    sync(folder, uri)
+    (recs,) = runs.load_mlflow(uri, ["clash"]).values()
+    assert all(r.config["optim.lr"] for r in recs)
+    table = build_table("clash", recs)
+    labels = {r.label: r.n["synth"] for r in table.rows}
+    assert labels == {"IRRA (optim.lr=0.0001)": 2, "IRRA (optim.lr=0.0002)": 1}
