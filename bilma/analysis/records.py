@@ -300,8 +300,10 @@ def _from_dir(path: Path) -> TrialRecord | None:
     elif state == TrialState.DONE:
         state = "unknown"  # done without result.json: not a finished trial
     src = result or {}
-    variant = src.get("variant") or tracking.get("variant") or ""
-    point = src.get("grid_point")
+    # The latest launch names the trial (a variant renamed since it finished); result.json
+    # keeps the name it finished under, for a trial whose launch.json is gone.
+    variant = launch.variant or src.get("variant") or tracking.get("variant") or ""
+    point = launch.grid_point if launch.variant_base else src.get("grid_point")
     point = _parse_point(point if point is not None else launch.grid_point)
     selection = src.get("selection") or {}
     evalc = cfg.get("eval") or {}
@@ -309,7 +311,7 @@ def _from_dir(path: Path) -> TrialRecord | None:
         study=src.get("study") or tracking.get("study") or path.parent.name,
         trial_id=path.name,
         variant=variant,
-        variant_base=src.get("variant_base") or launch.variant_base or variant,
+        variant_base=launch.variant_base or src.get("variant_base") or variant,
         variant_index=_int(launch.variant_index),
         grid_point=point,
         seed=_int(src.get("seed", (cfg.get("train") or {}).get("seed"))),

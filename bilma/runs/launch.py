@@ -21,6 +21,9 @@ from bilma.config.yamlfile import safe_load_unique
 from bilma.fileio import atomic_write_json
 from bilma.runs.schema import CONFIG_FILE, LAUNCH_FIELDS, LAUNCH_FILE
 
+# The fields that name a trial in its sweep: a relaunch under a renamed variant updates them
+# in a finished trial's launch.json (`rename_launch`); the latest launch's name is the truth.
+NAME_FIELDS = ("variant", "variant_base", "variant_index", "grid_point")
 # Keys of config.yaml that held the sweep's identity before launch.json did.
 LEGACY_CONFIG_KEYS = ("variant_base", "variant_index", "grid_point")
 
@@ -52,6 +55,21 @@ def write_launch(trial_dir: str | Path, launch: Launch) -> Launch:
     launch = dataclasses.replace(launch, launched=time.time())
     atomic_write_json(Path(trial_dir) / LAUNCH_FILE, launch.to_json())
     return launch
+
+
+def rename_launch(trial_dir: str | Path, launch: Launch) -> Launch | None:
+    """Give an existing launch.json the name `launch` has (`NAME_FIELDS`), the rest kept (its
+    grid, parent run, tracking): the old Launch when the name changed, else None. A trial
+    with no launch.json was never a sweep's: None, nothing written. Raises OSError."""
+    path = Path(trial_dir)
+    if not (path / LAUNCH_FILE).is_file():
+        return None
+    old = read_launch(path)
+    new = dataclasses.replace(old, **{k: getattr(launch, k) for k in NAME_FIELDS})
+    if new == old:
+        return None
+    atomic_write_json(path / LAUNCH_FILE, new.to_json())
+    return old
 
 
 def read_launch(trial_dir: str | Path) -> Launch:

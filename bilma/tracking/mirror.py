@@ -79,8 +79,9 @@ def run_label(variant: str | None, seed: Any) -> str:
     return f"s{'?' if seed is None else seed} {variant or 'trial'}"
 
 
-def run_name(cfg: Config) -> str:
-    return run_label(cfg.tracking.variant, cfg.train.seed)
+def run_name(cfg: Config, variant: str = "") -> str:
+    """The trial's run name; `variant`: its launch.json's (the latest launch names it)."""
+    return run_label(variant or cfg.tracking.variant, cfg.train.seed)
 
 
 def _is_number(v: Any) -> bool:
@@ -408,7 +409,7 @@ class MlflowMirror:
         tags = {
             schema.TAG_STUDY: cfg.tracking.study,
             schema.TAG_TRIAL_ID: self.trial.trial_id,
-            schema.TAG_VARIANT: cfg.tracking.variant,
+            schema.TAG_VARIANT: launch.variant or cfg.tracking.variant,
             schema.TAG_VARIANT_BASE: launch.variant_base,
             schema.TAG_VARIANT_INDEX: str(launch.variant_index),
             **{
@@ -419,7 +420,7 @@ class MlflowMirror:
             schema.TAG_DATASET: cfg.data.dataset,
             schema.TAG_GIT_COMMIT: commit or "",
             schema.TAG_KIND: "trial",
-            schema.TAG_RUN_NAME: run_name(cfg),
+            schema.TAG_RUN_NAME: run_name(cfg, launch.variant),
         }
         tags[schema.TAG_SLURM_JOB_ID] = job or ""
         if parent:
@@ -443,7 +444,7 @@ class MlflowMirror:
                 tags={
                     schema.TAG_TRIAL_ID: self.trial.trial_id
                 },  # findable even if we die right here
-                run_name=run_name(self.cfg),
+                run_name=run_name(self.cfg, self.trial.read_launch().variant),
             )
             self.created = True
         self.run_id = run.info.run_id

@@ -231,7 +231,9 @@ def summarize(trials: Sequence[TrialDir]) -> Summary:
             backends.add(str(status["backend"]))
         r1 = ((result or {}).get("metrics") or {}).get("R1")
         if _is_number(r1) and (s.best is None or r1 > s.best[0]):
-            label = run_label(result.get("variant"), result.get("seed"))
+            label = run_label(
+                trial.read_launch().variant or result.get("variant"), result.get("seed")
+            )
             s.best = (float(r1), label, trial.trial_id)
         last: dict[tuple[str, int], tuple[float, int]] = {}  # a resumed epoch: its last record
         for rec in trial.read_metrics():
