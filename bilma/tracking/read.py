@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from bilma.errors import AnalysisError, first_line
-from bilma.tracking.store import DEFAULT_URI, resolve_uri
+from bilma.tracking.store import DEFAULT_URI, TrackingError, check_store, resolve_uri
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,13 @@ def read_runs(
     if db is not None:
         try:
             return _read_sqlite(db, uri, studies, params, curve_key)
-        except sqlite3.DatabaseError as e:
+        except sqlite3.OperationalError as e:  # a schema this reader does not know
             log.debug("reading %s directly failed (%s); using MLflow's client", db, e)
+        except sqlite3.DatabaseError as e:  # torn pages: MLflow would only add a traceback
+            raise AnalysisError(
+                f"{db} is damaged ({e}); restore it from a backup (or salvage it with "
+                "`sqlite3 DB .recover`), or read the trial directories with --runs DIR"
+            ) from None
     return _read_client(uri, studies, params, curve_key)
 
 
@@ -100,6 +105,10 @@ def _check_store(uri: str) -> None:
             f"no MLflow store at {db} (tracking URI {uri}): run a sweep first, or pass "
             "--tracking-uri URI or --runs DIR"
         )
+    try:
+        check_store(uri)
+    except TrackingError as e:
+        raise AnalysisError(str(e)) from None
     if uri.startswith(("http://", "https://")):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
