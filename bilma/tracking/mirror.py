@@ -41,6 +41,7 @@ from bilma.config import Config, flatten, to_dict
 from bilma.errors import first_line
 from bilma.fileio import atomic_write_json
 from bilma.runs import schema
+from bilma.runs.lock import live_state
 from bilma.runs.provenance import git_info, slurm_job_id
 from bilma.runs.schema import MLFLOW_STATUS, RECORD_FIELDS, TrialState
 from bilma.runs.trial_dir import TrialDir, read_json
@@ -266,7 +267,7 @@ class MlflowMirror:
         result = self.trial.read_result()
         if result is not None:
             n += self._log_final(result, client.get_run(run_id))
-        state = self.trial.state()
+        state = live_state(self.trial.path, self.trial.state())
         if state is TrialState.STOPPED:
             self._add_tags(STOPPED_TAGS, run)
         status = MLFLOW_STATUS.get(state)

@@ -120,3 +120,49 @@ def test_a_second_runs_folder_never_rewrites_a_finished_run(tmp_path: Path, stor
     sync(tmp_path / "b" / "runs", store)
     (run,) = runs_of(store, "twofolders")
     assert run.info.status == "FAILED"
+
+
+@pytest.mark.slow
+def test_a_server_that_stops_mid_sweep_gets_its_parent_ended_by_sync(tmp_path: Path) -> None:
+    """A real MLflow server stops while two trials train: one finishes (its run and the
+    launcher's end of the parent fail), the other's trainer dies. With the server back,
+    sync completes the trial runs and ends the parent (KILLED: one trial is left to
+    resume), where it stayed RUNNING for ever."""
+    from support.tracking import MlflowServer
+    from tracking.test_parent import make_trial
+
+    from bilma.runs.lock import acquire_trial_lock, release_trial_lock
+    from bilma.sweep.prepare import finish_parent
+    from bilma.tracking.parent import setup_parent
+    from bilma.tracking.store import ensure_parent_run
+
+    server = MlflowServer(tmp_path / "store").start()
+    uri = server.uri
+    try:
+        parent = ensure_parent_run(uri, "served", "ablation")
+        setup_parent(uri, parent, None, {})
+        trials = [
+            make_trial(tmp_path, uri, "served", v, i, 1, [10.0], state="running", parent=parent)
+            for i, v in enumerate(["IRRA", "BiLMa"])
+        ]
+        mirrors = []
+        for t in trials:
+            acquire_trial_lock(t.path)
+            mirrors.append(MlflowMirror(t, t.read_config(), parent_run_id=parent, uri=uri))
+            assert mirrors[-1].start()
+        server.stop()  # mid-sweep
+        finish_trial(trials[0], trials[0].read_config(), epochs=1)
+        mirrors[0].finish()  # fails: one warning, the run stays RUNNING
+        for t in trials:
+            release_trial_lock(t.path)  # the first ended, the second's trainer died
+        finish_parent(trials[0].read_config(), parent, failed=False)  # fails: a warning
+        server.start()
+        sync(tmp_path / "runs", uri)
+        status = {r.info.run_id: r.info.status for r in runs_of(uri, "served")}
+        assert status == {
+            parent: "KILLED",
+            mirrors[0].run_id: "FINISHED",
+            mirrors[1].run_id: "KILLED",
+        }
+    finally:
+        server.stop()
