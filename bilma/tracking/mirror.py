@@ -27,6 +27,7 @@ while training and again (idempotently) from `python -m bilma sync` (`bilma.trac
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -60,6 +61,8 @@ FINISHED = MLFLOW_STATUS[TrialState.DONE]
 STATE_TIME_TAG = schema.TAG_STATE_UPDATED
 # The tag of a trial stopped early on purpose (its run is KILLED like an interrupted one).
 STOPPED_TAGS = {schema.TAG_STOPPED_EARLY: "true"}
+# A folder that cannot be written: no permission, or a read-only file system.
+READ_ONLY_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
 # MLflow's log_batch limits (per request).
 _MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100
 
@@ -159,6 +162,7 @@ class MlflowMirror:
         self.created = False  # this mirror created the run (rather than continuing one)
         self._client: Any = None
         self._failed = False
+        self.unsaved: OSError | None = None  # mlflow.json could not be written (read-only)
         # Steps each metric key already has in the run: a resumed epoch is never logged twice.
         self._steps: dict[str, set[int]] = {}
 
@@ -353,9 +357,17 @@ class MlflowMirror:
         entry["parent_run_id"] = parent
         by_uri = dict(data.get("by_uri", {}))
         by_uri[self.uri] = entry
-        atomic_write_json(
-            self.trial.mlflow_path, {**entry, "tracking_uri": self.uri, "by_uri": by_uri}
-        )
+        new = {**entry, "tracking_uri": self.uri, "by_uri": by_uri}
+        if new == data:
+            return  # nothing new: a read-only trial folder is no obstacle
+        try:
+            atomic_write_json(self.trial.mlflow_path, new)
+        except OSError as e:
+            if e.errno not in READ_ONLY_ERRNOS:
+                raise
+            # A read-only runs folder (sync from an archive): the run is found again by its
+            # trial_id tag; the caller says so once.
+            self.unsaved = e
 
     def _find_saved(self, run_id: str) -> Any:
         from mlflow.exceptions import MlflowException

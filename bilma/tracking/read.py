@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from bilma.errors import AnalysisError, first_line
-from bilma.tracking.store import DEFAULT_URI, TrackingError, check_store, resolve_uri
+from bilma.tracking.store import DEFAULT_URI, TrackingError, check_store, resolve_uri, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def read_runs(
     refused naming those there)."""
     uri = resolve_uri(uri or DEFAULT_URI)
     _check_store(uri)
-    db = _sqlite_file(uri)
+    db = sqlite_path(uri)
     if db is not None:
         try:
             return _read_sqlite(db, uri, studies, params, curve_key)
@@ -72,7 +72,7 @@ def read_runs(
 def read_params(uri: str | None, run_ids: list[str]) -> dict[str, dict[str, str]]:
     """{run id: every param} of a few runs (the tables read all params only of those)."""
     uri = resolve_uri(uri or DEFAULT_URI)
-    db = _sqlite_file(uri)
+    db = sqlite_path(uri)
     out: dict[str, dict[str, str]] = {rid: {} for rid in run_ids}
     if db is not None:
         try:
@@ -99,7 +99,7 @@ def read_params(uri: str | None, run_ids: list[str]) -> dict[str, dict[str, str]
 def _check_store(uri: str) -> None:
     """Fail in one line on a store that is not there (MLflow would create an empty SQLite
     file) or a server that does not answer (MLflow would retry for minutes)."""
-    db = _sqlite_file(uri)
+    db = sqlite_path(uri)
     if db is not None and not db.is_file():
         raise AnalysisError(
             f"no MLflow store at {db} (tracking URI {uri}): run a sweep first, or pass "
@@ -112,12 +112,6 @@ def _check_store(uri: str) -> None:
     if uri.startswith(("http://", "https://")):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-
-
-def _sqlite_file(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///") or ":memory:" in uri:
-        return None
-    return Path(uri[len("sqlite:///") :].split("?", 1)[0])
 
 
 def _choose(experiments: dict[str, str], studies: list[str] | None, uri: str) -> dict[str, str]:

@@ -42,13 +42,13 @@ def resolve_uri(uri: str | None) -> str:
     uri = uri or DEFAULT_URI
     if uri == DEFAULT_URI and os.environ.get("MLFLOW_TRACKING_URI"):
         uri = os.environ["MLFLOW_TRACKING_URI"]
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is not None and not db.is_absolute():
         uri = "sqlite:///" + str(Path.cwd() / db)
     return uri
 
 
-def _sqlite_path(uri: str) -> Path | None:
+def sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///") or ":memory:" in uri:
         return None
     return Path(uri[len("sqlite:///") :].split("?", 1)[0])
@@ -65,7 +65,7 @@ def check_store(uri: str) -> None:
     database (MLflow would add its tables to it), a store of another MLflow schema (MLflow
     migrates an older one in place, and then older MLflows cannot open it). A missing or
     empty file is a new store. Reads the file only (read-only); other URIs pass."""
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is None or not db.is_file() or db.stat().st_size == 0:
         return
     tables, revision = _sqlite_tables(db, uri)
@@ -157,7 +157,7 @@ def _prepare(uri: str) -> None:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     check_store(uri)
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
 
@@ -172,7 +172,7 @@ def mlflow_client(uri: str) -> Any:
 
 def artifact_location(uri: str, study: str) -> str | None:
     """`<dir of the sqlite file>/mlartifacts/<study>`; None (the server's default) otherwise."""
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is None:
         return None
     return str(db.parent / "mlartifacts" / study)
@@ -242,7 +242,7 @@ def runs_url(uri: str, study: str, base: str = "http://127.0.0.1:5000") -> str |
     Looks up only: no experiment is made, nor a SQLite file that is not there."""
     try:
         uri = resolve_uri(uri)
-        db = _sqlite_path(uri)
+        db = sqlite_path(uri)
         if db is not None and not db.is_file():
             return None
         exp = mlflow_client(uri).get_experiment_by_name(study)

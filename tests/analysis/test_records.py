@@ -16,7 +16,7 @@ def test_sqlite_reader_equals_mlflow_client(smoke_sweep, monkeypatch):
     from bilma.tracking import read
 
     fast = runs.load_mlflow(smoke_sweep.uri, [smoke_sweep.study], curves=True)
-    monkeypatch.setattr(read, "_sqlite_file", lambda uri: None)  # the same store, via MLflow
+    monkeypatch.setattr(read, "sqlite_path", lambda uri: None)  # the same store, via MLflow
     slow = runs.load_mlflow(smoke_sweep.uri, [smoke_sweep.study], curves=True)
     a, b = key(fast[smoke_sweep.study]), key(slow[smoke_sweep.study])
     assert len(a) == 10 and a == b
