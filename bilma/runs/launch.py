@@ -48,6 +48,20 @@ class Launch:
 
 
 assert tuple(f.name for f in dataclasses.fields(Launch)) == LAUNCH_FIELDS
+# The JSON types of each field.
+_TYPES: dict[str, tuple[type, ...]] = {
+    "study": (str,),
+    "grid": (str,),
+    "variant": (str,),
+    "variant_base": (str,),
+    "variant_index": (int,),
+    "grid_point": (dict,),
+    "seed": (int, type(None)),
+    "parent_run_id": (str, type(None)),
+    "tracking": (dict,),
+    "launched": (int, float),
+}
+assert tuple(_TYPES) == LAUNCH_FIELDS
 
 
 def write_launch(trial_dir: str | Path, launch: Launch) -> Launch:
@@ -86,12 +100,13 @@ def read_launch(trial_dir: str | Path) -> Launch:
     if any(k not in known for k in LEGACY_CONFIG_KEYS):  # launched before launch.json had them
         for key, value in legacy_fields(path).items():
             known.setdefault(key, value)
-    launch = Launch(**known)
-    if not isinstance(launch.grid_point, dict):
-        launch.grid_point = {}
-    if not isinstance(launch.tracking, dict):
-        launch.tracking = {}
-    return launch
+    # A hand-edited field of the wrong type is as good as absent (the default).
+    known = {
+        k: v
+        for k, v in known.items()
+        if isinstance(v, _TYPES[k]) and not (isinstance(v, bool) and bool not in _TYPES[k])
+    }
+    return Launch(**known)
 
 
 def legacy_fields(trial_dir: Path) -> dict[str, Any]:

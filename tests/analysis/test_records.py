@@ -59,3 +59,75 @@ def test_two_configurations_of_one_seed_read_from_mlflow_name_their_keys(tmp_pat
     table = build_table("clash", recs)
     labels = {r.label: r.n["synth"] for r in table.rows}
     assert labels == {"IRRA (optim.lr=0.0001)": 2, "IRRA (optim.lr=0.0002)": 1}
+
+
+@pytest.mark.parametrize(
+    "content", ["{not json", '["done"]', "", '"done"', '{"state": "done", "started": "noon"}']
+)
+def test_a_finished_trial_with_a_bad_status_json_is_kept(tmp_path, caplog, content):
+    """status.json garbage, a list, empty, a string, a field of the wrong type: the trial
+    finished (result.json), so it stays in the table; one warning names the file."""
+    from support.analysis import trial_on_disk
+
+    from bilma.analysis.aggregate import build_table
+
+    good = trial_on_disk(tmp_path / "runs", "bad-status", "IRRA", 1, 40.0)
+    bad = trial_on_disk(tmp_path / "runs", "bad-status", "IRRA", 2, 50.0)
+    bad.status_path.write_text(content)
+    (recs,) = runs.load_dirs(tmp_path / "runs").values()
+    assert sorted(r.trial_id for r in recs if r.finished) == sorted([good.trial_id, bad.trial_id])
+    assert build_table("bad-status", recs).rows[0].n == {"synth": 2}
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if content.startswith('{"state"'):
+        assert warned == []
+    else:
+        assert len(warned) == 1 and str(bad.status_path) in warned[0]
+
+
+BAD_FILES = {
+    # file: (content, the trial is still averaged)
+    "result.json/garbage": ("result.json", '{"metrics": {"R1": 4', False),
+    "result.json/list": ("result.json", "[1, 2]", False),
+    "result.json/empty": ("result.json", "", False),
+    "result.json/metric text": ("result.json", None, False),
+    "config.yaml/list": ("config.yaml", "- a\n- b\n", True),
+    "config.yaml/garbage": ("config.yaml", "train: {epochs: [\n", True),
+    "launch.json/list": ("launch.json", "[]", True),
+    "launch.json/types": (
+        "launch.json",
+        '{"variant": 7, "variant_base": ["x"], "seed": "a"}',
+        True,
+    ),
+    "metrics.jsonl/torn": ("metrics.jsonl", '{"epoch": 1, "split": "val", "R1": "x"}\n{"ep', True),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_other_files_of_the_run_record_cost_only_themselves(tmp_path, capsys, caplog, case):
+    """make_tables --runs over a study one trial of which has a bad file: the other trials'
+    table, the bad one averaged if its result.json is sound, else listed as not averaged;
+    a warning names the file; never a traceback."""
+    import json
+
+    from support.analysis import trial_on_disk
+
+    from bilma.analysis.make_tables import main as make_tables
+
+    name, content, averaged = BAD_FILES[case]
+    trial_on_disk(tmp_path / "runs", "bad-file", "IRRA", 1, 40.0)
+    bad = trial_on_disk(tmp_path / "runs", "bad-file", "IRRA", 2, 50.0)
+    if content is None:  # a metric that is text
+        result = json.loads(bad.result_path.read_text())
+        result["metrics"]["R1"] = "fifty"
+        content = json.dumps(result)
+    (bad.path / name).write_text(content)
+    assert make_tables(["--runs", str(tmp_path / "runs")]) == 0
+    out, err = capsys.readouterr()
+    err += "\n".join(r.getMessage() for r in caplog.records)
+    assert ("| IRRA | 2 |" in out) == averaged, out
+    assert ("Not averaged in (1)" in out) != averaged, out
+    if not averaged:
+        assert f"({bad.trial_id}): unreadable" in out
+    if name != "launch.json":  # the fields of launch.json that are of no use are left out
+        assert str(bad.path / name) in err, err
+    assert "Traceback" not in err
