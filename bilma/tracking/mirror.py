@@ -38,7 +38,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bilma.config import Config, flatten, to_dict
+from bilma.config import Config, ConfigError, flatten, to_dict
 from bilma.errors import first_line
 from bilma.fileio import atomic_write_json
 from bilma.runs import schema
@@ -162,6 +162,7 @@ class MlflowMirror:
         self.created = False  # this mirror created the run (rather than continuing one)
         self._client: Any = None
         self._failed = False
+        self._bad_status = False
         self.unsaved: OSError | None = None  # mlflow.json could not be written (read-only)
         # Steps each metric key already has in the run: a resumed epoch is never logged twice.
         self._steps: dict[str, set[int]] = {}
@@ -271,7 +272,8 @@ class MlflowMirror:
         result = self.trial.read_result()
         if result is not None:
             n += self._log_final(result, client.get_run(run_id))
-        state = live_state(self.trial.path, self.trial.state())
+        state = TrialState.DONE if self.trial.is_done() else self._status().get("state")
+        state = live_state(self.trial.path, TrialState.parse(state))
         if state is TrialState.STOPPED:
             self._add_tags(STOPPED_TAGS, run)
         status = MLFLOW_STATUS.get(state)
@@ -281,7 +283,7 @@ class MlflowMirror:
                 end = (
                     _iso_ms(result.get("finished")) if result and state is TrialState.DONE else None
                 )
-                updated = self.trial.status().get("updated")
+                updated = self._status().get("updated")
                 end = end or (_ms(updated) if _is_number(updated) else None)
                 client.set_terminated(run_id, status, end_time=end)
             else:
@@ -299,7 +301,7 @@ class MlflowMirror:
             shown = float(tag) if tag else run.info.end_time / 1000 + 1.0
         except ValueError:
             shown = run.info.end_time / 1000 + 1.0
-        updated = self.trial.status().get("updated")
+        updated = self._status().get("updated")
         if _is_number(updated) and updated > shown:
             return True
         log.info(
@@ -311,8 +313,18 @@ class MlflowMirror:
         return False
 
     # -- internals
+    def _status(self) -> dict[str, Any]:
+        """status.json; {} (one warning) for a hand-edited one: a done trial is still done."""
+        try:
+            return self.trial.status()
+        except ConfigError as e:
+            if not self._bad_status:
+                log.warning("%s; the run's state comes from result.json alone", e)
+            self._bad_status = True
+            return {}
+
     def _state_time_tag(self) -> dict[str, str]:
-        updated = self.trial.status().get("updated")
+        updated = self._status().get("updated")
         return {STATE_TIME_TAG: repr(float(updated))} if _is_number(updated) else {}
 
     def _add_tags(self, tags: dict[str, str], run: Any) -> None:
@@ -417,7 +429,7 @@ class MlflowMirror:
             job = slurm_job_id()
         else:  # sync: never the current checkout's commit, it may not be the code that ran
             commit = prov.get("git_commit")
-            job = prov.get("slurm_job_id") or self.trial.status().get("slurm_job_id")
+            job = prov.get("slurm_job_id") or self._status().get("slurm_job_id")
         launch = self.trial.read_launch()  # the sweep's row and grid point
         tags = {
             schema.TAG_STUDY: cfg.tracking.study,

@@ -238,12 +238,10 @@ def summarize(trials: Sequence[TrialDir]) -> Summary:
     reached: list[float] = []  # per trial: the last epoch it logged (inf: it ended)
     backends: set[str] = set()
     for trial in trials:
-        try:
-            status, result = trial.status(), trial.read_result()  # each file read once
-            state = live_state(trial.path, state_of(status, result is not None))
-        except ConfigError as e:  # a hand-edited status.json or result.json
-            log.warning("%s: %s; counted as neither done nor failed", trial.path, e)
-            state, status, result = None, {}, None
+        status, result = _read_or_warn(trial.status, {}), _read_or_warn(trial.read_result, None)
+        result = result if isinstance(result, dict) else None
+        done = result is not None or trial.is_done()  # a result.json of no use: still done
+        state = live_state(trial.path, state_of(status, done))
         s.states[state] += 1
         if status.get("backend"):
             backends.add(str(status["backend"]))
@@ -271,6 +269,15 @@ def summarize(trials: Sequence[TrialDir]) -> Summary:
             s.curves.setdefault(key, {})[epoch] = (mean, max(t for _v, t in values))
     s.backends = sorted(backends)
     return s
+
+
+def _read_or_warn(read: Any, default: Any) -> Any:
+    """A trial file as `read` gives it; `default` (with a warning) for a hand-edited one."""
+    try:
+        return read()
+    except ConfigError as e:
+        log.warning("%s; the sweep's summary does without it", e)
+        return default
 
 
 def update_parent(

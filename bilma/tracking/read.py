@@ -99,16 +99,16 @@ def read_params(uri: str | None, run_ids: list[str]) -> dict[str, dict[str, str]
 def _check_store(uri: str) -> None:
     """Fail in one line on a store that is not there (MLflow would create an empty SQLite
     file) or a server that does not answer (MLflow would retry for minutes)."""
+    try:
+        check_store(uri)
+    except TrackingError as e:
+        raise AnalysisError(str(e)) from None
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
         raise AnalysisError(
             f"no MLflow store at {db} (tracking URI {uri}): run a sweep first, or pass "
             "--tracking-uri URI or --runs DIR"
         )
-    try:
-        check_store(uri)
-    except TrackingError as e:
-        raise AnalysisError(str(e)) from None
     if uri.startswith(("http://", "https://")):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
@@ -130,8 +130,8 @@ def _read_client(
 ) -> dict[str, list[RunRow]]:
     from mlflow import MlflowClient  # lazily: importing mlflow costs about a second
 
-    client = MlflowClient(tracking_uri=uri)
     try:
+        client = MlflowClient(tracking_uri=uri)
         experiments = {e.name: e.experiment_id for e in client.search_experiments()}
     except Exception as e:
         raise AnalysisError(

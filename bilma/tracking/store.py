@@ -65,7 +65,21 @@ def check_store(uri: str) -> None:
     database (MLflow would add its tables to it), a store of another MLflow schema (MLflow
     migrates an older one in place, and then older MLflows cannot open it). A missing or
     empty file is a new store. Reads the file only (read-only); other URIs pass."""
+    if _is_file_store(uri) and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
+        import mlflow
+
+        folder = uri[len("file://") :] if uri.startswith("file://") else uri
+        raise TrackingError(
+            f"{uri} is a file store, which MLflow {mlflow.__version__} no longer opens: "
+            f"migrate it with `mlflow migrate-filestore --source {folder} --target "
+            "sqlite:///mlflow.db` and use that URI (or set MLFLOW_ALLOW_FILE_STORE=true)"
+        )
     db = sqlite_path(uri)
+    if db is not None and db.is_dir():
+        raise TrackingError(
+            f"{db} is a folder, not an SQLite file: point tracking.uri (--tracking-uri, --uri) "
+            f"at a file, e.g. sqlite:///{db / 'mlflow.db'}"
+        )
     if db is None or not db.is_file() or db.stat().st_size == 0:
         return
     tables, revision = _sqlite_tables(db, uri)
@@ -94,6 +108,11 @@ def check_store(uri: str) -> None:
         f"{db} was written by a newer MLflow (schema revision {revision}, unknown to MLflow "
         f"{mlflow.__version__}): upgrade mlflow, or point tracking.uri at another store"
     )
+
+
+def _is_file_store(uri: str) -> bool:
+    """A file:// URI or a plain folder path: MLflow's file store."""
+    return uri.startswith("file:") or ("://" not in uri and not uri.startswith("databricks"))
 
 
 def _sqlite_tables(db: Path, uri: str) -> tuple[set[str], str | None]:

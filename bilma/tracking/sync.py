@@ -137,6 +137,6 @@ def cmd_sync(args: argparse.Namespace) -> int:
         f"synced {counts['trials']} trials: {counts['runs_created']} runs created, "
         f"{counts['points_logged']} metric points logged"
         + (f", {counts['parents']} sweep parent runs updated" if counts["parents"] else "")
-        + (f", {counts['skipped']} skipped (bad config.yaml)" if counts["skipped"] else "")
+        + (f", {counts['skipped']} skipped (see the warnings)" if counts["skipped"] else "")
     )
     return 0

@@ -253,3 +253,28 @@ def test_a_store_damaged_inside_is_one_line_for_the_tables(tmp_path, store, caps
         f"error: {db} is damaged (database disk image is malformed); restore it from a backup "
         "(or salvage it with `sqlite3 DB .recover`), or read the trial directories with --runs DIR"
     )
+
+
+@pytest.mark.parametrize("kind", ["folder", "file store"])
+def test_a_store_that_is_a_folder_is_one_line(kind, tmp_path, capsys, monkeypatch) -> None:
+    """sqlite:/// naming a folder, or MLflow's file store (which MLflow 3 no longer opens):
+    one line with the fix, for the tables and for sync."""
+    from support.analysis import trial_on_disk
+
+    from bilma.analysis.make_tables import main as make_tables
+    from bilma.tracking.store import TrackingError
+    from bilma.tracking.sync import sync
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    (tmp_path / "store").mkdir()
+    if kind == "folder":
+        uri, fix = f"sqlite:///{tmp_path / 'store'}", "is a folder, not an SQLite file"
+    else:
+        uri, fix = f"file://{tmp_path / 'store'}", "mlflow migrate-filestore --source"
+    assert make_tables(["--tracking-uri", uri]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fix in err, err
+    trial_on_disk(tmp_path / "runs", "folder-store", "IRRA", 1, 40.0)
+    with pytest.raises(TrackingError, match=re.escape(fix)):
+        sync(tmp_path / "runs", uri)
+    assert list((tmp_path / "store").iterdir()) == []

@@ -227,3 +227,28 @@ def test_an_unreadable_trial_file_is_named_not_the_server(tmp_path, store, monke
         f"writes only their mlflow.json): fix the permissions under {tmp_path / 'runs'}, then "
         "run sync again"
     )
+
+
+def test_sync_mirrors_trials_with_hand_edited_files(tmp_path, store, caplog) -> None:
+    """A done trial whose status.json holds a list, and one whose metrics.jsonl has a line
+    with "epoch": "x": both mirrored (FINISHED, the sound points), each file named once."""
+    from support.analysis import trial_on_disk
+
+    lists = trial_on_disk(tmp_path / "runs", "edited", "IRRA", 1, 40.0)
+    lists.status_path.write_text('["done"]')
+    texts = trial_on_disk(tmp_path / "runs", "edited", "IRRA", 2, 50.0)
+    texts.append_metrics({"epoch": 1, "split": "val", "R1": 30.0})
+    with open(texts.metrics_path, "a") as f:
+        f.write('{"epoch": "x", "split": "val", "R1": 31.0}\n')
+    counts = sync(tmp_path / "runs", store)
+    assert counts["trials"] == 2 and counts["skipped"] == 0
+    runs = {
+        r.data.tags["trial_id"]: r for r in runs_of(store, "edited") if "trial_id" in r.data.tags
+    }
+    assert {t: r.info.status for t, r in runs.items()} == {
+        lists.trial_id: "FINISHED",
+        texts.trial_id: "FINISHED",
+    }
+    assert history(store, runs[texts.trial_id].info.run_id, "val/R1") == [(1, 30.0)]
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert str(lists.status_path) in warned and f"{texts.metrics_path}:2" in warned
