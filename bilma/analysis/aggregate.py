@@ -14,8 +14,11 @@ no seeds to pair, so they are never bold, and neither is the best mean of a colu
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +32,7 @@ from bilma.analysis.records import (
     RESULT_METRICS,
     AnalysisError,
     TrialRecord,
+    claimants,
 )
 from bilma.analysis.stats import MIN_PAIRS, mean, paired_t, sample_std, significant
 
@@ -131,6 +135,69 @@ def _dedupe(records: list[TrialRecord]) -> list[TrialRecord]:
     return [r for r in records if id(r) in keep]
 
 
+@functools.cache
+def identity_keys() -> frozenset[str]:
+    """The config keys a trial id hashes (`bilma.config.canonical`)."""
+    from bilma.config.identity import HASHED_KEYS
+
+    return frozenset(HASHED_KEYS)
+
+
+def _same_value(a: str | None, b: str | None) -> bool:
+    """Equal as a trial id sees them: a data or weights location by its last component."""
+    if a == b:
+        return True
+    if a is None or b is None or "/" not in a + b:
+        return False
+    return os.path.basename(os.path.normpath(a)) == os.path.basename(os.path.normpath(b))
+
+
+def differing_keys(group: list[TrialRecord]) -> list[str]:
+    """The identity keys (not the seed) whose values differ among the trials of `group`."""
+    keys = sorted({k for r in group for k in r.config} & identity_keys() - {"train.seed"})
+    first = group[0].config
+    return [k for k in keys if any(not _same_value(first.get(k), r.config.get(k)) for r in group)]
+
+
+def split_claims(finished: list[TrialRecord]) -> tuple[list[TrialRecord], list[str]]:
+    """Trials of two configurations claiming one (variant, grid point, dataset, seed) become
+    rows of their own, the variant named with the differing keys ("IRRA (optim.lr=0.0002)"),
+    never one silently replacing the other; one note per variant says which and why."""
+    groups = claimants(finished)
+    if not groups:
+        return finished, []
+    family: dict[tuple, list[list[TrialRecord]]] = {}  # (variant, grid point) -> its groups
+    for g in groups:
+        family.setdefault(g[0].claim()[:2], []).append(g)
+    suffix: dict[int, str] = {}  # id(record) -> its configuration, as the row names it
+    notes = []
+    for (base, _point), clashes in family.items():
+        keys = list(dict.fromkeys(k for g in clashes for k in differing_keys(g)))
+        mine = [r for r in finished if r.claim()[:2] == (base, _point)]
+        for r in mine:
+            if keys:
+                suffix[id(r)] = ", ".join(f"{k}={r.config.get(k, '?')}" for k in keys)
+            else:  # no config recorded (an old MLflow run): the trial id tells them apart
+                suffix[id(r)] = f"trial {r.trial_id}"
+        seeds = sorted({g[0].seed for g in clashes})
+        ids = sorted({r.trial_id for g in clashes for r in g})
+        rows = list(dict.fromkeys(f"{base} ({suffix[id(r)]})" for r in mine))
+        what = f"in {', '.join(keys)}" if keys else "in keys that were not recorded"
+        notes.append(
+            f"{len(ids)} trials of different configurations claim {base}, seeds "
+            f"{', '.join(map(str, seeds))} (trials {', '.join(ids)}; they differ {what}): shown "
+            f"as the rows {', '.join(repr(r) for r in rows)}; give each configuration its own "
+            "variant name or study to keep them apart"
+        )
+    out = [
+        dataclasses.replace(r, variant_base=f"{r.variant_base} ({suffix[id(r)]})")
+        if id(r) in suffix
+        else r
+        for r in finished
+    ]
+    return out, notes
+
+
 def _selection_lines(finished: list[TrialRecord], datasets: list[str]) -> list[str]:
     rules: dict[str, list[str]] = {}
     for d in datasets:
@@ -177,7 +244,7 @@ def build_table(
     Δ and p are taken against (default: the grid's first)."""
     metrics = list(metrics or RESULT_METRICS)
     records = _dedupe(records)
-    finished = [r for r in records if r.finished]
+    finished, claims = split_claims([r for r in records if r.finished])
     excluded = [r for r in records if not r.finished]
     if not finished:
         states = Counter(r.state for r in records)
@@ -218,6 +285,7 @@ def build_table(
         excluded,
         chance=chance_levels(finished, datasets),
     )
+    table.warnings += claims
     _compare(table, baseline)
     if kind == "main":
         _add_published(table)

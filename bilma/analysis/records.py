@@ -25,13 +25,15 @@ from typing import Any
 
 import yaml
 
+from bilma.config import flatten
 from bilma.errors import AnalysisError, first_line  # noqa: F401  (AnalysisError: importable from here too)
 from bilma.runs import schema
 from bilma.runs.schema import GROUP_METRICS, RESULT_METRICS, STATE_OF_MLFLOW, TrialState
 from bilma.runs.trial_dir import TrialDir, find_trials
 
 # The run schema, from the library (see the module docstring).
-from bilma.tracking.read import RunRow, read_runs
+from bilma.tracking.mirror import param_value
+from bilma.tracking.read import RunRow, read_params, read_runs
 from bilma.tracking.store import DEFAULT_URI, resolve_uri  # noqa: F401  (the tables name the store)
 
 # Every test metric a table can show: the five of every trial, then the look-alike ones.
@@ -87,6 +89,9 @@ class TrialRecord:
     started: float = 0.0  # unix time; orders runs when variant_index is unknown
     run_id: str | None = None
     path: Path | None = None
+    # The flattened config as MLflow params write it ({"optim.lr": "0.0001"}): from config.yaml,
+    # or (MLflow) only for the runs that share a row and a seed with another configuration.
+    config: dict[str, str] = field(default_factory=dict)
 
     @property
     def curve_key(self) -> str:
@@ -100,6 +105,21 @@ class TrialRecord:
     def point(self, drop: tuple[str, ...] = DATASET_AXES) -> tuple[tuple[str, Any], ...]:
         """The grid point as a hashable key, without the dataset axes."""
         return tuple((k, hashable(v)) for k, v in self.grid_point.items() if k not in drop)
+
+    def claim(self) -> tuple[str, tuple, str, int]:
+        """What a finished trial claims in a table: (variant, grid point, dataset, seed)."""
+        return (self.variant_base, self.point(), self.dataset, self.seed)
+
+
+def claimants(records: list[TrialRecord]) -> list[list[TrialRecord]]:
+    """Groups of finished trials (distinct trial ids) claiming one (variant, grid point,
+    dataset, seed): two configurations under one name, e.g. two grids with one `study:` or a
+    grid edited between launches. Each group has two trials or more."""
+    by_claim: dict[tuple, dict[str, TrialRecord]] = {}
+    for r in records:
+        if r.finished:
+            by_claim.setdefault(r.claim(), {}).setdefault(r.trial_id, r)
+    return [list(g.values()) for g in by_claim.values() if len(g) > 1]
 
 
 def hashable(value: Any) -> Any:
@@ -241,61 +261,118 @@ def load_mlflow(
             if curves and rec.finished:
                 _set_curve(rec, row.curves.get(rec.curve_key, []))
             records.append(rec)
+        _add_configs(uri, records)
         if records or studies:
             out[name] = _order(records)
     return out
 
 
+def _add_configs(uri: str | None, records: list[TrialRecord]) -> None:
+    """The params (flattened config) of the runs of a variant two configurations of which
+    claim one seed: the tables name the keys in which they differ, on every row."""
+    rows = {g[0].claim()[:2] for g in claimants(records)}
+    clashing = [r for r in records if r.finished and r.claim()[:2] in rows and r.run_id]
+    if clashing:
+        params = read_params(uri, [r.run_id for r in clashing])
+        for r in clashing:
+            r.config = params.get(r.run_id, {})
+
+
 # ----------------------------------------------------------------------------- directories
 
 
-def _from_dir(path: Path) -> TrialRecord | None:
-    """A trial directory -> TrialRecord; None (with a warning) for an unreadable one."""
-    trial = TrialDir(path)
+def _object(path: Path, read: Any, what: str) -> tuple[dict[str, Any] | None, bool]:
+    """A JSON or YAML file of the trial that should hold an object: (its dict or None, whether
+    it exists but is unusable). An unusable one gets one warning naming it and `what`."""
     try:
-        cfg = yaml.safe_load(trial.config_path.read_text()) or {}
-        result = trial.read_result()
-        status = trial.status()
-    except Exception as e:  # a hand-edited file: skip it, say which
-        log.warning("skipping %s: %s", path, first_line(e))
-        return None
-    tracking = cfg.get("tracking") or {}
+        data = read()
+    except Exception as e:  # noqa: BLE001 (hand-edited, torn or foreign: say which, go on)
+        log.warning("%s: %s; %s", path, first_line(e), what)
+        return None, True
+    if data is None or isinstance(data, dict):
+        return data, False
+    log.warning("%s: holds %s, not an object; %s", path, type(data).__name__, what)
+    return None, True
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _from_dir(path: Path) -> TrialRecord:
+    """A trial directory -> TrialRecord. A file that cannot be used costs only what it holds,
+    with one warning naming it: a finished trial (result.json) is never dropped for its
+    status.json or config.yaml; an unreadable result.json lists the trial as not averaged."""
+    trial = TrialDir(path)
+    cfg, _bad = _object(
+        trial.config_path,
+        lambda: yaml.safe_load(trial.config_path.read_text()),
+        "its config is not used (the table reads result.json and launch.json)",
+    )
+    result, bad_result = _object(
+        trial.result_path,
+        trial.read_result,
+        "the trial is listed as not averaged: fix the file, or delete it and relaunch the trial",
+    )
+    status, _bad = _object(
+        trial.status_path, trial.status, "the trial's state is taken from result.json alone"
+    )
+    cfg, status = cfg or {}, status or {}
+    if result is not None and any(
+        _number(_dict(result.get("metrics")).get(m)) is None for m in RESULT_METRICS
+    ):
+        log.warning(
+            "%s: no number for each of metrics.%s; the trial is listed as not averaged: fix "
+            "the file, or delete it and relaunch the trial",
+            trial.result_path,
+            ", ".join(RESULT_METRICS),
+        )
+        bad_result = True
+    tracking = _dict(cfg.get("tracking"))
     launch = trial.read_launch()  # the sweep's row and grid point (old trials: config.yaml)
-    result = result if isinstance(result, dict) else None
-    state = status.get("state") or "unknown"
-    if result is not None:
+    state = str(status.get("state") or "unknown")
+    if bad_result:
+        state = "unreadable"
+    elif result is not None:
         state = FINISHED
     elif state == TrialState.DONE:
         state = "unknown"  # done without result.json: not a finished trial
     src = result or {}
-    variant = src.get("variant") or tracking.get("variant") or ""
-    point = src.get("grid_point")
+    # The latest launch names the trial (a variant renamed since it finished); result.json
+    # keeps the name it finished under, for a trial whose launch.json is gone.
+    variant = str(launch.variant or src.get("variant") or tracking.get("variant") or "")
+    point = launch.grid_point if launch.variant_base else src.get("grid_point")
     point = _parse_point(point if point is not None else launch.grid_point)
-    selection = src.get("selection") or {}
-    evalc = cfg.get("eval") or {}
+    selection = _dict(src.get("selection"))
+    evalc = _dict(cfg.get("eval"))
     rec = TrialRecord(
-        study=src.get("study") or tracking.get("study") or path.parent.name,
+        study=str(src.get("study") or tracking.get("study") or path.parent.name),
         trial_id=path.name,
         variant=variant,
-        variant_base=src.get("variant_base") or launch.variant_base or variant,
+        variant_base=launch.variant_base or src.get("variant_base") or variant,
         variant_index=_int(launch.variant_index),
         grid_point=point,
-        seed=_int(src.get("seed", (cfg.get("train") or {}).get("seed"))),
-        dataset=src.get("dataset") or (cfg.get("data") or {}).get("dataset") or "",
+        seed=_int(src.get("seed", _dict(cfg.get("train")).get("seed"))),
+        dataset=str(src.get("dataset") or _dict(cfg.get("data")).get("dataset") or ""),
         state=state,
-        metrics={k: float(v) for k, v in (src.get("metrics") or {}).items()},
+        metrics={
+            k: x for k, v in _dict(src.get("metrics")).items() if (x := _number(v)) is not None
+        },
         selection_split=selection.get("split") or evalc.get("select_split"),
         selection_metric=selection.get("metric") or evalc.get("select_metric"),
         chance_r1=_number(src.get(CHANCE_R1)),
-        started=float(status.get("started") or status.get("updated") or 0.0),
+        started=_number(status.get("started")) or _number(status.get("updated")) or 0.0,
         path=path,
+        config={k: param_value(v) for k, v in flatten(cfg).items()},
     )
     if rec.finished:
         split = rec.selection_split or "val"
         rec.curve = [
-            (int(m["epoch"]), float(m["R1"]))
+            (int(epoch), r1)
             for m in trial.read_metrics()
-            if m.get("split") == split and "R1" in m and "epoch" in m
+            if m.get("split") == split
+            and (r1 := _number(m.get("R1"))) is not None
+            and (epoch := _number(m.get("epoch"))) is not None
         ]
         rec.curve_split = split
     return rec
@@ -309,8 +386,7 @@ def load_dirs(root: str | Path, studies: list[str] | None = None) -> dict[str, l
     out: dict[str, list[TrialRecord]] = {}
     for path in find_trials(root):
         rec = _from_dir(path)
-        if rec is not None:
-            out.setdefault(rec.study, []).append(rec)
+        out.setdefault(rec.study, []).append(rec)
     if studies:
         for name in studies:
             if name not in out:

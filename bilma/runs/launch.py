@@ -21,6 +21,9 @@ from bilma.config.yamlfile import safe_load_unique
 from bilma.fileio import atomic_write_json
 from bilma.runs.schema import CONFIG_FILE, LAUNCH_FIELDS, LAUNCH_FILE
 
+# The fields that name a trial in its sweep: a relaunch under a renamed variant updates them
+# in a finished trial's launch.json (`rename_launch`); the latest launch's name is the truth.
+NAME_FIELDS = ("variant", "variant_base", "variant_index", "grid_point")
 # Keys of config.yaml that held the sweep's identity before launch.json did.
 LEGACY_CONFIG_KEYS = ("variant_base", "variant_index", "grid_point")
 
@@ -45,6 +48,20 @@ class Launch:
 
 
 assert tuple(f.name for f in dataclasses.fields(Launch)) == LAUNCH_FIELDS
+# The JSON types of each field.
+_TYPES: dict[str, tuple[type, ...]] = {
+    "study": (str,),
+    "grid": (str,),
+    "variant": (str,),
+    "variant_base": (str,),
+    "variant_index": (int,),
+    "grid_point": (dict,),
+    "seed": (int, type(None)),
+    "parent_run_id": (str, type(None)),
+    "tracking": (dict,),
+    "launched": (int, float),
+}
+assert tuple(_TYPES) == LAUNCH_FIELDS
 
 
 def write_launch(trial_dir: str | Path, launch: Launch) -> Launch:
@@ -52,6 +69,21 @@ def write_launch(trial_dir: str | Path, launch: Launch) -> Launch:
     launch = dataclasses.replace(launch, launched=time.time())
     atomic_write_json(Path(trial_dir) / LAUNCH_FILE, launch.to_json())
     return launch
+
+
+def rename_launch(trial_dir: str | Path, launch: Launch) -> Launch | None:
+    """Give an existing launch.json the name `launch` has (`NAME_FIELDS`), the rest kept (its
+    grid, parent run, tracking): the old Launch when the name changed, else None. A trial
+    with no launch.json was never a sweep's: None, nothing written. Raises OSError."""
+    path = Path(trial_dir)
+    if not (path / LAUNCH_FILE).is_file():
+        return None
+    old = read_launch(path)
+    new = dataclasses.replace(old, **{k: getattr(launch, k) for k in NAME_FIELDS})
+    if new == old:
+        return None
+    atomic_write_json(path / LAUNCH_FILE, new.to_json())
+    return old
 
 
 def read_launch(trial_dir: str | Path) -> Launch:
@@ -68,12 +100,13 @@ def read_launch(trial_dir: str | Path) -> Launch:
     if any(k not in known for k in LEGACY_CONFIG_KEYS):  # launched before launch.json had them
         for key, value in legacy_fields(path).items():
             known.setdefault(key, value)
-    launch = Launch(**known)
-    if not isinstance(launch.grid_point, dict):
-        launch.grid_point = {}
-    if not isinstance(launch.tracking, dict):
-        launch.tracking = {}
-    return launch
+    # A hand-edited field of the wrong type is as good as absent (the default).
+    known = {
+        k: v
+        for k, v in known.items()
+        if isinstance(v, _TYPES[k]) and not (isinstance(v, bool) and bool not in _TYPES[k])
+    }
+    return Launch(**known)
 
 
 def legacy_fields(trial_dir: Path) -> dict[str, Any]:

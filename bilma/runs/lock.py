@@ -27,6 +27,7 @@ from pathlib import Path
 
 from bilma.errors import TrialBusy  # noqa: F401  (importable from here too)
 from bilma.runs import schema
+from bilma.runs.schema import TrialState
 
 LOCK_NAME = schema.LOCK_FILE
 CLAIM_NAME = schema.CLAIM_FILE
@@ -162,6 +163,14 @@ def is_locked(trial_dir: str | Path) -> bool:
     finally:
         os.close(fd)  # drops the shared lock the probe may have taken
     return held_by_other and holder_alive(key)
+
+
+def live_state(trial_dir: str | Path, state: TrialState | None) -> TrialState | None:
+    """The state as a relaunch acts on it: RUNNING only while a live process holds the
+    trial's lock; a trainer gone without a word (SIGKILL, a lost node) left INTERRUPTED."""
+    if state is TrialState.RUNNING and not is_locked(trial_dir):
+        return TrialState.INTERRUPTED
+    return state
 
 
 @contextlib.contextmanager

@@ -71,6 +71,17 @@ def state_of(status: dict[str, Any], done: bool) -> TrialState | None:
     return TrialState.DONE if done else TrialState.parse(status.get("state"))
 
 
+def _is_record(rec: Any) -> bool:
+    """A metrics.jsonl record: an object whose epoch, step and time (when there) are numbers
+    (a hand-edited line with "epoch": "x" would stop every reader)."""
+    if not isinstance(rec, dict):
+        return False
+    return all(
+        isinstance(rec.get(k, 0), (int, float)) and not isinstance(rec.get(k), bool)
+        for k in ("epoch", "step", "time")
+    )
+
+
 class TrialDir:
     """One trial's directory `runs/<study>/<trial_id>/`: the source of truth of a run."""
 
@@ -162,7 +173,14 @@ class TrialDir:
 
     # -- status
     def status(self) -> dict[str, Any]:
-        return read_json(self.status_path) or {}
+        """status.json ({} when missing); a ConfigError naming it when it is no JSON object."""
+        status = read_json(self.status_path)
+        if status is not None and not isinstance(status, dict):
+            raise ConfigError(
+                f"{self.status_path}: holds a JSON {type(status).__name__}, not an object; "
+                "delete it (the trial's state then comes from its other files) or fix it"
+            )
+        return status or {}
 
     def state(self) -> TrialState | None:
         """The state status.json names (None: no status yet, or a state this code does not
@@ -245,7 +263,7 @@ class TrialDir:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 rec = None
-            if not isinstance(rec, dict):
+            if not _is_record(rec):
                 log.warning("%s:%d: skipping a torn or unreadable line", self.metrics_path, n)
                 continue
             out.append(rec)
@@ -268,7 +286,7 @@ class TrialDir:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 rec = None
-            if isinstance(rec, dict) and int(rec.get("epoch") or 0) <= epochs:
+            if _is_record(rec) and int(rec.get("epoch") or 0) <= epochs:
                 keep.append(line + "\n")
             else:
                 dropped += 1

@@ -119,7 +119,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     from bilma.sweep.preflight import raise_problems
     from bilma.sweep.preflight import report as preflight_report
-    from bilma.sweep.prepare import finish_parent, prepare
+    from bilma.sweep.prepare import finish_parent, prepare, rename_skipped
 
     grid = load_grid(args.grid, args.overrides)
     trials, dropped = expand_report(grid)  # validates every trial before anything runs
@@ -169,6 +169,8 @@ def _run(args: argparse.Namespace) -> int:
         if p.action is Action.SKIP_UNREADABLE:
             print(f"  {p.name}: {p.note}; fix or delete that file")
     check_trial_configs(planned)
+    for line in rename_skipped(grid, planned):
+        print(line)
     if not any(p.action.runs() or p.action is Action.SKIP_RUNNING for p in planned):
         stuck = any(p.action in (Action.SKIP_FAILED, Action.SKIP_UNREADABLE) for p in planned)
         print("nothing to submit: every trial is done" + (" or failed" if stuck else ""))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bilma.config import Config
 from bilma.errors import first_line
-from bilma.runs.launch import write_launch
+from bilma.runs.launch import rename_launch, write_launch
 from bilma.runs.lock import claim
 from bilma.runs.schema import MLFLOW_STATUS, TAG_GRID, TrialState
 from bilma.sweep.expand import Grid
@@ -54,6 +54,38 @@ def prepare(grid: Grid, planned: list[Planned], tracking: bool = True) -> str | 
         }
         write_launch(p.dir.path, p.trial.launch(str(grid.path), parent, settings))
     return parent
+
+
+def rename_skipped(grid: Grid, planned: list[Planned]) -> list[str]:
+    """The trials this launch does not run keep the names it gives them (a variant renamed
+    in the grid after its trials finished): their launch.json, read by the tables and by
+    `sync` for MLflow, gets the new name, as `--status` shows it. One line per renaming."""
+    from collections import Counter
+
+    renamed: Counter[tuple[str, str]] = Counter()
+    refused: list[str] = []
+    for p in planned:
+        if p.action.runs():
+            continue  # prepare writes its launch.json
+        try:
+            old = rename_launch(p.dir.path, p.trial.launch(str(grid.path), None, {}))
+        except OSError as e:  # a read-only runs folder: the old name stays, say so
+            refused.append(f"{p.dir.launch_path} ({e.strerror or first_line(e)})")
+            continue
+        if old is not None and old.variant != p.trial.variant:
+            renamed[(old.variant, p.trial.variant)] += 1
+    runs = planned[0].dir.path.parent.parent if planned else ""
+    lines = [
+        f"{n} trial{'s' if n > 1 else ''} renamed {old!r} -> {new!r} in launch.json; "
+        f"`python -m bilma sync --runs {runs}` renames their MLflow runs"
+        for (old, new), n in renamed.items()
+    ]
+    if refused:
+        lines.append(
+            f"{len(refused)} trials keep their old names in the tables: {refused[0]} cannot be "
+            "written; relaunch where the runs folder is writable to rename them"
+        )
+    return lines
 
 
 def _parent_run(grid: Grid, cfg: Config, planned: list[Planned]) -> str | None:

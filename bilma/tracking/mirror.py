@@ -27,6 +27,7 @@ while training and again (idempotently) from `python -m bilma sync` (`bilma.trac
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -37,10 +38,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bilma.config import Config, flatten, to_dict
+from bilma.config import Config, ConfigError, flatten, to_dict
 from bilma.errors import first_line
 from bilma.fileio import atomic_write_json
 from bilma.runs import schema
+from bilma.runs.lock import live_state
 from bilma.runs.provenance import git_info, slurm_job_id
 from bilma.runs.schema import MLFLOW_STATUS, RECORD_FIELDS, TrialState
 from bilma.runs.trial_dir import TrialDir, read_json
@@ -59,6 +61,8 @@ FINISHED = MLFLOW_STATUS[TrialState.DONE]
 STATE_TIME_TAG = schema.TAG_STATE_UPDATED
 # The tag of a trial stopped early on purpose (its run is KILLED like an interrupted one).
 STOPPED_TAGS = {schema.TAG_STOPPED_EARLY: "true"}
+# A folder that cannot be written: no permission, or a read-only file system.
+READ_ONLY_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
 # MLflow's log_batch limits (per request).
 _MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100
 
@@ -79,8 +83,9 @@ def run_label(variant: str | None, seed: Any) -> str:
     return f"s{'?' if seed is None else seed} {variant or 'trial'}"
 
 
-def run_name(cfg: Config) -> str:
-    return run_label(cfg.tracking.variant, cfg.train.seed)
+def run_name(cfg: Config, variant: str = "") -> str:
+    """The trial's run name; `variant`: its launch.json's (the latest launch names it)."""
+    return run_label(variant or cfg.tracking.variant, cfg.train.seed)
 
 
 def _is_number(v: Any) -> bool:
@@ -157,6 +162,8 @@ class MlflowMirror:
         self.created = False  # this mirror created the run (rather than continuing one)
         self._client: Any = None
         self._failed = False
+        self._bad_status = False
+        self.unsaved: OSError | None = None  # mlflow.json could not be written (read-only)
         # Steps each metric key already has in the run: a resumed epoch is never logged twice.
         self._steps: dict[str, set[int]] = {}
 
@@ -265,7 +272,8 @@ class MlflowMirror:
         result = self.trial.read_result()
         if result is not None:
             n += self._log_final(result, client.get_run(run_id))
-        state = self.trial.state()
+        state = TrialState.DONE if self.trial.is_done() else self._status().get("state")
+        state = live_state(self.trial.path, TrialState.parse(state))
         if state is TrialState.STOPPED:
             self._add_tags(STOPPED_TAGS, run)
         status = MLFLOW_STATUS.get(state)
@@ -275,7 +283,7 @@ class MlflowMirror:
                 end = (
                     _iso_ms(result.get("finished")) if result and state is TrialState.DONE else None
                 )
-                updated = self.trial.status().get("updated")
+                updated = self._status().get("updated")
                 end = end or (_ms(updated) if _is_number(updated) else None)
                 client.set_terminated(run_id, status, end_time=end)
             else:
@@ -293,7 +301,7 @@ class MlflowMirror:
             shown = float(tag) if tag else run.info.end_time / 1000 + 1.0
         except ValueError:
             shown = run.info.end_time / 1000 + 1.0
-        updated = self.trial.status().get("updated")
+        updated = self._status().get("updated")
         if _is_number(updated) and updated > shown:
             return True
         log.info(
@@ -305,8 +313,18 @@ class MlflowMirror:
         return False
 
     # -- internals
+    def _status(self) -> dict[str, Any]:
+        """status.json; {} (one warning) for a hand-edited one: a done trial is still done."""
+        try:
+            return self.trial.status()
+        except ConfigError as e:
+            if not self._bad_status:
+                log.warning("%s; the run's state comes from result.json alone", e)
+            self._bad_status = True
+            return {}
+
     def _state_time_tag(self) -> dict[str, str]:
-        updated = self.trial.status().get("updated")
+        updated = self._status().get("updated")
         return {STATE_TIME_TAG: repr(float(updated))} if _is_number(updated) else {}
 
     def _add_tags(self, tags: dict[str, str], run: Any) -> None:
@@ -351,9 +369,17 @@ class MlflowMirror:
         entry["parent_run_id"] = parent
         by_uri = dict(data.get("by_uri", {}))
         by_uri[self.uri] = entry
-        atomic_write_json(
-            self.trial.mlflow_path, {**entry, "tracking_uri": self.uri, "by_uri": by_uri}
-        )
+        new = {**entry, "tracking_uri": self.uri, "by_uri": by_uri}
+        if new == data:
+            return  # nothing new: a read-only trial folder is no obstacle
+        try:
+            atomic_write_json(self.trial.mlflow_path, new)
+        except OSError as e:
+            if e.errno not in READ_ONLY_ERRNOS:
+                raise
+            # A read-only runs folder (sync from an archive): the run is found again by its
+            # trial_id tag; the caller says so once.
+            self.unsaved = e
 
     def _find_saved(self, run_id: str) -> Any:
         from mlflow.exceptions import MlflowException
@@ -403,12 +429,12 @@ class MlflowMirror:
             job = slurm_job_id()
         else:  # sync: never the current checkout's commit, it may not be the code that ran
             commit = prov.get("git_commit")
-            job = prov.get("slurm_job_id") or self.trial.status().get("slurm_job_id")
+            job = prov.get("slurm_job_id") or self._status().get("slurm_job_id")
         launch = self.trial.read_launch()  # the sweep's row and grid point
         tags = {
             schema.TAG_STUDY: cfg.tracking.study,
             schema.TAG_TRIAL_ID: self.trial.trial_id,
-            schema.TAG_VARIANT: cfg.tracking.variant,
+            schema.TAG_VARIANT: launch.variant or cfg.tracking.variant,
             schema.TAG_VARIANT_BASE: launch.variant_base,
             schema.TAG_VARIANT_INDEX: str(launch.variant_index),
             **{
@@ -419,7 +445,7 @@ class MlflowMirror:
             schema.TAG_DATASET: cfg.data.dataset,
             schema.TAG_GIT_COMMIT: commit or "",
             schema.TAG_KIND: "trial",
-            schema.TAG_RUN_NAME: run_name(cfg),
+            schema.TAG_RUN_NAME: run_name(cfg, launch.variant),
         }
         tags[schema.TAG_SLURM_JOB_ID] = job or ""
         if parent:
@@ -443,7 +469,7 @@ class MlflowMirror:
                 tags={
                     schema.TAG_TRIAL_ID: self.trial.trial_id
                 },  # findable even if we die right here
-                run_name=run_name(self.cfg),
+                run_name=run_name(self.cfg, self.trial.read_launch().variant),
             )
             self.created = True
         self.run_id = run.info.run_id

@@ -28,8 +28,9 @@ study; the run of each of its trials is a child of it. The parent carries:
   under `tables/`.
 
 The parent's status: RUNNING while a launch runs the sweep (`setup_parent` reopens a finished
-parent on a relaunch), then the launcher's verdict; `sync` ends it (FINISHED, or FAILED when a
-trial failed) once every trial ended.
+parent on a relaunch), then the launcher's verdict; `sync` sets it from the trials' states
+(`Summary.status`): RUNNING while one runs, else FAILED, KILLED (one left to resume: a
+launcher stopped, a trainer gone while MLflow did not answer) or FINISHED.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from bilma.config import ConfigError
 from bilma.errors import first_line
 from bilma.runs import schema
 from bilma.runs.launch import Launch, read_launch
+from bilma.runs.lock import live_state
 from bilma.runs.schema import MLFLOW_STATUS, TrialState
 from bilma.runs.trial_dir import TrialDir, state_of
 from bilma.tracking.mirror import (
@@ -195,6 +197,22 @@ class Summary:
         """Every trial is done, stopped or failed."""
         return self.trials > 0 and sum(self.states[s] for s in _ENDED) == self.trials
 
+    def status(self) -> str | None:
+        """The parent run's MLflow status from its trials' states: RUNNING while one runs
+        (or waits in a queue), else FAILED if one failed, KILLED if one is left to resume
+        (or unreadable), else FINISHED; None without trials."""
+        if not self.trials:
+            return None
+        if self.states[TrialState.RUNNING] or self.states[TrialState.PENDING]:
+            state = TrialState.RUNNING
+        elif self.states[TrialState.FAILED]:
+            state = TrialState.FAILED
+        elif not self.ended:
+            state = TrialState.INTERRUPTED
+        else:
+            state = TrialState.DONE
+        return MLFLOW_STATUS[state]
+
     def metrics(self) -> dict[str, float]:
         out = {
             f"{SUMMARY_PREFIX}trials": float(self.trials),
@@ -220,18 +238,18 @@ def summarize(trials: Sequence[TrialDir]) -> Summary:
     reached: list[float] = []  # per trial: the last epoch it logged (inf: it ended)
     backends: set[str] = set()
     for trial in trials:
-        try:
-            status, result = trial.status(), trial.read_result()  # each file read once
-            state = state_of(status, result is not None)
-        except ConfigError as e:  # a hand-edited status.json or result.json
-            log.warning("%s: %s; counted as neither done nor failed", trial.path, e)
-            state, status, result = None, {}, None
+        status, result = _read_or_warn(trial.status, {}), _read_or_warn(trial.read_result, None)
+        result = result if isinstance(result, dict) else None
+        done = result is not None or trial.is_done()  # a result.json of no use: still done
+        state = live_state(trial.path, state_of(status, done))
         s.states[state] += 1
         if status.get("backend"):
             backends.add(str(status["backend"]))
         r1 = ((result or {}).get("metrics") or {}).get("R1")
         if _is_number(r1) and (s.best is None or r1 > s.best[0]):
-            label = run_label(result.get("variant"), result.get("seed"))
+            label = run_label(
+                trial.read_launch().variant or result.get("variant"), result.get("seed")
+            )
             s.best = (float(r1), label, trial.trial_id)
         last: dict[tuple[str, int], tuple[float, int]] = {}  # a resumed epoch: its last record
         for rec in trial.read_metrics():
@@ -251,6 +269,15 @@ def summarize(trials: Sequence[TrialDir]) -> Summary:
             s.curves.setdefault(key, {})[epoch] = (mean, max(t for _v, t in values))
     s.backends = sorted(backends)
     return s
+
+
+def _read_or_warn(read: Any, default: Any) -> Any:
+    """A trial file as `read` gives it; `default` (with a warning) for a hand-edited one."""
+    try:
+        return read()
+    except ConfigError as e:
+        log.warning("%s; the sweep's summary does without it", e)
+        return default
 
 
 def update_parent(
@@ -296,11 +323,12 @@ def update_parent(
     if tags or params:
         client.log_batch(run_id, tags=tags, params=params)
 
-    if status == FROM_TRIALS:
-        failed = summary.states[TrialState.FAILED]
-        wanted = MLFLOW_STATUS[TrialState.FAILED if failed else TrialState.DONE]
-        status = wanted if summary.ended and run.info.status != wanted else None
-    if status:
+    if status == FROM_TRIALS:  # sync: whatever the launcher could or could not say
+        wanted = summary.status()
+        status = wanted if wanted != run.info.status else None
+    if status == MLFLOW_STATUS[TrialState.RUNNING]:  # a relaunch's trial runs again
+        client.update_run(run_id, status=status)
+    elif status:
         client.set_terminated(run_id, status)
     return summary
 

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from bilma.errors import AnalysisError, first_line
-from bilma.tracking.store import DEFAULT_URI, resolve_uri
+from bilma.tracking.store import DEFAULT_URI, TrackingError, check_store, resolve_uri, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +55,55 @@ def read_runs(
     refused naming those there)."""
     uri = resolve_uri(uri or DEFAULT_URI)
     _check_store(uri)
-    db = _sqlite_file(uri)
+    db = sqlite_path(uri)
     if db is not None:
         try:
             return _read_sqlite(db, uri, studies, params, curve_key)
+        except sqlite3.OperationalError as e:  # a schema this reader does not know
+            log.debug("reading %s directly failed (%s); using MLflow's client", db, e)
+        except sqlite3.DatabaseError as e:  # torn pages: MLflow would only add a traceback
+            raise AnalysisError(
+                f"{db} is damaged ({e}); restore it from a backup (or salvage it with "
+                "`sqlite3 DB .recover`), or read the trial directories with --runs DIR"
+            ) from None
+    return _read_client(uri, studies, params, curve_key)
+
+
+def read_params(uri: str | None, run_ids: list[str]) -> dict[str, dict[str, str]]:
+    """{run id: every param} of a few runs (the tables read all params only of those)."""
+    uri = resolve_uri(uri or DEFAULT_URI)
+    db = sqlite_path(uri)
+    out: dict[str, dict[str, str]] = {rid: {} for rid in run_ids}
+    if db is not None:
+        try:
+            con = sqlite3.connect(f"file:{quote(str(db))}?mode=ro", uri=True)
+            try:
+                marks = ",".join("?" * len(run_ids))
+                for rid, key, value in con.execute(
+                    f"SELECT run_uuid, key, value FROM params WHERE run_uuid IN ({marks})", run_ids
+                ):
+                    out[rid][key] = value
+            finally:
+                con.close()
+            return out
         except sqlite3.DatabaseError as e:
             log.debug("reading %s directly failed (%s); using MLflow's client", db, e)
-    return _read_client(uri, studies, params, curve_key)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    for rid in run_ids:
+        out[rid] = dict(client.get_run(rid).data.params)
+    return out
 
 
 def _check_store(uri: str) -> None:
     """Fail in one line on a store that is not there (MLflow would create an empty SQLite
     file) or a server that does not answer (MLflow would retry for minutes)."""
-    db = _sqlite_file(uri)
+    try:
+        check_store(uri)
+    except TrackingError as e:
+        raise AnalysisError(str(e)) from None
+    db = sqlite_path(uri)
     if db is not None and not db.is_file():
         raise AnalysisError(
             f"no MLflow store at {db} (tracking URI {uri}): run a sweep first, or pass "
@@ -76,12 +112,6 @@ def _check_store(uri: str) -> None:
     if uri.startswith(("http://", "https://")):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-
-
-def _sqlite_file(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///") or ":memory:" in uri:
-        return None
-    return Path(uri[len("sqlite:///") :].split("?", 1)[0])
 
 
 def _choose(experiments: dict[str, str], studies: list[str] | None, uri: str) -> dict[str, str]:
@@ -100,8 +130,8 @@ def _read_client(
 ) -> dict[str, list[RunRow]]:
     from mlflow import MlflowClient  # lazily: importing mlflow costs about a second
 
-    client = MlflowClient(tracking_uri=uri)
     try:
+        client = MlflowClient(tracking_uri=uri)
         experiments = {e.name: e.experiment_id for e in client.search_experiments()}
     except Exception as e:
         raise AnalysisError(

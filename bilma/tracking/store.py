@@ -17,6 +17,7 @@ MLflow is imported lazily (about a second): the analysis side and `--help` do wi
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -41,16 +42,128 @@ def resolve_uri(uri: str | None) -> str:
     uri = uri or DEFAULT_URI
     if uri == DEFAULT_URI and os.environ.get("MLFLOW_TRACKING_URI"):
         uri = os.environ["MLFLOW_TRACKING_URI"]
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is not None and not db.is_absolute():
         uri = "sqlite:///" + str(Path.cwd() / db)
     return uri
 
 
-def _sqlite_path(uri: str) -> Path | None:
+def sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///") or ":memory:" in uri:
         return None
     return Path(uri[len("sqlite:///") :].split("?", 1)[0])
+
+
+# Tables every MLflow store has had (the oldest schemas included): a SQLite file holding
+# tables but none of these is another program's.
+_MLFLOW_TABLES = {"experiments", "runs"}
+
+
+def check_store(uri: str) -> None:
+    """Refuse, in one line naming the file and the fix, a SQLite file MLflow must not open:
+    one that is not SQLite or is damaged (MLflow: an SQLAlchemy traceback), another program's
+    database (MLflow would add its tables to it), a store of another MLflow schema (MLflow
+    migrates an older one in place, and then older MLflows cannot open it). A missing or
+    empty file is a new store. Reads the file only (read-only); other URIs pass."""
+    if _is_file_store(uri) and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
+        import mlflow
+
+        folder = uri[len("file://") :] if uri.startswith("file://") else uri
+        raise TrackingError(
+            f"{uri} is a file store, which MLflow {mlflow.__version__} no longer opens: "
+            f"migrate it with `mlflow migrate-filestore --source {folder} --target "
+            "sqlite:///mlflow.db` and use that URI (or set MLFLOW_ALLOW_FILE_STORE=true)"
+        )
+    db = sqlite_path(uri)
+    if db is not None and db.is_dir():
+        raise TrackingError(
+            f"{db} is a folder, not an SQLite file: point tracking.uri (--tracking-uri, --uri) "
+            f"at a file, e.g. sqlite:///{db / 'mlflow.db'}"
+        )
+    if db is None or not db.is_file() or db.stat().st_size == 0:
+        return
+    tables, revision = _sqlite_tables(db, uri)
+    tables = {t for t in tables if not t.startswith(("alembic_", "sqlite_"))}
+    if not tables:
+        return  # a new store (or one whose creation stopped before its first table)
+    if not tables >= _MLFLOW_TABLES:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise TrackingError(
+            f"{db} is not an MLflow store (its tables: {shown}); MLflow would add its own "
+            "tables to it: point tracking.uri (--tracking-uri, --uri) at another file"
+        )
+    head, known = _schema_revisions()
+    if head is None or revision == head:
+        return
+    import mlflow
+
+    if revision in known or revision is None:
+        raise TrackingError(
+            f"{db} is an MLflow store of an older schema (revision {revision}; MLflow "
+            f"{mlflow.__version__} needs {head}): back it up, then run "
+            f"`mlflow db upgrade {uri}` (MLflows older than {mlflow.__version__} cannot open "
+            "it afterwards)"
+        )
+    raise TrackingError(
+        f"{db} was written by a newer MLflow (schema revision {revision}, unknown to MLflow "
+        f"{mlflow.__version__}): upgrade mlflow, or point tracking.uri at another store"
+    )
+
+
+def _is_file_store(uri: str) -> bool:
+    """A file:// URI or a plain folder path: MLflow's file store."""
+    return uri.startswith("file:") or ("://" not in uri and not uri.startswith("databricks"))
+
+
+def _sqlite_tables(db: Path, uri: str) -> tuple[set[str], str | None]:
+    """The tables of a SQLite file and its alembic revision, read-only."""
+    import sqlite3
+    from urllib.parse import quote
+
+    try:
+        con = sqlite3.connect(f"file:{quote(str(db))}?mode=ro", uri=True)
+        try:
+            tables = {
+                r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            revision = None
+            if "alembic_version" in tables:
+                row = con.execute("SELECT version_num FROM alembic_version").fetchone()
+                revision = row[0] if row else None
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        what = "is not an SQLite database" if "not a database" in str(e) else "is damaged"
+        raise TrackingError(
+            f"{db} {what} ({e}); it is no MLflow store MLflow can open: restore it from a "
+            "backup, or point tracking.uri (--tracking-uri, --uri) at another file"
+        ) from None
+    return tables, revision
+
+
+@functools.cache
+def _schema_revisions() -> tuple[str | None, frozenset[str]]:
+    """(the schema revision this MLflow writes, every revision it knows), read from its
+    migration scripts as text (importing them through alembic costs a second); (None, {})
+    when they cannot be found (the check is then left to MLflow)."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("mlflow")
+    if spec is None or spec.origin is None:
+        return None, frozenset()
+    versions = Path(spec.origin).parent / "store" / "db_migrations" / "versions"
+    revisions, parents = set(), set()
+    for script in versions.glob("*.py"):
+        text = script.read_text(errors="replace")
+        rev = re.search(r'^revision\s*=\s*["\']([0-9a-f]+)["\']', text, re.M)
+        down = re.search(r'^down_revision\s*=\s*["\']([0-9a-f]+)["\']', text, re.M)
+        if rev:
+            revisions.add(rev.group(1))
+        if down:
+            parents.add(down.group(1))
+    heads = revisions - parents
+    return (heads.pop() if len(heads) == 1 else None), frozenset(revisions)
 
 
 def _is_http(uri: str) -> bool:
@@ -62,7 +175,8 @@ def _prepare(uri: str) -> None:
     if _is_http(uri):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    db = _sqlite_path(uri)
+    check_store(uri)
+    db = sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
 
@@ -77,7 +191,7 @@ def mlflow_client(uri: str) -> Any:
 
 def artifact_location(uri: str, study: str) -> str | None:
     """`<dir of the sqlite file>/mlartifacts/<study>`; None (the server's default) otherwise."""
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is None:
         return None
     return str(db.parent / "mlartifacts" / study)
@@ -147,7 +261,7 @@ def runs_url(uri: str, study: str, base: str = "http://127.0.0.1:5000") -> str |
     Looks up only: no experiment is made, nor a SQLite file that is not there."""
     try:
         uri = resolve_uri(uri)
-        db = _sqlite_path(uri)
+        db = sqlite_path(uri)
         if db is not None and not db.is_file():
             return None
         exp = mlflow_client(uri).get_experiment_by_name(study)

@@ -20,7 +20,7 @@ from bilma.errors import first_line
 from bilma.runs.trial_dir import TrialDir, find_trials
 from bilma.tracking.mirror import MlflowMirror
 from bilma.tracking.parent import FROM_TRIALS, find_parent, update_parent
-from bilma.tracking.store import TrackingError, resolve_uri
+from bilma.tracking.store import TrackingError, resolve_uri, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ def sync(runs_root: str | Path, uri: str | None = None) -> dict[str, int]:
     # (uri, study, sweep) -> the parent run's id, and the folders holding the sweep's trials
     parents: dict[tuple[str, str, str], str] = {}
     folders: dict[tuple[str, str, str], set[Path]] = {}
+    unsaved: list[Path] = []  # trials whose mlflow.json could not be written (read-only)
     for path in find_trials(runs_root):
         trial = TrialDir(path)
         try:
@@ -59,11 +60,19 @@ def sync(runs_root: str | Path, uri: str | None = None) -> dict[str, int]:
             log.warning("skipping %s: %s", path, e)
             counts["skipped"] += 1
             continue
-        except Exception as e:
+        except OSError as e:
+            if not e.filename:  # the network (requests' errors are OSErrors without a file)
+                raise TrackingError(_failed(path, mirror.uri, e)) from e
+            # A local file: the trial folder's, not the server's fault.
             raise TrackingError(
-                f"{path}: could not sync to MLflow at {mirror.uri} ({first_line(e)}); "
-                "check the URI or the server, then run sync again"
-            ) from e
+                f"{e.filename}: {e.strerror or first_line(e)}; sync reads the trial "
+                f"directories (and writes only their mlflow.json): fix the permissions under "
+                f"{runs_root}, then run sync again"
+            ) from None
+        except Exception as e:
+            raise TrackingError(_failed(path, mirror.uri, e)) from e
+        if mirror.unsaved is not None:
+            unsaved.append(path)
         counts["trials"] += 1
         counts["runs_created"] += int(mirror.created)
         counts["points_logged"] += n
@@ -73,6 +82,13 @@ def sync(runs_root: str | Path, uri: str | None = None) -> dict[str, int]:
             mirror.run_id,
             "new" if mirror.created else "existing",
             n,
+        )
+    if unsaved:
+        log.warning(
+            "%s is read-only: %d trials' mlflow.json (their MLflow run ids) not written there; "
+            "nothing is lost: sync finds their runs again by their trial_id tags",
+            runs_root,
+            len(unsaved),
         )
     for (store, study, sweep), run_id in parents.items():
         try:
@@ -84,6 +100,19 @@ def sync(runs_root: str | Path, uri: str | None = None) -> dict[str, int]:
             ) from e
         counts["parents"] += 1
     return counts
+
+
+def _failed(path: Path, uri: str, e: BaseException) -> str:
+    """Sync of a trial failed in MLflow: the store or server to check."""
+    db = sqlite_path(uri)
+    check = (
+        f"check that {db} and its folder can be written"
+        if db is not None
+        else "check the URI or the server"
+    )
+    return (
+        f"{path}: could not sync to MLflow at {uri} ({first_line(e)}); {check}, then run sync again"
+    )
 
 
 def add_sync_args(parser: argparse.ArgumentParser) -> None:
@@ -108,6 +137,6 @@ def cmd_sync(args: argparse.Namespace) -> int:
         f"synced {counts['trials']} trials: {counts['runs_created']} runs created, "
         f"{counts['points_logged']} metric points logged"
         + (f", {counts['parents']} sweep parent runs updated" if counts["parents"] else "")
-        + (f", {counts['skipped']} skipped (bad config.yaml)" if counts["skipped"] else "")
+        + (f", {counts['skipped']} skipped (see the warnings)" if counts["skipped"] else "")
     )
     return 0

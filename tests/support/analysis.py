@@ -56,3 +56,54 @@ def columns(tabular: str) -> int:
             spans = [int(k) for k in re.findall(r"\\multicolumn\{(\d+)\}", line)]
             assert line.count(" & ") + 1 - len(spans) + sum(spans) == n, line
     return n
+
+
+def trial_on_disk(
+    runs,
+    study: str,
+    variant: str,
+    seed: int,
+    r1: float,
+    grid: str = "ablation",
+    point: dict | None = None,
+    index: int = 0,
+    **values,
+):
+    """A done trial directory as a sweep leaves it (config.yaml, launch.json, status.json,
+    result.json with test R1 `r1`), without training: `values` are config overrides."""
+    from pathlib import Path
+
+    from bilma.config import load_config
+    from bilma.runs.launch import Launch, write_launch
+    from bilma.runs.trial_dir import TrialDir, make_result
+
+    cfg = load_config(
+        None,
+        {
+            "paths.runs": str(runs),
+            "tracking.study": study,
+            "tracking.variant": variant,
+            "train.seed": seed,
+            "tracking.enabled": False,
+            **(point or {}),
+            **values,
+        },
+    )
+    trial = TrialDir.for_config(cfg)
+    trial.init(cfg)
+    launch = Launch(
+        study=study,
+        grid=str(Path(runs).parent / f"{grid}.yaml"),
+        variant=variant,
+        variant_base=variant,
+        variant_index=index,
+        grid_point=dict(point or {}),
+        seed=seed,
+    )
+    write_launch(trial.path, launch)
+    trial.start_attempt()
+    metrics = {"R1": r1, "R5": r1 + 10, "R10": r1 + 15, "mAP": r1 - 5, "mINP": r1 - 20}
+    sel = {"split": "val", "metric": "R1", "epoch": 2, "value": r1}
+    trial.write_result(make_result(cfg, metrics, sel, {"R1": r1}, 2, 1.0, launch=launch))
+    trial.set_status("done")
+    return trial

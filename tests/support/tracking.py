@@ -76,3 +76,59 @@ def finish_trial(trial: TrialDir, cfg: Config, epochs: int) -> dict:
     trial.write_result(result)
     trial.set_status("done")
     return result
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """cluster/mlflow-server.sh on 127.0.0.1:`port`, its store in `folder`: start() waits
+    until it answers, stop() ends it (the store stays for the next start())."""
+
+    def __init__(self, folder: Path, port: int | None = None):
+        self.folder, self.port = folder, port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self, timeout: float = 180) -> MlflowServer:
+        import os
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        from support.paths import REPO
+
+        env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+        self.proc = subprocess.Popen(
+            ["bash", str(REPO / "cluster" / "mlflow-server.sh"), "--store", str(self.folder)]
+            + ["--port", str(self.port), "--workers", "1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+        deadline = time.time() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=5) as r:
+                    if r.read() == b"OK":
+                        return self
+            except OSError:
+                assert self.proc.poll() is None, "the MLflow server exited"
+                assert time.time() < deadline, f"server not healthy in {timeout} s"
+                time.sleep(0.3)
+
+    def stop(self) -> None:
+        import os
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=60)
+        self.proc = None

@@ -10,6 +10,7 @@ import pytest
 from support.tracking import client, finish_trial, history, make_cfg, runs_of
 
 from bilma.runs.launch import Launch, write_launch
+from bilma.runs.lock import acquire_trial_lock, release_trial_lock
 from bilma.runs.trial_dir import TrialDir
 from bilma.tracking.mirror import MlflowMirror
 from bilma.tracking.parent import (
@@ -220,7 +221,11 @@ def test_a_live_parent_is_kept_by_sync(tmp_path: Path, store: str) -> None:
     t = make_trial(tmp_path, store, study, "IRRA", 0, 1, [10.0], state="running", parent=parent)
     cfg = t.read_config()
     MlflowMirror(t, cfg, parent_run_id=parent, uri=store).start()
-    counts = sync(tmp_path / "runs", store)
+    acquire_trial_lock(t.path)  # its trainer runs
+    try:
+        counts = sync(tmp_path / "runs", store)
+    finally:
+        release_trial_lock(t.path)
     assert counts["parents"] == 1
     runs = runs_of(store, study)
     assert len(runs) == 2
@@ -249,3 +254,33 @@ def test_tables_never_fail_on_mlflow(tmp_path: Path, monkeypatch, caplog) -> Non
     (path := tmp_path / "t.md").write_text("x")
     assert log_study_tables("http://127.0.0.1:9", "s", [path]) == []
     assert "could not log s's tables to MLflow" in caplog.text
+
+
+def test_sync_ends_a_parent_whose_launcher_is_gone(tmp_path: Path, store: str) -> None:
+    """MLflow stopped answering mid-sweep and the launcher was stopped: one trial finished,
+    the other's trainer died (status.json still says running, nobody holds its lock). sync
+    ends the parent from its trials' states (KILLED: one is left to resume), not RUNNING for
+    ever; a relaunch's running trial opens it again, and its end finishes it."""
+    study = "orphaned"
+    parent = ensure_parent_run(store, study, "ablation")
+    setup_parent(store, parent, None, {})
+    done = make_trial(tmp_path, store, study, "IRRA", 0, 1, [10.0], parent=parent)
+    dead = make_trial(tmp_path, store, study, "BiLMa", 1, 1, [20.0], state="running", parent=parent)
+    sync(tmp_path / "runs", store)
+    assert client(store).get_run(parent).info.status == "KILLED"
+    dead_run = json.loads(dead.mlflow_path.read_text())["run_id"]
+    assert client(store).get_run(dead_run).info.status == "KILLED"
+    done_run = json.loads(done.mlflow_path.read_text())["run_id"]
+    assert client(store).get_run(done_run).info.status == "FINISHED"
+
+    acquire_trial_lock(dead.path)  # relaunched: its trainer runs
+    try:
+        dead.start_attempt()
+        sync(tmp_path / "runs", store)
+        assert client(store).get_run(parent).info.status == "RUNNING"
+        assert client(store).get_run(dead_run).info.status == "RUNNING"
+        finish_trial(dead, dead.read_config(), epochs=1)
+    finally:
+        release_trial_lock(dead.path)
+    sync(tmp_path / "runs", store)
+    assert client(store).get_run(parent).info.status == "FINISHED"

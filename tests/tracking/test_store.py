@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from pathlib import Path
@@ -128,3 +129,152 @@ def test_runs_url_of_an_unreachable_server_is_none_at_once(
     start = time.monotonic()
     assert runs_url(f"http://127.0.0.1:{port}", "linked") is None
     assert time.monotonic() - start < 10
+
+
+# ----------------------------------------------------------------------------- bad stores
+
+
+def _tables(db: Path) -> list[str]:
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        return sorted(
+            r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        )
+    finally:
+        con.close()
+
+
+def _bad_store(kind: str, tmp_path: Path, store: str) -> Path:
+    """A SQLite file that is no usable MLflow store of this MLflow."""
+    import shutil
+    import sqlite3
+
+    db = tmp_path / f"{kind}.db"
+    if kind == "garbage":
+        db.write_bytes(bytes(range(256)) * 64)
+    elif kind == "torn":  # a real store, cut short (a copy that stopped half way)
+        ensure_experiment(store, "torn-source")
+        good = Path(store[len("sqlite:///") :]).read_bytes()
+        db.write_bytes(good[: len(good) // 2])
+    elif kind == "foreign":
+        con = sqlite3.connect(db)
+        con.execute("CREATE TABLE notes (id INTEGER, text TEXT)")
+        con.execute("INSERT INTO notes VALUES (1, 'precious')")
+        con.commit()
+        con.close()
+    elif kind == "older":  # this MLflow's store, one schema revision back
+        from alembic import command
+        from alembic.script import ScriptDirectory
+        from mlflow.store.db.utils import _get_alembic_config
+
+        ensure_experiment(store, "older-source")
+        shutil.copy(store[len("sqlite:///") :], db)
+        cfg = _get_alembic_config(f"sqlite:///{db}")
+        previous = [r.revision for r in ScriptDirectory.from_config(cfg).walk_revisions()][1]
+        command.downgrade(cfg, previous)
+    return db
+
+
+BAD_STORES = {
+    "garbage": "is not an SQLite database",
+    "torn": "is damaged",
+    "foreign": "not an MLflow store (its tables: notes)",
+    "older": "mlflow db upgrade sqlite:///",
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_STORES))
+def test_a_bad_store_is_one_line_and_left_as_it_was(kind, tmp_path, store, capsys) -> None:
+    """make_tables and sync on a damaged file, another program's SQLite database or a store
+    of an older MLflow schema: one line naming the file and the fix; MLflow never opens it
+    (it would add its tables to the foreign file and migrate the older one in place)."""
+    from support.analysis import trial_on_disk
+
+    from bilma.analysis.make_tables import main as make_tables
+    from bilma.tracking.store import TrackingError
+    from bilma.tracking.sync import sync
+
+    db = _bad_store(kind, tmp_path, store)
+    before = db.read_bytes()
+    uri = f"sqlite:///{db}"
+    capsys.readouterr()  # MLflow's lines while the fixture made the store
+    assert make_tables(["--tracking-uri", uri]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(db) in err and BAD_STORES[kind] in err, err
+    trial_on_disk(tmp_path / "runs", "bad-store", "IRRA", 1, 40.0)
+    with pytest.raises(TrackingError, match=re.escape(BAD_STORES[kind])) as e:
+        sync(tmp_path / "runs", uri)
+    assert str(db) in str(e.value) and "\n" not in str(e.value)
+    assert db.read_bytes() == before
+
+
+def test_an_empty_file_is_a_new_store(tmp_path) -> None:
+    db = tmp_path / "empty.db"
+    db.touch()
+    ensure_experiment(f"sqlite:///{db}", "fresh")
+    assert "experiments" in _tables(db)
+
+
+def test_the_schema_revision_read_as_text_is_mlflow_s() -> None:
+    """check_store reads MLflow's migration scripts as text: the head it finds is the one
+    MLflow's own check demands."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    head, known = store_module._schema_revisions()
+    assert head == _get_latest_schema_revision() and head in known and len(known) > 50
+
+
+def test_a_store_damaged_inside_is_one_line_for_the_tables(tmp_path, store, capsys) -> None:
+    """A store whose first page is sound but whose runs table is not (a disk error): the
+    tables say so in one line, not with MLflow's SQLAlchemy traceback."""
+    import shutil
+    import sqlite3
+
+    from bilma.analysis.make_tables import main as make_tables
+
+    ensure_experiment(store, "damaged-source")
+    db = tmp_path / "damaged.db"
+    shutil.copy(store[len("sqlite:///") :], db)
+    con = sqlite3.connect(db)
+    page = con.execute("PRAGMA page_size").fetchone()[0]
+    (root,) = con.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name = 'experiments'"
+    ).fetchone()
+    con.close()
+    data = bytearray(db.read_bytes())
+    data[(root - 1) * page : root * page] = b"\xff" * page
+    db.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert make_tables(["--tracking-uri", f"sqlite:///{db}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: {db} is damaged (database disk image is malformed); restore it from a backup "
+        "(or salvage it with `sqlite3 DB .recover`), or read the trial directories with --runs DIR"
+    )
+
+
+@pytest.mark.parametrize("kind", ["folder", "file store"])
+def test_a_store_that_is_a_folder_is_one_line(kind, tmp_path, capsys, monkeypatch) -> None:
+    """sqlite:/// naming a folder, or MLflow's file store (which MLflow 3 no longer opens):
+    one line with the fix, for the tables and for sync."""
+    from support.analysis import trial_on_disk
+
+    from bilma.analysis.make_tables import main as make_tables
+    from bilma.tracking.store import TrackingError
+    from bilma.tracking.sync import sync
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    (tmp_path / "store").mkdir()
+    if kind == "folder":
+        uri, fix = f"sqlite:///{tmp_path / 'store'}", "is a folder, not an SQLite file"
+    else:
+        uri, fix = f"file://{tmp_path / 'store'}", "mlflow migrate-filestore --source"
+    assert make_tables(["--tracking-uri", uri]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fix in err, err
+    trial_on_disk(tmp_path / "runs", "folder-store", "IRRA", 1, 40.0)
+    with pytest.raises(TrackingError, match=re.escape(fix)):
+        sync(tmp_path / "runs", uri)
+    assert list((tmp_path / "store").iterdir()) == []

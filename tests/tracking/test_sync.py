@@ -120,3 +120,135 @@ def test_a_second_runs_folder_never_rewrites_a_finished_run(tmp_path: Path, stor
     sync(tmp_path / "b" / "runs", store)
     (run,) = runs_of(store, "twofolders")
     assert run.info.status == "FAILED"
+
+
+@pytest.mark.slow
+def test_a_server_that_stops_mid_sweep_gets_its_parent_ended_by_sync(tmp_path: Path) -> None:
+    """A real MLflow server stops while two trials train: one finishes (its run and the
+    launcher's end of the parent fail), the other's trainer dies. With the server back,
+    sync completes the trial runs and ends the parent (KILLED: one trial is left to
+    resume), where it stayed RUNNING for ever."""
+    from support.tracking import MlflowServer
+    from tracking.test_parent import make_trial
+
+    from bilma.runs.lock import acquire_trial_lock, release_trial_lock
+    from bilma.sweep.prepare import finish_parent
+    from bilma.tracking.parent import setup_parent
+    from bilma.tracking.store import ensure_parent_run
+
+    server = MlflowServer(tmp_path / "store").start()
+    uri = server.uri
+    try:
+        parent = ensure_parent_run(uri, "served", "ablation")
+        setup_parent(uri, parent, None, {})
+        trials = [
+            make_trial(tmp_path, uri, "served", v, i, 1, [10.0], state="running", parent=parent)
+            for i, v in enumerate(["IRRA", "BiLMa"])
+        ]
+        mirrors = []
+        for t in trials:
+            acquire_trial_lock(t.path)
+            mirrors.append(MlflowMirror(t, t.read_config(), parent_run_id=parent, uri=uri))
+            assert mirrors[-1].start()
+        server.stop()  # mid-sweep
+        finish_trial(trials[0], trials[0].read_config(), epochs=1)
+        mirrors[0].finish()  # fails: one warning, the run stays RUNNING
+        for t in trials:
+            release_trial_lock(t.path)  # the first ended, the second's trainer died
+        finish_parent(trials[0].read_config(), parent, failed=False)  # fails: a warning
+        server.start()
+        sync(tmp_path / "runs", uri)
+        status = {r.info.run_id: r.info.status for r in runs_of(uri, "served")}
+        assert status == {
+            parent: "KILLED",
+            mirrors[0].run_id: "FINISHED",
+            mirrors[1].run_id: "KILLED",
+        }
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def read_only_runs(tmp_path):
+    """A runs folder on its own tmpfs, remounted read-only once the test filled it (root
+    writes into folders without write permission: a read-only mount is the honest case)."""
+    import subprocess
+
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+
+    def seal() -> None:
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+
+    yield mnt, seal
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_sync_from_a_read_only_runs_folder(read_only_runs, tmp_path, store, caplog) -> None:
+    """sync only reads the trials: from a read-only folder it mirrors them all, says once
+    that mlflow.json could not be kept there, finds the runs again by their trial id the
+    next time, and never blames the server."""
+    folder, seal = read_only_runs
+    cfg = make_cfg(folder, store, study="readonly", **{"tracking.enabled": False})
+    trial = TrialDir.for_config(cfg)
+    trial.init(cfg)
+    trial.start_attempt()
+    write_records(trial, range(1, 3))
+    finish_trial(trial, cfg, epochs=2)
+    seal()
+    counts = sync(folder / "runs", store)
+    assert counts["trials"] == 1 and counts["runs_created"] == 1
+    (run,) = runs_of(store, "readonly")
+    assert run.info.status == "FINISHED" and run.data.metrics["test/R1"] == 55.5
+    notes = [r.getMessage() for r in caplog.records if "mlflow.json" in r.getMessage()]
+    assert len(notes) == 1 and str(folder / "runs") in notes[0] and "read-only" in notes[0]
+    assert sync(folder / "runs", store)["runs_created"] == 0
+    assert len(runs_of(store, "readonly")) == 1
+    assert not trial.mlflow_path.exists()
+
+
+def test_an_unreadable_trial_file_is_named_not_the_server(tmp_path, store, monkeypatch) -> None:
+    """A file sync cannot read (no permission: what a non-root user meets) is named, with
+    the folder to fix; the server is not blamed."""
+    cfg = make_cfg(tmp_path, store, study="unreadable", **{"tracking.enabled": False})
+    trial = TrialDir.for_config(cfg)
+    trial.init(cfg)
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self.metrics_path))
+
+    monkeypatch.setattr(TrialDir, "read_metrics", denied)
+    with pytest.raises(TrackingError) as e:
+        sync(tmp_path / "runs", store)
+    assert str(e.value) == (
+        f"{trial.metrics_path}: Permission denied; sync reads the trial directories (and "
+        f"writes only their mlflow.json): fix the permissions under {tmp_path / 'runs'}, then "
+        "run sync again"
+    )
+
+
+def test_sync_mirrors_trials_with_hand_edited_files(tmp_path, store, caplog) -> None:
+    """A done trial whose status.json holds a list, and one whose metrics.jsonl has a line
+    with "epoch": "x": both mirrored (FINISHED, the sound points), each file named once."""
+    from support.analysis import trial_on_disk
+
+    lists = trial_on_disk(tmp_path / "runs", "edited", "IRRA", 1, 40.0)
+    lists.status_path.write_text('["done"]')
+    texts = trial_on_disk(tmp_path / "runs", "edited", "IRRA", 2, 50.0)
+    texts.append_metrics({"epoch": 1, "split": "val", "R1": 30.0})
+    with open(texts.metrics_path, "a") as f:
+        f.write('{"epoch": "x", "split": "val", "R1": 31.0}\n')
+    counts = sync(tmp_path / "runs", store)
+    assert counts["trials"] == 2 and counts["skipped"] == 0
+    runs = {
+        r.data.tags["trial_id"]: r for r in runs_of(store, "edited") if "trial_id" in r.data.tags
+    }
+    assert {t: r.info.status for t, r in runs.items()} == {
+        lists.trial_id: "FINISHED",
+        texts.trial_id: "FINISHED",
+    }
+    assert history(store, runs[texts.trial_id].info.run_id, "val/R1") == [(1, 30.0)]
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert str(lists.status_path) in warned and f"{texts.metrics_path}:2" in warned
