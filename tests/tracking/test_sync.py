@@ -168,43 +168,24 @@ def test_a_server_that_stops_mid_sweep_gets_its_parent_ended_by_sync(tmp_path: P
         server.stop()
 
 
-@pytest.fixture
-def read_only_runs(tmp_path):
-    """A runs folder on its own tmpfs, remounted read-only once the test filled it (root
-    writes into folders without write permission: a read-only mount is the honest case)."""
-    import subprocess
-
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-
-    def seal() -> None:
-        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
-
-    yield mnt, seal
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def test_sync_from_a_read_only_runs_folder(read_only_runs, tmp_path, store, caplog) -> None:
+def test_sync_from_a_read_only_runs_folder(read_only, tmp_path, store, caplog) -> None:
     """sync only reads the trials: from a read-only folder it mirrors them all, says once
     that mlflow.json could not be kept there, finds the runs again by their trial id the
     next time, and never blames the server."""
-    folder, seal = read_only_runs
+    folder, view = read_only  # written through `folder`, synced through the read-only `view`
     cfg = make_cfg(folder, store, study="readonly", **{"tracking.enabled": False})
     trial = TrialDir.for_config(cfg)
     trial.init(cfg)
     trial.start_attempt()
     write_records(trial, range(1, 3))
     finish_trial(trial, cfg, epochs=2)
-    seal()
-    counts = sync(folder / "runs", store)
+    counts = sync(view / "runs", store)
     assert counts["trials"] == 1 and counts["runs_created"] == 1
     (run,) = runs_of(store, "readonly")
     assert run.info.status == "FINISHED" and run.data.metrics["test/R1"] == 55.5
     notes = [r.getMessage() for r in caplog.records if "mlflow.json" in r.getMessage()]
-    assert len(notes) == 1 and str(folder / "runs") in notes[0] and "read-only" in notes[0]
-    assert sync(folder / "runs", store)["runs_created"] == 0
+    assert len(notes) == 1 and str(view / "runs") in notes[0] and "read-only" in notes[0]
+    assert sync(view / "runs", store)["runs_created"] == 0
     assert len(runs_of(store, "readonly")) == 1
     assert not trial.mlflow_path.exists()
 
