@@ -106,7 +106,9 @@ def train(
         log.warning(moved)
     if (done := trial.read_result()) is not None:  # final: no lock, no write (a read-only
         return _report_done(trial, done)  # folder, a colleague's runs) to say so
-    if cfg.data.dataset == "synth":  # known from the config: refuse before anything is made
+    if cfg.data.dataset == "synth" and not trial.path.exists():
+        # Known from the config: refuse before anything is made. A folder a launcher prepared
+        # gets the same check in `setup`, after the attempt starts, so the failure is recorded.
         _check_splits(synth_counts(cfg), cfg)
     acquire_trial_lock(trial.path)  # one process per trial, whoever started it (bilma/lock.py)
     try:
@@ -223,7 +225,6 @@ class Trainer:
         if d.world > 1:
             dist.barrier()
         self.data = data = load_data(cfg)
-        _check_splits(counts_of(data.records), cfg, d.world)
         self.train_set = TrainSet(data, cfg)
         self.model = build_model(
             cfg, data.tokenizer.vocab_size, data.tokenizer.eot_id, data.num_train_ids
@@ -289,6 +290,8 @@ class Trainer:
     def _setup_loop(self) -> None:
         """The (DDP-wrapped) network, the loader and its sampler, steps per epoch."""
         cfg, d, data = self.cfg, self.d, self.data
+        # Here, not in `setup`: the trial's MLflow run exists by now, so it records the failure.
+        _check_splits(counts_of(data.records), cfg, d.world)
         self.net: torch.nn.Module = self.model
         if d.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(

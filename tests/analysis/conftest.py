@@ -91,6 +91,9 @@ def smoke_sweep(synth_small, tmp_path_factory) -> Sweep:
             str(grid),
             "--backend",
             "debug",
+            # The preflight would refuse the broken variant before anything runs; without it
+            # the trial starts and fails in the trainer's own check, as a trial fails.
+            "--no-preflight",
         ],
         cwd=folder,
         env=env,
