@@ -10,6 +10,10 @@ baseline row's (the grid's first variant, or `baseline`) by a paired t-test with
 over at least MIN_PAIRS shared seeds; with fewer shared seeds no p-value is reported at all.
 The main table applies the same test to our rows (on each dataset); published numbers have
 no seeds to pair, so they are never bold, and neither is the best mean of a column.
+
+A variant that reproduces a row of a paper's table (analysis/published.yaml, `reproductions:`)
+gets that row beside it: `StudyTable.paper`, one `PaperPair` per dataset and metric the paper
+gives, with the difference ours - paper (no test: a published number has no seeds).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from bilma.analysis.records import (
     AnalysisError,
     TrialRecord,
     claimants,
+    hashable,
 )
 from bilma.analysis.stats import MIN_PAIRS, mean, paired_t, sample_std, significant
 
@@ -78,6 +83,35 @@ class Row:
     baseline: bool = False
 
 
+@dataclass(frozen=True)
+class PaperRow:
+    """A row of a paper's table that a study's variant reproduces (published.yaml)."""
+
+    table: str  # key of published.yaml's `tables`
+    row: str  # the row's name in that table
+    citation: str  # key of `sources`
+    what: str  # where in the paper ("Table 2, the component ablation ...")
+    at: dict[str, Any]  # the grid point where the paper's setting holds ({}: every point)
+    results: dict[str, dict[str, float]]  # dataset -> metric -> value
+
+
+@dataclass
+class PaperPair:
+    """One of our rows beside the paper's row it reproduces, on one dataset and metric."""
+
+    ours: Row
+    paper: PaperRow
+    dataset: str
+    metric: str
+    value: float  # the paper's number
+    cell: Cell | None  # ours (None: no finished run of this row on the dataset)
+
+    @property
+    def diff(self) -> float | None:
+        """ours - paper (None without a run of ours)."""
+        return None if self.cell is None else self.cell.mean - self.value
+
+
 @dataclass
 class StudyTable:
     study: str
@@ -93,6 +127,7 @@ class StudyTable:
     baseline: str | None = None  # the variant Δ, p and bold are taken against
     sources: dict[str, str] = field(default_factory=dict)  # citation key -> reference
     chance: dict[str, list[float]] = field(default_factory=dict)  # dataset -> chance R1s
+    paper: list[PaperPair] = field(default_factory=list)  # the paper's rows beside ours
 
     def compared(self) -> list[Cell]:
         """The cells that were tested against the baseline."""
@@ -122,6 +157,53 @@ def load_published(path: Path = PUBLISHED_FILE) -> tuple[list[dict[str, Any]], d
     """(methods, sources) of the published-numbers file."""
     data = yaml.safe_load(path.read_text())
     return list(data["methods"]), {k: " ".join(v.split()) for k, v in data["sources"].items()}
+
+
+def paper_rows(study: str, path: Path = PUBLISHED_FILE) -> dict[str, PaperRow]:
+    """Variant -> the published row it reproduces, for `study` (published.yaml's
+    `reproductions:`; {} for a study that reproduces none). A reference to a table, row or
+    source that the file does not hold is an AnalysisError naming the key and the fix."""
+    data = yaml.safe_load(path.read_text()) or {}
+    tables, sources = data.get("tables") or {}, data.get("sources") or {}
+    out = {}
+    for variant, ref in ((data.get("reproductions") or {}).get(study) or {}).items():
+        where = f"{path}: reproductions.{study}.{variant}"
+        if not isinstance(ref, dict):
+            raise AnalysisError(f"{where}: expected {{table: ..., row: ...}}, got {ref!r}")
+        table = tables.get(ref.get("table"))
+        if table is None:
+            raise AnalysisError(
+                f"{where}: table {ref.get('table')!r} is not a key of `tables` "
+                f"({', '.join(tables) or 'none'}); name one of them"
+            )
+        row = (table.get("rows") or {}).get(ref.get("row"))
+        if row is None:
+            raise AnalysisError(
+                f"{where}: row {ref.get('row')!r} is not a row of table {ref['table']!r} "
+                f"({', '.join(table.get('rows') or {})}); name one of them"
+            )
+        if table.get("citation") not in sources:
+            raise AnalysisError(
+                f"{path}: tables.{ref['table']}.citation {table.get('citation')!r} is not a key "
+                f"of `sources` ({', '.join(sources)}); add the source"
+            )
+        results = {d: {m: float(v) for m, v in ms.items()} for d, ms in row.items()}
+        at = dict(ref.get("at") or {})
+        out[variant] = PaperRow(
+            ref["table"], ref["row"], table["citation"], table.get("what", ""), at, results
+        )
+    return out
+
+
+def _same_point_value(a: Any, b: Any) -> bool:
+    """Equal as grid-point values: numbers numerically (1 and 1.0), the rest as they are."""
+
+    def number(x: Any) -> bool:
+        return isinstance(x, int | float) and not isinstance(x, bool)
+
+    if number(a) and number(b):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return hashable(a) == hashable(b)
 
 
 def _dedupe(records: list[TrialRecord]) -> list[TrialRecord]:
@@ -289,6 +371,7 @@ def build_table(
     _compare(table, baseline)
     if kind == "main":
         _add_published(table)
+    _add_paper(table)
     few = [
         f"{row_label(r.variant_base, r.point, short)}"
         f"{'' if kind == 'ablation' else f' on {dataset_name(d)}'} (n={r.n[d]})"
@@ -391,3 +474,25 @@ def _add_published(table: StudyTable) -> None:
     table.rows = pub_rows + table.rows
     used = dict.fromkeys(m["citation"] for m in shown)
     table.sources = {k: sources[k] for k in used}
+
+
+def _add_paper(table: StudyTable) -> None:
+    """Pair each of our rows with the published row its variant reproduces, at the grid
+    point the paper's setting holds (`at`), on each of the table's datasets the paper gives."""
+    rows = paper_rows(table.study)
+    if not rows:
+        return
+    _, sources = load_published()
+    for ours in table.rows:
+        paper = None if ours.published else rows.get(ours.variant_base)
+        if paper is None:
+            continue
+        point = dict(ours.point)
+        if not all(k in point and _same_point_value(point[k], v) for k, v in paper.at.items()):
+            continue
+        for d in table.datasets:
+            for m, value in paper.results.get(d, {}).items():
+                if m in table.metrics:
+                    table.paper.append(PaperPair(ours, paper, d, m, value, ours.cells.get((d, m))))
+    for pair in table.paper:
+        table.sources.setdefault(pair.paper.citation, sources[pair.paper.citation])

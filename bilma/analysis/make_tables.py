@@ -8,6 +8,8 @@ Markdown goes to stdout; with --out, LaTeX (booktabs) and CSV files and the PNG 
 (and, read from MLflow, to the study's parent run as artifacts under tables/).
 Runs are grouped by variant, grid point and dataset and aggregated over seeds (mean ± sample
 std, n); ablations show the difference to the grid's first variant with a paired t-test.
+A study whose variants reproduce a paper's rows (analysis/published.yaml, `reproductions:`, e.g.
+bilma_table2) also gets those rows beside ours: "paper", "ours" and "ours - paper".
 A bad study, store or folder gets one line on stderr and a non-zero exit.
 """
 

@@ -9,6 +9,10 @@ Markdown shows every metric in one table. LaTeX fits a paper's column: the metri
 by group (R1/R5/R10, mAP/mINP, the look-alike ones) and, where a group is still too wide, by
 dataset or into smaller chunks, so that no tabular has more than TEX_MAX_COLUMNS columns; an
 ablation with too many swept axes for a column names them in the row label instead.
+
+A study whose variants reproduce rows of a paper's table (analysis/published.yaml,
+`reproductions:`) gets a second table in every format: each of our rows beside the paper's,
+per dataset and metric, as "paper", "ours" and "ours - paper".
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 
 from bilma.analysis.aggregate import (
     Cell,
+    PaperPair,
     Row,
     StudyTable,
     dataset_name,
@@ -67,6 +72,10 @@ def fmt_delta(c: Cell | None, row: Row) -> str:
     return f"{c.delta:+.2f} (p{shown if shown.startswith('<') else '=' + shown})"
 
 
+def fmt_diff(x: float | None) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:+.2f}"
+
+
 def fmt_chance(x: float) -> str:
     return f"{x:.2f}" if x >= 0.05 else f"{x:.2g}"
 
@@ -86,6 +95,13 @@ def notes(t: StudyTable) -> list[str]:
         "deviation over seeds, n runs per cell.",
     ]
     out += _test_notes(t)
+    if t.paper:
+        out.append(
+            f"Paper{PUBLISHED_MARK}: the published row each variant reproduces "
+            "(analysis/published.yaml, reproductions); ours: mean ± sample standard deviation "
+            "(n runs); ours - paper: the difference of the means, untested (a published number "
+            "has no seeds)."
+        )
     chance = _chance_note(t)
     if chance:
         out.append(chance)
@@ -153,6 +169,31 @@ def _row_name(r: Row) -> str:
     return f"{r.label} {PUBLISHED_MARK}[{r.citation}]" if r.published else r.label
 
 
+# ----------------------------------------------------------------------------- paper vs ours
+
+PAPER_HEADER = ["variant", "paper row", "dataset", "metric", "paper", "ours", "ours - paper"]
+
+
+def _paper_title(t: StudyTable) -> str:
+    return f"{t.study}: the paper's rows beside ours"
+
+
+def _paper_row_name(p: PaperPair) -> str:
+    """'Table 2: SDM+ID †[bilma]': where in the paper (`what` up to its first comma)."""
+    where = p.paper.what.split(",")[0] or p.paper.table
+    return f"{where}: {p.paper.row} {PUBLISHED_MARK}[{p.paper.citation}]"
+
+
+def _paper_body(t: StudyTable, text) -> list[list[str]]:
+    """One line per PaperPair: PAPER_HEADER's cells, each escaped by `text`."""
+    body = []
+    for p in t.paper:
+        ours = "n/a" if p.cell is None else f"{fmt_mean_std(p.cell)} (n={p.cell.n})"
+        cells = [p.ours.label, _paper_row_name(p), dataset_name(p.dataset), p.metric]
+        body.append([text(x) for x in (*cells, fmt_num(p.value), ours, fmt_diff(p.diff))])
+    return body
+
+
 # ----------------------------------------------------------------------------- markdown
 
 
@@ -171,6 +212,11 @@ def markdown(t: StudyTable) -> str:
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join("---" for _ in header) + "|")
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    if t.paper:
+        lines += ["", f"#### {_paper_title(t)}", ""]
+        lines.append("| " + " | ".join(PAPER_HEADER) + " |")
+        lines.append("|" + "|".join("---" for _ in PAPER_HEADER) + "|")
+        lines += ["| " + " | ".join(row) + " |" for row in _paper_body(t, _md_escape)]
     lines.append("")
     lines += notes(t)
     return "\n".join(lines) + "\n"
@@ -318,6 +364,8 @@ def latex(t: StudyTable) -> str:
         out += _tex_table(t, part, title, caption, label)
         if i + 1 < len(parts):
             out.append("")
+    if t.paper:
+        out += ["", *_tex_paper_table(t, caption)]
     if t.excluded:
         out.append("% Not averaged in:")
         out += [f"%   {_trial_line(r)}" for r in t.excluded]
@@ -358,6 +406,19 @@ def _tex_table(t: StudyTable, part: TexPart, title: str, caption: str, label: st
     out.append(r"\end{tabular}")
     out.append(rf"\caption{{{tex_escape(title)}. {tex_escape(caption)}}}")
     out.append(rf"\label{{tab:{tex_escape(label)}}}")
+    out.append(r"\end{table}")
+    return out
+
+
+def _tex_paper_table(t: StudyTable, caption: str) -> list[str]:
+    """The paper's rows beside ours: one booktabs tabular of len(PAPER_HEADER) columns."""
+    out = [r"\begin{table}[t]", r"\centering", r"\small"]
+    out.append(r"\begin{tabular}{llll" + "r" * (len(PAPER_HEADER) - 4) + "}")
+    out += [r"\toprule", " & ".join(tex_escape(h) for h in PAPER_HEADER) + r" \\", r"\midrule"]
+    out += [" & ".join(row) + r" \\" for row in _paper_body(t, tex_escape)]
+    out += [r"\bottomrule", r"\end{tabular}"]
+    out.append(rf"\caption{{{tex_escape(_paper_title(t))}. {tex_escape(caption)}}}")
+    out.append(rf"\label{{tab:{tex_escape(t.study)}-paper}}")
     out.append(r"\end{table}")
     return out
 
@@ -415,4 +476,26 @@ def csv_text(t: StudyTable) -> str:
                     else "/".join(repr(x) for x in t.chance.get(d, [])),
                 }
             )
+    for p in t.paper:  # the paper's number, its difference to ours in `delta`
+        w.writerow(
+            {
+                "study": t.study,
+                "table": "paper",
+                "source": "published",
+                "row": f"{p.paper.table}: {p.paper.row}",
+                "variant_base": p.ours.variant_base,
+                "grid_point": json.dumps(dict(p.ours.point)),
+                "dataset": p.dataset,
+                "metric": p.metric,
+                "mean": repr(p.value),
+                "std": "",
+                "n": 0,
+                "delta": "" if p.diff is None else repr(p.diff),
+                "p": "",
+                "pairs": "",
+                "baseline": "",
+                "citation": p.paper.citation,
+                "chance_R1": "",
+            }
+        )
     return buf.getvalue()

@@ -48,10 +48,15 @@ def test_main_table_papers_layout_with_published_rows():
     assert irra_pub[1:7] == ["73.38", "89.93", "93.71", "66.13", "50.24", "–"]
     bilma_pub = body[2].split(" | ")
     assert bilma_pub[5] == "n/a" and bilma_pub[7] == "63.83"
-    assert "**" not in "".join(body[:3])
+    assert "**" not in "".join(body[:-2])
+    # The modern anchors (RDE, ITSELF) give CUHK-PEDES R1 and mAP only.
+    assert [ln.split(" | ")[1:7] for ln in body[3:5]] == [
+        ["75.94", "n/a", "n/a", "67.56", "n/a", "–"],
+        ["76.95", "n/a", "n/a", "69.38", "n/a", "–"],
+    ]
     # Ours: mean ± sample std over the 3 seeds, n per dataset; BiLMa CUHK R1 74, 75, 76 against
     # IRRA's 72, 72.5, 73: paired differences 2, 2.5, 3, p = 0.0131 (scipy) -> bold.
-    irra, bilma = body[3].split(" | "), body[4].split(" | ")
+    irra, bilma = body[-2].split(" | "), body[-1].split(" | ")
     assert bilma[1] == f"**75.00 ± {statistics.stdev([74, 75, 76]):.2f}**"
     assert irra[1] == "72.50 ± 0.50"  # the baseline itself is never bold
     assert bilma[6] == "3"
@@ -67,6 +72,8 @@ def test_main_table_papers_layout_with_published_rows():
     assert "Aggregates 18 finished runs" in md
     assert "- BiLMa seed=7, CUHK-PEDES (BiLMa-cuhk-pedes-7-null): failed" in md
     assert "[irra] Jiang & Ye" in md and "[bilma] Fujii & Tarashima" in md
+    assert "[rde] RDE, CVPR 2024" in md and "[itself] ITSELF, WACV 2026" in md
+    assert "paper row" not in md  # the study "main" reproduces no paper's rows one by one
 
 
 def test_main_table_latex_groups_and_rows():
@@ -83,7 +90,7 @@ def test_main_table_latex_groups_and_rows():
     assert r"\cmidrule(lr){2-4} \cmidrule(lr){5-7}" in parts[3]
     body = parts[0].split("\\bottomrule")[0].split("\\midrule\n", 1)[1]
     rows = [ln for ln in body.splitlines() if ln.endswith("\\\\")]
-    assert len(rows) == 5 and all(r.count(" & ") == 4 for r in rows)
+    assert len(rows) == 7 and all(r.count(" & ") == 4 for r in rows)  # 5 published, 2 ours
     assert rows[0].startswith("CLIP fine-tuned $^\\dagger$[irra]")
     assert rows[-1].startswith("BiLMa & \\textbf{75.00 $\\pm$ 1.00}")
 

@@ -8,12 +8,14 @@ import re
 from bilma.analysis.records import TrialRecord
 
 
-def record(variant, index, dataset, seed, r1, state="finished", point=None, split=None):
-    """A trial with test R1 `r1` (the other metrics follow it); by default on a grid point
-    of grids/main.yaml."""
+def record(
+    variant, index, dataset, seed, r1, state="finished", point=None, split=None, study="main"
+):
+    """A trial of `study` with test R1 `r1` (the other metrics follow it); by default on a
+    grid point of grids/main.yaml."""
     metrics = {"R1": r1, "R5": r1 + 10, "R10": r1 + 15, "mAP": r1 - 5, "mINP": r1 - 20}
     return TrialRecord(
-        study="main",
+        study=study,
         trial_id=f"{variant}-{dataset}-{seed}-{json.dumps(point)}",
         variant=variant,
         variant_base=variant,

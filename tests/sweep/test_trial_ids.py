@@ -1,13 +1,21 @@
 """The trial ids of every shipped grid, pinned: a refactor that changes one would strand every
-trial directory (and every queued job) of a study in progress."""
+trial directory (and every queued job) of a study in progress.
+
+A change that is meant to change them (a preset that follows a paper, a new grid): check the
+difference, then regenerate and name the grids whose ids changed in the commit message:
+
+    BILMA_REGEN_GOLDEN=1 PYTHONPATH=$PWD .venv/bin/python -m pytest -q tests/sweep/test_trial_ids.py
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
+from bilma.fileio import atomic_write_text
 from bilma.sweep.expand import GRIDS_DIR, expand, load_grid
 
 GOLDEN = Path(__file__).with_name("golden") / "trial_ids.json"
@@ -16,6 +24,14 @@ GOLDEN = Path(__file__).with_name("golden") / "trial_ids.json"
 def grid_ids(name: str) -> list[list]:
     """[variant label, seed, trial id] of each trial of the shipped grid `name`, in order."""
     return [[t.variant, t.seed, t.trial_id] for t in expand(load_grid(name))]
+
+
+if os.environ.get("BILMA_REGEN_GOLDEN"):  # rewrite the pins before the tests read them
+    atomic_write_text(
+        GOLDEN,
+        json.dumps({p.stem: grid_ids(p.stem) for p in sorted(GRIDS_DIR.glob("*.yaml"))}, indent=1)
+        + "\n",
+    )
 
 
 @pytest.mark.parametrize("name", sorted(json.loads(GOLDEN.read_text())))
