@@ -33,9 +33,8 @@ from bilma.data.tokenizer import (  # noqa: F401  (tokenizer_folder: importable 
     load_tokenizer,
     tokenizer_folder,
 )
-from bilma.data.transforms import TestTransform, TrainTransform
+from bilma.data.transforms import DeviceAugment, TestTransform, TrainTransform
 from bilma.labels import IGNORE_INDEX
-from bilma.patches import PATCH
 
 log = logging.getLogger(__name__)
 
@@ -189,9 +188,16 @@ def mask_tokens(
 
 
 class TrainSet(Dataset):
-    """One sample per (image, caption) pair of the train split."""
+    """One sample per (image, caption) pair of the train split.
 
-    def __init__(self, data: PedesData, cfg: Config, split: str = "train"):
+    By default a sample holds what a worker ships cheaply: uint8 ``images`` ``[3, H, W]``, the
+    ``erase`` box drawn for it and, for SemMIM, the uint8 ``parse_maps`` ``[H, W]``; the
+    trainer finishes each batch on its device with `device_augment()` (normalised float images,
+    ``patch_labels``). ``uint8=False`` finishes each sample here instead (the CPU path: the
+    same numbers, four times the bytes), for callers that feed the model directly.
+    """
+
+    def __init__(self, data: PedesData, cfg: Config, split: str = "train", uint8: bool = True):
         self.data = data
         self.cfg = cfg
         rec_idx, self.captions = data.split(split)
@@ -204,6 +210,12 @@ class TrainSet(Dataset):
         self.label_set = parsing.get_label_set(cfg.mim.labels)
         self.mlm = cfg.mlm.enabled and cfg.loss.mlm_weight > 0
         self.seed = cfg.train.seed
+        self.uint8 = uint8
+        self._finish = None if uint8 else self.device_augment()
+
+    def device_augment(self) -> DeviceAugment:
+        """The float half of this set's augmentation, for whole batches on a device."""
+        return self.transform.on_device(self.label_set.num_classes, self.cfg.mim.label_rule)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -221,10 +233,11 @@ class TrainSet(Dataset):
                 self.data.parsing_root, self.label_set.name, rec.image_path
             )
             parse_map = parsing.load_parse_map(map_path, self.label_set, image.size)
-        img, out_map = self.transform(image, parse_map, rng, self.label_set.flip_lut)
+        drawn = self.transform.draw(image, parse_map, rng, self.label_set.flip_lut)
         ids = self.data.tokens[cap]
         sample = {
-            "images": img,
+            "images": drawn.image,
+            "erase": drawn.erase,
             "caption_ids": torch.from_numpy(ids.astype(np.int64)),
             "pids": torch.tensor(rec.pid, dtype=torch.int64),
             "index": torch.tensor(index, dtype=torch.int64),
@@ -235,28 +248,33 @@ class TrainSet(Dataset):
             )
             sample["mlm_ids"] = torch.from_numpy(masked)
             sample["mlm_labels"] = torch.from_numpy(labels)
-        if out_map is not None:
-            sample["patch_labels"] = parsing.patch_labels(
-                out_map, PATCH, self.label_set.num_classes, self.cfg.mim.label_rule
-            )
+        if drawn.parse_map is not None:
+            sample["parse_maps"] = drawn.parse_map
+        if self._finish is not None:
+            batch = self._finish({k: v[None] for k, v in sample.items()})
+            sample = {k: v[0] for k, v in batch.items()}
         return sample
 
 
 class ImageSet(Dataset):
-    """Gallery images of a split, test transform."""
+    """Gallery images of a split, test transform: uint8 ``[3, H, W]`` (normalise them on the
+    device with `normalize`), or float32 with ``uint8=False``."""
 
-    def __init__(self, data: PedesData, split: str, size: Sequence[int]):
+    def __init__(self, data: PedesData, split: str, size: Sequence[int], uint8: bool = True):
         rec_idx, _ = data.split(split)
         self.data = data
         self.records = [data.records[i] for i in rec_idx]
         self.transform = TestTransform(tuple(size))
+        self.normalize = self.transform.normalize
+        self.uint8 = uint8
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         rec = self.records[i]
-        return self.transform(read_image(self.data.image_dir / rec.image_path)), rec.pid
+        image = read_image(self.data.image_dir / rec.image_path)
+        return (self.transform.draw if self.uint8 else self.transform)(image), rec.pid
 
     @property
     def pids(self) -> torch.Tensor:
@@ -350,7 +368,10 @@ def train_loader(
     drop_last: bool | None = None,
 ) -> tuple[DataLoader, EpochSampler]:
     """The training loader and its sampler. `drop_last` (default: `train.drop_last`, true)
-    drops each epoch's last partial batch, so that every SDM batch is full; IRRA keeps it."""
+    drops each epoch's last partial batch, so that every SDM batch is full; IRRA keeps it.
+
+    Its workers persist across epochs (no restart, no re-import, no cold prefetch each
+    epoch); the sampler, in this process, still hands them each epoch's order."""
     if drop_last is None:
         drop_last = dataset.cfg.train.drop_last
     sampler = EpochSampler(
@@ -364,13 +385,15 @@ def train_loader(
         drop_last=drop_last,
         pin_memory=torch.cuda.is_available(),
         worker_init_fn=_worker_init,
-        persistent_workers=False,
+        persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
     )
     return loader, sampler
 
 
-def eval_loader(dataset: Dataset, batch_size: int, num_workers: int) -> DataLoader:
+def eval_loader(
+    dataset: Dataset, batch_size: int, num_workers: int, persistent: bool = False
+) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -378,7 +401,40 @@ def eval_loader(dataset: Dataset, batch_size: int, num_workers: int) -> DataLoad
         num_workers=num_workers,
         worker_init_fn=_worker_init,
         pin_memory=torch.cuda.is_available(),
+        persistent_workers=persistent and num_workers > 0,
     )
+
+
+def shutdown_workers(loader: DataLoader) -> None:
+    """Stop a loader's persistent workers now, rather than whenever it is garbage-collected
+    (a process that trains several trials would otherwise keep every trial's workers)."""
+    it = getattr(loader, "_iterator", None)
+    if it is not None and hasattr(it, "_shutdown_workers"):
+        it._shutdown_workers()
+    loader._iterator = None
+
+
+class EvalImages:
+    """Each split's gallery loader, built on first use and kept: its workers persist across
+    evaluations. Batches are uint8; `ImageSet.normalize` finishes them on the device."""
+
+    def __init__(self, data: PedesData, size: Sequence[int], batch_size: int, num_workers: int):
+        self.data, self.size = data, tuple(size)
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self._loaders: dict[str, DataLoader] = {}
+
+    def loader(self, split: str) -> DataLoader:
+        if split not in self._loaders:
+            images = ImageSet(self.data, split, self.size)
+            self._loaders[split] = eval_loader(
+                images, self.batch_size, self.num_workers, persistent=True
+            )
+        return self._loaders[split]
+
+    def close(self) -> None:
+        for loader in self._loaders.values():
+            shutdown_workers(loader)
+        self._loaders.clear()
 
 
 def root_cause(exc: BaseException) -> str:

@@ -33,7 +33,14 @@ import torch
 import torch.distributed as dist
 
 from bilma.config import Config
-from bilma.data.datasets import TrainSet, ensure_synthetic, load_data, train_loader
+from bilma.data.datasets import (
+    EvalImages,
+    TrainSet,
+    ensure_synthetic,
+    load_data,
+    shutdown_workers,
+    train_loader,
+)
 from bilma.device import (
     Dist,
     amp_dtype,
@@ -169,6 +176,7 @@ def _train(
         )
         raise
     finally:
+        trainer.close()
         trainer.stop.restore()
         close_distributed(d)
 
@@ -263,6 +271,11 @@ class Trainer:
         self.loader, self.sampler = train_loader(
             self.train_set, cfg.train.batch_size, cfg.data.num_workers, d.rank, d.world
         )
+        # Workers ship uint8; the float half of the augmentation runs here, on the device.
+        self.augment = self.train_set.device_augment()
+        self.gallery = EvalImages(
+            data, cfg.data.image_size, cfg.eval.batch_size, cfg.data.num_workers
+        )
         steps_full = len(self.sampler) // cfg.train.batch_size
         self.steps = min(steps_full, cfg.train.max_steps_per_epoch or steps_full)
         if self.steps == 0:
@@ -344,7 +357,7 @@ class Trainer:
     def _step(self, batch: dict[str, torch.Tensor], bar: Progress) -> None:
         """One optimizer step."""
         cfg, state, device = self.cfg, self.state, self.device
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        batch = self.augment({k: v.to(device, non_blocking=True) for k, v in batch.items()})
         batch["mim_generator"] = mim_generator(cfg.train.seed, state.global_step, self.d.rank)
         with autocast_for(cfg, device):
             out = self.net(batch)
@@ -408,7 +421,9 @@ class Trainer:
     def _evaluate(self, epoch: int) -> dict[str, Any]:
         """Evaluate on the selection split; keep ckpt/best.pt. The record of it."""
         cfg, state = self.cfg, self.state
-        metrics = evaluate(self.model, self.data, self.select_split, cfg, self.device)
+        metrics = evaluate(
+            self.model, self.data, self.select_split, cfg, self.device, gallery=self.gallery
+        )
         value = metrics[cfg.eval.select_metric]
         log.info("epoch %d %s: %s", epoch, self.select_split, format_metrics(metrics))
         if not state.best or value > state.best["value"]:
@@ -451,6 +466,12 @@ class Trainer:
         )
 
     # -- the end
+    def close(self) -> None:
+        """Stop the loaders' persistent workers (also after an error)."""
+        if hasattr(self, "loader"):
+            shutdown_workers(self.loader)
+            self.gallery.close()
+
     def finish(self) -> dict[str, Any]:
         """Test the best checkpoint, write the result, close the sinks (rank 0; others: {})."""
         if not self.d.main:
@@ -461,7 +482,7 @@ class Trainer:
         epochs = cfg.train.epochs
         self.trial.write_progress({"phase": "test", "epoch": epochs, "epochs": epochs})
         groups = groups_of_config(cfg)  # look-alike metrics beside the usual ones (synth)
-        test = evaluate(self.model, self.data, "test", cfg, self.device, groups)
+        test = evaluate(self.model, self.data, "test", cfg, self.device, groups, self.gallery)
         selection = {
             "split": self.select_split,
             "metric": cfg.eval.select_metric,
