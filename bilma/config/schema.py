@@ -137,6 +137,14 @@ class TrainConfig:
     log_every: int = _f(20, "steps between progress lines", range=(1, None), hash=False)
     max_steps_per_epoch: int | None = _f(None, "cap steps per epoch (smoke runs)", range=(1, None))
     drop_last: bool = _f(True, "drop each epoch's last partial batch (IRRA: false)")
+    checkpoint_every_minutes: float | None = _f(
+        None,
+        "write ckpt/last.pt at an epoch's end only when this many minutes passed since the "
+        "last one (default: every epoch; the last epoch, a stop signal and an evaluation an "
+        "on_eval callback sees always write it)",
+        range=(0.0, None),
+        hash=False,
+    )
 
 
 @dataclass

@@ -7,7 +7,10 @@ On SIGTERM, SIGUSR2 (SLURM's preemption and time-limit signals) or SIGINT (Ctrl-
 sent to the whole process group with the DataLoader workers, the trainer finishes the current
 step, saves `ckpt/last.pt` and exits with 128 + the signal number; the same command resumes.
 metrics.jsonl holds exactly the epochs last.pt committed (a resume drops later records), and
-best.pt always agrees with last.pt about the best epoch. A full disk ends the trial `TrialState.FAILED`
+best.pt always agrees with last.pt about the best epoch. last.pt is written by a background
+thread from a host copy of the state taken at the epoch's end (one write in flight; the next
+save, a stop signal and the end of training wait for it and raise its error), every epoch
+or, with `train.checkpoint_every_minutes`, at most that often. A full disk ends the trial `TrialState.FAILED`
 with one line naming the folder and the space needed; the previous checkpoint stays intact. In deterministic mode on CPU a resumed run ends with exactly the weights and metrics
 of an uninterrupted one: data order and augmentation are functions of (seed, epoch, index),
 MIM masks of (seed, step), and the checkpoint holds every optimizer and RNG state.
@@ -26,6 +29,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +208,10 @@ class Trainer:
         self.stop = StopFlag()
         self.state = State()
         self.factor = 1.0  # learning-rate factor of the epoch in progress
+        # Checkpoints are written on a background thread (one in flight) from a host copy.
+        self.saver = checkpoint.BackgroundSaver()
+        self._best_due = False  # a new best epoch whose best.pt candidate is not written yet
+        self._saved_at = time.monotonic()  # of the last last.pt (train.checkpoint_every_minutes)
 
     # -- setup
     def setup(self) -> None:
@@ -351,6 +359,7 @@ class Trainer:
         state.loss_sums, state.loss_count = dict(bar.sums), bar.count
         if self.d.main:
             self._save_last()
+            self.saver.wait()  # on disk before the process goes (the save in flight too)
         signum = self.stop.signum or signal.SIGTERM
         raise Interrupted(signum, state.epoch, state.step_in_epoch, self.trial.last_ckpt)
 
@@ -414,8 +423,10 @@ class Trainer:
         if d.main:
             for record in records:
                 self.sinks.log_record(record)
-            self._save_last()  # commits the epoch, and names the best one
-            checkpoint.promote_best(self.trial.best_candidate, self.trial.best_ckpt)
+            if self._commit_due(evaluated):
+                self._save_last()  # commits the epoch, and names the best one
+            else:
+                self._queue_saves(commit=False)  # a new best epoch's candidate only
         self._after_commit(evaluated)
 
     def _evaluate(self, epoch: int) -> dict[str, Any]:
@@ -428,10 +439,7 @@ class Trainer:
         log.info("epoch %d %s: %s", epoch, self.select_split, format_metrics(metrics))
         if not state.best or value > state.best["value"]:
             state.best = {"epoch": epoch, "value": value, "metrics": metrics}
-            # best.pt is replaced only after last.pt names this epoch (`_end_epoch`)
-            checkpoint.save(
-                self.trial.best_candidate, self.model, cfg, epoch=epoch, metrics=metrics
-            )
+            self._best_due = True  # written with this epoch's last.pt (`_save_last`)
         return {"epoch": epoch, "step": state.global_step, "split": self.select_split, **metrics}
 
     def _after_commit(self, evaluated: dict[str, Any] | None) -> None:
@@ -439,6 +447,7 @@ class Trainer:
         the trial (the all-reduce also keeps the processes in step, as a barrier did)."""
         request: StopTrial | None = None
         if evaluated is not None and self.on_eval is not None:
+            self.saver.wait()  # on_eval sees the evaluation committed: last.pt on disk
             try:
                 self.on_eval(evaluated, self.trial)
             except StopTrial as e:
@@ -451,23 +460,59 @@ class Trainer:
             return
         raise request or StopTrial("stopped on rank 0")
 
-    def _save_last(self) -> None:
-        state, scaler = self.state, self.scaler
-        checkpoint.save(
-            self.trial.last_ckpt,
-            self.model,
-            self.cfg,
-            optimizer=self.optimizer.state_dict(),
-            scaler=scaler.state_dict() if scaler.is_enabled() else None,
-            rng=checkpoint.rng_state(),
-            state=state.__dict__.copy(),
-            epoch=state.epoch,
-            step=state.global_step,
+    def _commit_due(self, evaluated: dict[str, Any] | None) -> bool:
+        """Whether this epoch's end writes last.pt: always, unless
+        `train.checkpoint_every_minutes` is set and that time has not passed (the last epoch
+        and an evaluation an `on_eval` callback will see are always committed)."""
+        minutes = self.cfg.train.checkpoint_every_minutes
+        return (
+            minutes is None
+            or time.monotonic() - self._saved_at >= 60 * minutes
+            or self.state.epoch >= self.cfg.train.epochs
+            or (evaluated is not None and self.on_eval is not None)
         )
+
+    def _save_last(self) -> None:
+        """Commit the state: ckpt/last.pt (and best.pt), written in the background."""
+        self._queue_saves(commit=True)
+
+    def _queue_saves(self, commit: bool) -> None:
+        """Queue ckpt/last.pt (if `commit`) and a new best epoch's best.pt candidate, then
+        best.pt's promotion, on the background writer. The state is copied now; the files
+        are on disk after `self.saver.wait()` (the next save, `finish`, `close`)."""
+        state, scaler, trial = self.state, self.scaler, self.trial
+        weights = self.model.state_dict()  # one dict in both files: copied to the host once
+        writes = []
+        if self._best_due:
+            best = state.best
+            candidate = checkpoint.payload(
+                self.model, self.cfg, epoch=best["epoch"], metrics=best["metrics"]
+            )
+            writes.append((trial.best_candidate, {**candidate, "model": weights}))
+            self._best_due = False
+        if commit:
+            last = checkpoint.payload(
+                self.model,
+                self.cfg,
+                optimizer=self.optimizer.state_dict(),
+                scaler=scaler.state_dict() if scaler.is_enabled() else None,
+                rng=checkpoint.rng_state(),
+                state=state.__dict__.copy(),
+                epoch=state.epoch,
+                step=state.global_step,
+            )
+            writes.append((trial.last_ckpt, {**last, "model": weights}))
+            self._saved_at = time.monotonic()
+        if writes:
+            # best.pt is replaced only after last.pt names its epoch (or at the next start)
+            promote = partial(checkpoint.promote_best, trial.best_candidate, trial.best_ckpt)
+            self.saver.submit(writes, then=promote if commit else None)
 
     # -- the end
     def close(self) -> None:
-        """Stop the loaders' persistent workers (also after an error)."""
+        """Let the checkpoint in flight reach the disk; stop the loaders' persistent workers
+        (also on the way out of an error)."""
+        self.saver.close()
         if hasattr(self, "loader"):
             shutdown_workers(self.loader)
             self.gallery.close()
@@ -477,6 +522,7 @@ class Trainer:
         if not self.d.main:
             return {}
         cfg, state, trial = self.cfg, self.state, self.trial
+        self.saver.wait()  # last.pt and best.pt of the last epoch on disk (its error raised)
         best = checkpoint.load(trial.best_ckpt, self.device)
         checkpoint.load_model_state(self.model, best, trial.best_ckpt)
         epochs = cfg.train.epochs
