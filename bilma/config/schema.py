@@ -45,6 +45,15 @@ class DataConfig:
         None, "folder of parse maps (default: <root>/parsing)", hash=False
     )
     num_workers: int = _f(2, "DataLoader worker processes", range=(0, 64), hash=False)
+    cache: Literal["none", "uint8"] = _f(
+        "none",
+        "uint8: decode and resize every image (and parse map) once into a file under "
+        "data.cache_dir, which the loader workers then read (bilma/data/image_cache.py)",
+        hash=False,
+    )
+    cache_dir: str | None = _f(
+        None, "folder of data.cache's files (default: <data.root>/cache)", hash=False
+    )
     skip_bad_images: bool = _f(False, "drop missing or unreadable images with a warning")
     hflip: float = _f(0.5, "horizontal flip probability", range=(0.0, 1.0))
     pad: int = _f(10, "padding before the random crop, pixels", range=(0, 128))

@@ -24,7 +24,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bilma.config import Config
-from bilma.data import formats, parsing
+from bilma.data import formats, image_cache, parsing
+from bilma.data.image_cache import ArrayCache
 from bilma.data.records import DataError, Record
 from bilma.data.synth_cache import ensure_synthetic  # noqa: F401  (re-exported)
 from bilma.data.tokenizer import (  # noqa: F401  (tokenizer_folder: importable from here too)
@@ -33,7 +34,13 @@ from bilma.data.tokenizer import (  # noqa: F401  (tokenizer_folder: importable 
     load_tokenizer,
     tokenizer_folder,
 )
-from bilma.data.transforms import DeviceAugment, TestTransform, TrainTransform
+from bilma.data.transforms import (
+    DeviceAugment,
+    TestTransform,
+    TrainTransform,
+    resize_map,
+    to_rgb_array,
+)
 from bilma.labels import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -57,6 +64,31 @@ class PedesData:
     caption_record: np.ndarray  # [num captions] index into records
     parsing_root: Path
     _split_cache: dict = field(default_factory=dict, repr=False)
+    # data.cache=uint8: every record's image (and parse map) at the input size, memory-mapped
+    image_cache: ArrayCache | None = None
+    map_cache: ArrayCache | None = None
+    map_rows: np.ndarray | None = None  # record -> row of map_cache (-1: no map on disk)
+
+    def image(self, i: int) -> Image.Image | np.ndarray:
+        """Record i's image: from the uint8 cache if there is one, else decoded from disk."""
+        if self.image_cache is not None:
+            return self.image_cache[i]
+        return read_image(self.image_dir / self.records[i].image_path)
+
+    def parse_map(
+        self, i: int, label_set: parsing.LabelSet, image_size: tuple[int, int] | None = None
+    ) -> np.ndarray:
+        """Record i's parse map (uint8 [H, W]), from the cache if it holds it, else from disk,
+        checked against its image's original size (W, H): `image_size`, or read from the
+        image file's header."""
+        if self.map_rows is not None and self.map_rows[i] >= 0:
+            return self.map_cache[int(self.map_rows[i])]
+        image_path = self.image_dir / self.records[i].image_path
+        if image_size is None:
+            with Image.open(image_path) as im:  # the header only
+                image_size = im.size
+        path = parsing.parse_map_path(self.parsing_root, label_set.name, self.records[i].image_path)
+        return parsing.load_parse_map(path, label_set, image_size)
 
     def split(self, name: str) -> tuple[list[int], np.ndarray]:
         """(record indices, caption indices) of a split."""
@@ -93,9 +125,51 @@ def load_data(cfg: Config, check_parse_maps: bool | None = None) -> PedesData:
     captions = [c for r in records for c in r.captions]
     caption_record = np.repeat(np.arange(len(records)), [len(r.captions) for r in records])
     tokens = encode_cached(tokenizer, captions, d.text_length, root / "cache")
-    return PedesData(
+    data = PedesData(
         d.dataset, root, image_dir, records, tokenizer, tokens, caption_record, parsing_root
     )
+    if d.cache == "uint8":
+        attach_cache(data, cfg, maps=check_parse_maps)
+    return data
+
+
+def attach_cache(data: PedesData, cfg: Config, maps: bool) -> None:
+    """Open (building it when missing or stale) the uint8 cache of `data`'s images at the
+    input size and, with `maps`, of its parse maps (bilma/data/image_cache.py)."""
+    h, w = cfg.data.image_size
+    folder = Path(cfg.data.cache_dir) if cfg.data.cache_dir else data.root / "cache"
+    resample = TestTransform((h, w)).resample
+    sources = [data.image_dir / r.image_path for r in data.records]
+    key = image_cache.fingerprint(sources, data.root, size=[h, w], resample=int(resample))
+
+    def load_image(i: int) -> np.ndarray:
+        return to_rgb_array(read_image(sources[i]), (w, h), resample)
+
+    workers = cfg.data.num_workers
+    data.image_cache = image_cache.open_or_build(
+        folder / f"images-{h}x{w}.u8", key, len(sources), (h, w, 3), load_image, workers
+    )
+    if not maps:
+        return
+    label_set = parsing.get_label_set(cfg.mim.labels)
+    paths = [
+        parsing.parse_map_path(data.parsing_root, label_set.name, r.image_path)
+        for r in data.records
+    ]
+    have = [i for i, p in enumerate(paths) if p.exists()]
+    rows = np.full(len(paths), -1, dtype=np.int64)
+    rows[have] = np.arange(len(have))
+    key = image_cache.fingerprint(
+        [paths[i] for i in have], data.parsing_root, size=[h, w], labels=label_set.name
+    )
+
+    def load_map(k: int) -> np.ndarray:
+        return resize_map(data.parse_map(have[k], label_set), (w, h))
+
+    data.map_cache = image_cache.open_or_build(
+        folder / f"parse-{label_set.name}-{h}x{w}.u8", key, len(have), (h, w), load_map, workers
+    )
+    data.map_rows = rows
 
 
 def _drop_unreadable(records: list[Record], image_dir: Path) -> list[Record]:
@@ -224,15 +298,14 @@ class TrainSet(Dataset):
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         rng = np.random.default_rng([self.seed, epoch, index])
         cap = int(self.captions[index])
-        rec = self.data.records[int(self.data.caption_record[cap])]
-        path = self.data.image_dir / rec.image_path
-        image = read_image(path)
+        rec_i = int(self.data.caption_record[cap])
+        rec = self.data.records[rec_i]
+        image = self.data.image(rec_i)
         parse_map = None
         if self.semantic:
-            map_path = parsing.parse_map_path(
-                self.data.parsing_root, self.label_set.name, rec.image_path
-            )
-            parse_map = parsing.load_parse_map(map_path, self.label_set, image.size)
+            # a cached image is at the input size: the map's own checks need the original's
+            size = None if isinstance(image, np.ndarray) else image.size
+            parse_map = self.data.parse_map(rec_i, self.label_set, size)
         drawn = self.transform.draw(image, parse_map, rng, self.label_set.flip_lut)
         ids = self.data.tokens[cap]
         sample = {
@@ -263,6 +336,7 @@ class ImageSet(Dataset):
     def __init__(self, data: PedesData, split: str, size: Sequence[int], uint8: bool = True):
         rec_idx, _ = data.split(split)
         self.data = data
+        self.rec_idx = rec_idx
         self.records = [data.records[i] for i in rec_idx]
         self.transform = TestTransform(tuple(size))
         self.normalize = self.transform.normalize
@@ -272,9 +346,8 @@ class ImageSet(Dataset):
         return len(self.records)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        rec = self.records[i]
-        image = read_image(self.data.image_dir / rec.image_path)
-        return (self.transform.draw if self.uint8 else self.transform)(image), rec.pid
+        image = self.data.image(self.rec_idx[i])
+        return (self.transform.draw if self.uint8 else self.transform)(image), self.records[i].pid
 
     @property
     def pids(self) -> torch.Tensor:

@@ -118,13 +118,29 @@ def fill_boxes(images: torch.Tensor, boxes: torch.Tensor, value: torch.Tensor) -
     return torch.where(inside[:, None], value.to(dev, images.dtype), images)
 
 
-def _to_rgb_array(image: Image.Image, size_wh: tuple[int, int], resample: int) -> np.ndarray:
-    """Resize (skipped when already the size) and return uint8 ``[H, W, 3]``."""
+def to_rgb_array(
+    image: Image.Image | np.ndarray, size_wh: tuple[int, int], resample: int
+) -> np.ndarray:
+    """Resize (skipped when already the size) and return uint8 ``[H, W, 3]``. An array is
+    taken as uint8 ``[H, W, 3]`` RGB (an image of the uint8 cache, already at the size)."""
+    if isinstance(image, np.ndarray):
+        if image.shape[:2] == (size_wh[1], size_wh[0]):
+            return image
+        image = Image.fromarray(image)
     if image.mode != "RGB":
         image = image.convert("RGB")
     if image.size != size_wh:
         image = image.resize(size_wh, resample)
     return np.asarray(image)
+
+
+def resize_map(parse_map: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+    """A parse map at ``(W, H)``: nearest neighbour, so no new class ids (skipped when already
+    the size)."""
+    pmap = np.asarray(parse_map, dtype=np.uint8)
+    if pmap.shape != (size_wh[1], size_wh[0]):
+        pmap = np.asarray(Image.fromarray(pmap).resize(size_wh, Image.Resampling.NEAREST))
+    return pmap
 
 
 def _shift(src: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -250,7 +266,7 @@ class TrainTransform:
 
     def draw(
         self,
-        image: Image.Image,
+        image: Image.Image | np.ndarray,
         parse_map: np.ndarray | None,
         rng: np.random.Generator,
         flip_lut: np.ndarray | None = None,
@@ -261,7 +277,7 @@ class TrainTransform:
         set's (required with a map: a flip without it would leave left/right classes wrong).
         """
         h, w = self.size
-        arr = _to_rgb_array(image, (w, h), self.resample)
+        arr = to_rgb_array(image, (w, h), self.resample)
         pmap = None
         if parse_map is not None:
             if flip_lut is None:
@@ -269,14 +285,13 @@ class TrainTransform:
                     "a parse map needs its label set's flip_lut (identity for sets without "
                     "left/right classes) so that flips swap left and right"
                 )
-            if parse_map.shape != (image.height, image.width):
+            ih, iw = image.shape[:2] if isinstance(image, np.ndarray) else image.size[::-1]
+            if parse_map.shape != (ih, iw):
                 raise ValueError(
                     f"parse map is {parse_map.shape[1]}x{parse_map.shape[0]} but the image is "
-                    f"{image.width}x{image.height} (W x H)"
+                    f"{iw}x{ih} (W x H)"
                 )
-            pmap = np.asarray(parse_map, dtype=np.uint8)
-            if pmap.shape != (h, w):
-                pmap = np.asarray(Image.fromarray(pmap).resize((w, h), Image.Resampling.NEAREST))
+            pmap = resize_map(parse_map, (w, h))
 
         # Random draws in torchvision's order: flip, crop offsets, erasing.
         flip = rng.random() < self.hflip
@@ -356,10 +371,10 @@ class TestTransform:
     def __call__(self, image: Image.Image) -> torch.Tensor:
         return self.normalize(self.draw(image))
 
-    def draw(self, image: Image.Image) -> torch.Tensor:
+    def draw(self, image: Image.Image | np.ndarray) -> torch.Tensor:
         """The worker's half: uint8 ``[3, H, W]``; `normalize` (on the device) finishes it."""
         h, w = self.size
-        arr = _to_rgb_array(image, (w, h), self.resample)
+        arr = to_rgb_array(image, (w, h), self.resample)
         return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
