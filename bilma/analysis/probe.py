@@ -58,7 +58,7 @@ def probe_trial(
     cfg = probe_config(cfg)
     model.cfg = cfg
     data = load_data(cfg, check_parse_maps=False)
-    pairs = TrainSet(data, cfg, split="val")
+    pairs = TrainSet(data, cfg, split="val", uint8=False)  # finished on the CPU
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(PROBE_SEED))
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(pairs, order[:max_pairs].tolist()), batch_size=batch_size

@@ -45,6 +45,15 @@ class DataConfig:
         None, "folder of parse maps (default: <root>/parsing)", hash=False
     )
     num_workers: int = _f(2, "DataLoader worker processes", range=(0, 64), hash=False)
+    cache: Literal["none", "uint8"] = _f(
+        "none",
+        "uint8: decode and resize every image (and parse map) once into a file under "
+        "data.cache_dir, which the loader workers then read (bilma/data/image_cache.py)",
+        hash=False,
+    )
+    cache_dir: str | None = _f(
+        None, "folder of data.cache's files (default: <data.root>/cache)", hash=False
+    )
     skip_bad_images: bool = _f(False, "drop missing or unreadable images with a warning")
     hflip: float = _f(0.5, "horizontal flip probability", range=(0.0, 1.0))
     pad: int = _f(10, "padding before the random crop, pixels", range=(0, 128))
@@ -137,6 +146,14 @@ class TrainConfig:
     log_every: int = _f(20, "steps between progress lines", range=(1, None), hash=False)
     max_steps_per_epoch: int | None = _f(None, "cap steps per epoch (smoke runs)", range=(1, None))
     drop_last: bool = _f(True, "drop each epoch's last partial batch (IRRA: false)")
+    checkpoint_every_minutes: float | None = _f(
+        None,
+        "write ckpt/last.pt at an epoch's end only when this many minutes passed since the "
+        "last one (default: every epoch; the last epoch, a stop signal and an evaluation an "
+        "on_eval callback sees always write it)",
+        range=(0.0, None),
+        hash=False,
+    )
 
 
 @dataclass

@@ -24,7 +24,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bilma.config import Config
-from bilma.data import formats, parsing
+from bilma.data import formats, image_cache, parsing
+from bilma.data.image_cache import ArrayCache
 from bilma.data.records import DataError, Record
 from bilma.data.synth_cache import ensure_synthetic  # noqa: F401  (re-exported)
 from bilma.data.tokenizer import (  # noqa: F401  (tokenizer_folder: importable from here too)
@@ -33,9 +34,14 @@ from bilma.data.tokenizer import (  # noqa: F401  (tokenizer_folder: importable 
     load_tokenizer,
     tokenizer_folder,
 )
-from bilma.data.transforms import TestTransform, TrainTransform
+from bilma.data.transforms import (
+    DeviceAugment,
+    TestTransform,
+    TrainTransform,
+    resize_map,
+    to_rgb_array,
+)
 from bilma.labels import IGNORE_INDEX
-from bilma.patches import PATCH
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +64,31 @@ class PedesData:
     caption_record: np.ndarray  # [num captions] index into records
     parsing_root: Path
     _split_cache: dict = field(default_factory=dict, repr=False)
+    # data.cache=uint8: every record's image (and parse map) at the input size, memory-mapped
+    image_cache: ArrayCache | None = None
+    map_cache: ArrayCache | None = None
+    map_rows: np.ndarray | None = None  # record -> row of map_cache (-1: no map on disk)
+
+    def image(self, i: int) -> Image.Image | np.ndarray:
+        """Record i's image: from the uint8 cache if there is one, else decoded from disk."""
+        if self.image_cache is not None:
+            return self.image_cache[i]
+        return read_image(self.image_dir / self.records[i].image_path)
+
+    def parse_map(
+        self, i: int, label_set: parsing.LabelSet, image_size: tuple[int, int] | None = None
+    ) -> np.ndarray:
+        """Record i's parse map (uint8 [H, W]), from the cache if it holds it, else from disk,
+        checked against its image's original size (W, H): `image_size`, or read from the
+        image file's header."""
+        if self.map_rows is not None and self.map_rows[i] >= 0:
+            return self.map_cache[int(self.map_rows[i])]
+        image_path = self.image_dir / self.records[i].image_path
+        if image_size is None:
+            with Image.open(image_path) as im:  # the header only
+                image_size = im.size
+        path = parsing.parse_map_path(self.parsing_root, label_set.name, self.records[i].image_path)
+        return parsing.load_parse_map(path, label_set, image_size)
 
     def split(self, name: str) -> tuple[list[int], np.ndarray]:
         """(record indices, caption indices) of a split."""
@@ -94,9 +125,51 @@ def load_data(cfg: Config, check_parse_maps: bool | None = None) -> PedesData:
     captions = [c for r in records for c in r.captions]
     caption_record = np.repeat(np.arange(len(records)), [len(r.captions) for r in records])
     tokens = encode_cached(tokenizer, captions, d.text_length, root / "cache")
-    return PedesData(
+    data = PedesData(
         d.dataset, root, image_dir, records, tokenizer, tokens, caption_record, parsing_root
     )
+    if d.cache == "uint8":
+        attach_cache(data, cfg, maps=check_parse_maps)
+    return data
+
+
+def attach_cache(data: PedesData, cfg: Config, maps: bool) -> None:
+    """Open (building it when missing or stale) the uint8 cache of `data`'s images at the
+    input size and, with `maps`, of its parse maps (bilma/data/image_cache.py)."""
+    h, w = cfg.data.image_size
+    folder = Path(cfg.data.cache_dir) if cfg.data.cache_dir else data.root / "cache"
+    resample = TestTransform((h, w)).resample
+    sources = [data.image_dir / r.image_path for r in data.records]
+    key = image_cache.fingerprint(sources, data.root, size=[h, w], resample=int(resample))
+
+    def load_image(i: int) -> np.ndarray:
+        return to_rgb_array(read_image(sources[i]), (w, h), resample)
+
+    workers = cfg.data.num_workers
+    data.image_cache = image_cache.open_or_build(
+        folder / f"images-{h}x{w}.u8", key, len(sources), (h, w, 3), load_image, workers
+    )
+    if not maps:
+        return
+    label_set = parsing.get_label_set(cfg.mim.labels)
+    paths = [
+        parsing.parse_map_path(data.parsing_root, label_set.name, r.image_path)
+        for r in data.records
+    ]
+    have = [i for i, p in enumerate(paths) if p.exists()]
+    rows = np.full(len(paths), -1, dtype=np.int64)
+    rows[have] = np.arange(len(have))
+    key = image_cache.fingerprint(
+        [paths[i] for i in have], data.parsing_root, size=[h, w], labels=label_set.name
+    )
+
+    def load_map(k: int) -> np.ndarray:
+        return resize_map(data.parse_map(have[k], label_set), (w, h))
+
+    data.map_cache = image_cache.open_or_build(
+        folder / f"parse-{label_set.name}-{h}x{w}.u8", key, len(have), (h, w), load_map, workers
+    )
+    data.map_rows = rows
 
 
 def _drop_unreadable(records: list[Record], image_dir: Path) -> list[Record]:
@@ -189,9 +262,16 @@ def mask_tokens(
 
 
 class TrainSet(Dataset):
-    """One sample per (image, caption) pair of the train split."""
+    """One sample per (image, caption) pair of the train split.
 
-    def __init__(self, data: PedesData, cfg: Config, split: str = "train"):
+    By default a sample holds what a worker ships cheaply: uint8 ``images`` ``[3, H, W]``, the
+    ``erase`` box drawn for it and, for SemMIM, the uint8 ``parse_maps`` ``[H, W]``; the
+    trainer finishes each batch on its device with `device_augment()` (normalised float images,
+    ``patch_labels``). ``uint8=False`` finishes each sample here instead (the CPU path: the
+    same numbers, four times the bytes), for callers that feed the model directly.
+    """
+
+    def __init__(self, data: PedesData, cfg: Config, split: str = "train", uint8: bool = True):
         self.data = data
         self.cfg = cfg
         rec_idx, self.captions = data.split(split)
@@ -204,6 +284,12 @@ class TrainSet(Dataset):
         self.label_set = parsing.get_label_set(cfg.mim.labels)
         self.mlm = cfg.mlm.enabled and cfg.loss.mlm_weight > 0
         self.seed = cfg.train.seed
+        self.uint8 = uint8
+        self._finish = None if uint8 else self.device_augment()
+
+    def device_augment(self) -> DeviceAugment:
+        """The float half of this set's augmentation, for whole batches on a device."""
+        return self.transform.on_device(self.label_set.num_classes, self.cfg.mim.label_rule)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -212,19 +298,19 @@ class TrainSet(Dataset):
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         rng = np.random.default_rng([self.seed, epoch, index])
         cap = int(self.captions[index])
-        rec = self.data.records[int(self.data.caption_record[cap])]
-        path = self.data.image_dir / rec.image_path
-        image = read_image(path)
+        rec_i = int(self.data.caption_record[cap])
+        rec = self.data.records[rec_i]
+        image = self.data.image(rec_i)
         parse_map = None
         if self.semantic:
-            map_path = parsing.parse_map_path(
-                self.data.parsing_root, self.label_set.name, rec.image_path
-            )
-            parse_map = parsing.load_parse_map(map_path, self.label_set, image.size)
-        img, out_map = self.transform(image, parse_map, rng, self.label_set.flip_lut)
+            # a cached image is at the input size: the map's own checks need the original's
+            size = None if isinstance(image, np.ndarray) else image.size
+            parse_map = self.data.parse_map(rec_i, self.label_set, size)
+        drawn = self.transform.draw(image, parse_map, rng, self.label_set.flip_lut)
         ids = self.data.tokens[cap]
         sample = {
-            "images": img,
+            "images": drawn.image,
+            "erase": drawn.erase,
             "caption_ids": torch.from_numpy(ids.astype(np.int64)),
             "pids": torch.tensor(rec.pid, dtype=torch.int64),
             "index": torch.tensor(index, dtype=torch.int64),
@@ -235,28 +321,33 @@ class TrainSet(Dataset):
             )
             sample["mlm_ids"] = torch.from_numpy(masked)
             sample["mlm_labels"] = torch.from_numpy(labels)
-        if out_map is not None:
-            sample["patch_labels"] = parsing.patch_labels(
-                out_map, PATCH, self.label_set.num_classes, self.cfg.mim.label_rule
-            )
+        if drawn.parse_map is not None:
+            sample["parse_maps"] = drawn.parse_map
+        if self._finish is not None:
+            batch = self._finish({k: v[None] for k, v in sample.items()})
+            sample = {k: v[0] for k, v in batch.items()}
         return sample
 
 
 class ImageSet(Dataset):
-    """Gallery images of a split, test transform."""
+    """Gallery images of a split, test transform: uint8 ``[3, H, W]`` (normalise them on the
+    device with `normalize`), or float32 with ``uint8=False``."""
 
-    def __init__(self, data: PedesData, split: str, size: Sequence[int]):
+    def __init__(self, data: PedesData, split: str, size: Sequence[int], uint8: bool = True):
         rec_idx, _ = data.split(split)
         self.data = data
+        self.rec_idx = rec_idx
         self.records = [data.records[i] for i in rec_idx]
         self.transform = TestTransform(tuple(size))
+        self.normalize = self.transform.normalize
+        self.uint8 = uint8
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        rec = self.records[i]
-        return self.transform(read_image(self.data.image_dir / rec.image_path)), rec.pid
+        image = self.data.image(self.rec_idx[i])
+        return (self.transform.draw if self.uint8 else self.transform)(image), self.records[i].pid
 
     @property
     def pids(self) -> torch.Tensor:
@@ -350,7 +441,10 @@ def train_loader(
     drop_last: bool | None = None,
 ) -> tuple[DataLoader, EpochSampler]:
     """The training loader and its sampler. `drop_last` (default: `train.drop_last`, true)
-    drops each epoch's last partial batch, so that every SDM batch is full; IRRA keeps it."""
+    drops each epoch's last partial batch, so that every SDM batch is full; IRRA keeps it.
+
+    Its workers persist across epochs (no restart, no re-import, no cold prefetch each
+    epoch); the sampler, in this process, still hands them each epoch's order."""
     if drop_last is None:
         drop_last = dataset.cfg.train.drop_last
     sampler = EpochSampler(
@@ -364,13 +458,15 @@ def train_loader(
         drop_last=drop_last,
         pin_memory=torch.cuda.is_available(),
         worker_init_fn=_worker_init,
-        persistent_workers=False,
+        persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
     )
     return loader, sampler
 
 
-def eval_loader(dataset: Dataset, batch_size: int, num_workers: int) -> DataLoader:
+def eval_loader(
+    dataset: Dataset, batch_size: int, num_workers: int, persistent: bool = False
+) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -378,7 +474,40 @@ def eval_loader(dataset: Dataset, batch_size: int, num_workers: int) -> DataLoad
         num_workers=num_workers,
         worker_init_fn=_worker_init,
         pin_memory=torch.cuda.is_available(),
+        persistent_workers=persistent and num_workers > 0,
     )
+
+
+def shutdown_workers(loader: DataLoader) -> None:
+    """Stop a loader's persistent workers now, rather than whenever it is garbage-collected
+    (a process that trains several trials would otherwise keep every trial's workers)."""
+    it = getattr(loader, "_iterator", None)
+    if it is not None and hasattr(it, "_shutdown_workers"):
+        it._shutdown_workers()
+    loader._iterator = None
+
+
+class EvalImages:
+    """Each split's gallery loader, built on first use and kept: its workers persist across
+    evaluations. Batches are uint8; `ImageSet.normalize` finishes them on the device."""
+
+    def __init__(self, data: PedesData, size: Sequence[int], batch_size: int, num_workers: int):
+        self.data, self.size = data, tuple(size)
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self._loaders: dict[str, DataLoader] = {}
+
+    def loader(self, split: str) -> DataLoader:
+        if split not in self._loaders:
+            images = ImageSet(self.data, split, self.size)
+            self._loaders[split] = eval_loader(
+                images, self.batch_size, self.num_workers, persistent=True
+            )
+        return self._loaders[split]
+
+    def close(self) -> None:
+        for loader in self._loaders.values():
+            shutdown_workers(loader)
+        self._loaders.clear()
 
 
 def root_cause(exc: BaseException) -> str:

@@ -103,13 +103,12 @@ def load_parse_map(
 
 
 @lru_cache(maxsize=16)
-def _patch_offsets(h: int, w: int, patch: int, num_classes: int) -> np.ndarray:
-    """``patch_index * num_classes`` for every pixel, int64 ``[H, W]`` (cached per shape)."""
+def _patch_offsets(h: int, w: int, patch: int, num_classes: int, device: str) -> torch.Tensor:
+    """``patch_index * num_classes`` for every pixel, int64 ``[H, W]`` (cached per shape and
+    device, so the trainer's per-batch call copies nothing to the device)."""
     gw = w // patch
-    idx = (np.arange(h) // patch)[:, None] * gw + (np.arange(w) // patch)[None, :]
-    out = (idx * num_classes).astype(np.int64)
-    out.setflags(write=False)
-    return out
+    idx = (torch.arange(h) // patch)[:, None] * gw + (torch.arange(w) // patch)[None, :]
+    return (idx * num_classes).to(device)
 
 
 def patch_labels(
@@ -118,35 +117,45 @@ def patch_labels(
     num_classes: int,
     rule: Literal["majority", "soft"] = "majority",
 ) -> torch.Tensor:
-    """Reduce a ``[H, W]`` class-id map to one target per ``patch x patch`` patch.
+    """Reduce a ``[H, W]`` (or batched ``[B, H, W]``) class-id map to one target per
+    ``patch x patch`` patch, on the map's device.
 
     Patches are ordered row-major over the ``H/patch x W/patch`` grid (the ViT token order).
     ``"majority"``: int64 ``[P]``, the most frequent class; a tie goes to the SMALLER class id
     (so background, id 0, wins ties). ``"soft"``: float32 ``[P, num_classes]`` class
-    histograms normalised to sum to 1. One `bincount` over ``patch_index * C + label``, no
-    loop over patches: this runs once per training sample.
+    histograms normalised to sum to 1 (a leading ``B`` when batched). One ``scatter_add`` over
+    ``patch_index * C + label``, no loop over patches. Ids are range-checked on the CPU only: on
+    a GPU that check would stall the step, and the maps were checked when read.
     """
-    arr = label_map.cpu().numpy() if isinstance(label_map, torch.Tensor) else np.asarray(label_map)
-    if arr.ndim != 2:
-        raise ValueError(f"patch_labels expects one [H, W] map, got shape {tuple(arr.shape)}")
-    if arr.dtype.kind not in "iub":
+    arr = (
+        torch.from_numpy(np.asarray(label_map)) if isinstance(label_map, np.ndarray) else label_map
+    )
+    if arr.ndim not in (2, 3):
+        raise ValueError(
+            f"patch_labels expects one [H, W] map (or a [B, H, W] batch), got shape {tuple(arr.shape)}"
+        )
+    if arr.dtype.is_floating_point or arr.dtype.is_complex:
         raise ValueError(f"patch_labels expects integer class ids, got dtype {arr.dtype}")
-    h, w = arr.shape
+    h, w = arr.shape[-2:]
     if patch <= 0 or h % patch or w % patch:
         raise ValueError(f"map size {h}x{w} (H x W) is not a multiple of the patch size {patch}")
     if rule not in ("majority", "soft"):
         raise ValueError(f"unknown patch label rule {rule!r}; use 'majority' or 'soft'")
     # An out-of-range id would be counted in a neighbouring patch's bins: check, it is cheap.
-    if arr.size and (int(arr.max()) >= num_classes or (arr.dtype.kind == "i" and arr.min() < 0)):
-        raise ValueError(
-            f"label map holds ids outside 0..{num_classes - 1} "
-            f"(min {int(arr.min())}, max {int(arr.max())})"
-        )
+    if arr.device.type == "cpu" and arr.numel():
+        lo, hi = int(arr.min()), int(arr.max())
+        if hi >= num_classes or lo < 0:
+            raise ValueError(
+                f"label map holds ids outside 0..{num_classes - 1} (min {lo}, max {hi})"
+            )
+    batch = arr.reshape(-1, h * w)
     n_patches = (h // patch) * (w // patch)
-    keys = _patch_offsets(h, w, patch, num_classes) + arr
-    counts = np.bincount(keys.ravel(), minlength=n_patches * num_classes)
-    counts = counts.reshape(n_patches, num_classes)
+    offsets = _patch_offsets(h, w, patch, num_classes, str(arr.device)).view(1, -1)
+    keys = offsets + batch.to(torch.int64)
+    counts = torch.zeros(len(batch), n_patches * num_classes, dtype=torch.int32, device=arr.device)
+    counts.scatter_add_(1, keys, torch.ones_like(keys, dtype=torch.int32))
+    counts = counts.view(*arr.shape[:-2], n_patches, num_classes)
     if rule == "majority":
         # argmax returns the first maximum, i.e. the smallest class id on ties.
-        return torch.from_numpy(counts.argmax(axis=1))
-    return torch.from_numpy((counts / float(patch * patch)).astype(np.float32))
+        return counts.argmax(dim=-1)
+    return counts.to(torch.float32) / float(patch * patch)

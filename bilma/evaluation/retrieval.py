@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from bilma.config import Config
-from bilma.data.datasets import ImageSet, PedesData, TextSet, eval_loader
+from bilma.data.datasets import EvalImages, ImageSet, PedesData, TextSet, eval_loader
 from bilma.device import autocast_for
 from bilma.evaluation.lookalike import flat_group_metrics, metrics_by_group
 from bilma.evaluation.metrics import chance_r1, retrieval_metrics
@@ -24,20 +24,39 @@ log = logging.getLogger(__name__)
 
 @torch.inference_mode()
 def encode_split(
-    model, data: PedesData, split: str, cfg: Config, device: torch.device
+    model,
+    data: PedesData,
+    split: str,
+    cfg: Config,
+    device: torch.device,
+    gallery: EvalImages | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(text features, text pids, image features, image pids), features L2-normalised."""
-    texts, images = TextSet(data, split), ImageSet(data, split, cfg.data.image_size)
-    bs, workers = cfg.eval.batch_size, cfg.data.num_workers
+    """(text features, text pids, image features, image pids), features L2-normalised.
+
+    `gallery` keeps the image loaders (and their workers) between calls; without it this
+    call builds and ends its own. Images arrive uint8 and are normalised on `device`.
+    """
+    texts = TextSet(data, split)
+    bs = cfg.eval.batch_size
+    own = gallery is None
+    if gallery is None:
+        gallery = EvalImages(data, cfg.data.image_size, bs, cfg.data.num_workers)
     amp = autocast_for(cfg, device)
     text_feats = []
     for ids, _ in eval_loader(texts, bs, 0):
         with amp:
-            text_feats.append(model.encode_text(ids.to(device)).float())
+            text_feats.append(model.encode_text(ids.to(device, non_blocking=True)).float())
+    loader = gallery.loader(split)
+    images: ImageSet = loader.dataset
     image_feats = []
-    for imgs, _ in eval_loader(images, bs, workers):
-        with amp:
-            image_feats.append(model.encode_image(imgs.to(device)).float())
+    try:
+        for imgs, _ in loader:
+            x = images.normalize(imgs.to(device, non_blocking=True))
+            with amp:
+                image_feats.append(model.encode_image(x).float())
+    finally:
+        if own:
+            gallery.close()
     t = F.normalize(torch.cat(text_feats), dim=-1)
     v = F.normalize(torch.cat(image_feats), dim=-1)
     return t, texts.pids.to(device), v, images.pids.to(device)
@@ -58,14 +77,16 @@ def evaluate(
     cfg: Config,
     device: torch.device,
     groups: dict[int, int] | None = None,
+    gallery: EvalImages | None = None,
 ) -> dict[str, float]:
     """R1, R5, R10, mAP, mINP (percent) of text-to-image retrieval on `split`; with look-alike
-    `groups` (pid -> group, `bilma.evaluation.lookalike`) also `bilma.runs.trial_dir.GROUP_METRICS`."""
+    `groups` (pid -> group, `bilma.evaluation.lookalike`) also `bilma.runs.trial_dir.GROUP_METRICS`.
+    `gallery`: the image loaders to reuse (a trainer's, whose workers persist)."""
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
     try:
-        t, tp, v, vp = encode_split(model, data, split, cfg, device)
+        t, tp, v, vp = encode_split(model, data, split, cfg, device, gallery)
         if groups is None:
             metrics = retrieval_metrics(t @ v.T, tp, vp)
         else:

@@ -4,15 +4,23 @@ Written atomically (temporary file, then `os.replace`) and read with `weights_on
 everything in them is tensors, numbers, strings, lists and dicts. Each holds the model's
 signature (the shapes that define it) and the resolved config, so `eval` needs nothing else,
 and a checkpoint of another model is refused with the differences named.
+
+The trainer's saves are off its critical path (`BackgroundSaver`): the state is copied to host
+memory in the training thread (so it is the state of one step), then serialised, fsynced and
+renamed on one background thread while training goes on.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import random
 import re
+import threading
 import zipfile
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,20 +84,143 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(path: Path, model: BiLMa, cfg: Config, **extra: Any) -> None:
-    """Atomically save the model with its signature and config, plus any training state."""
-    payload = {
+def payload(model: BiLMa, cfg: Config, **extra: Any) -> dict[str, Any]:
+    """What a checkpoint holds: the model with its signature and config, plus `extra`."""
+    return {
         "format": FORMAT,
         "signature": model_signature(model),
         "config": to_dict(cfg),
         "model": model.state_dict(),
         **extra,
     }
+
+
+def write(path: Path, content: dict[str, Any]) -> None:
+    """Atomically write a checkpoint's `payload`; a full disk raises `DiskFull` (one line)."""
     try:
-        atomic_torch_save(payload, path)
+        atomic_torch_save(content, path)
     except DiskFull:
         # The space needed: the tensors plus 10% for the archive's structure.
-        raise DiskFull(disk_full_message(path, int(_nbytes(payload) * 1.1))) from None
+        raise DiskFull(disk_full_message(path, int(_nbytes(content) * 1.1))) from None
+
+
+def save(path: Path, model: BiLMa, cfg: Config, **extra: Any) -> None:
+    """Atomically save the model with its signature and config, plus any training state."""
+    write(path, payload(model, cfg, **extra))
+
+
+class HostCopy:
+    """A copy of a (nested) state in host memory, made now, whose tensors are reused from
+    one copy to the next: after the first save no allocation (pinned memory for a GPU's
+    tensors, whose copies run in the current stream, ordered before any later update)."""
+
+    def __init__(self) -> None:
+        self._buffers: list[torch.Tensor] = []
+        self._next = 0
+
+    def __call__(self, obj: Any) -> Any:
+        self._next = 0
+        return self._copy(obj, {})
+
+    def _copy(self, obj: Any, memo: dict[int, Any]) -> Any:
+        if id(obj) in memo:  # shared parts (one model in two payloads, tied weights)
+            return memo[id(obj)]
+        if isinstance(obj, torch.Tensor):
+            out: Any = self._buffer(obj)
+            out.copy_(obj.detach(), non_blocking=obj.is_cuda)
+        elif isinstance(obj, dict):
+            out = type(obj)((k, self._copy(v, memo)) for k, v in obj.items())
+            if isinstance(obj, OrderedDict) and hasattr(obj, "_metadata"):
+                out._metadata = copy.deepcopy(obj._metadata)  # a state_dict's versions
+        elif isinstance(obj, (list, tuple)):
+            out = type(obj)(self._copy(v, memo) for v in obj)
+        else:
+            out = copy.deepcopy(obj)
+        memo[id(obj)] = out
+        return out
+
+    def _buffer(self, t: torch.Tensor) -> torch.Tensor:
+        i, self._next = self._next, self._next + 1
+        if i < len(self._buffers):
+            buf = self._buffers[i]
+            if buf.shape == t.shape and buf.dtype == t.dtype and buf.is_pinned() == t.is_cuda:
+                return buf
+        buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda)
+        if i < len(self._buffers):
+            self._buffers[i] = buf
+        else:
+            self._buffers.append(buf)
+        return buf
+
+
+class BackgroundSaver:
+    """Checkpoint writes on one background thread, one job in flight at a time.
+
+    `submit` waits for the job before it (and raises that job's error here, in the training
+    thread: a failed save is never lost), copies the payloads to host memory (`HostCopy`:
+    the state of this very step), and returns; the thread writes each file atomically in
+    order, then runs `then` (e.g. promoting best.pt once last.pt names it). `wait` blocks
+    until the job is done; call it before reading the files and before the process ends.
+    """
+
+    def __init__(self) -> None:
+        self._copy = HostCopy()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit(
+        self,
+        writes: Sequence[tuple[Path, dict[str, Any]]],
+        then: Callable[[], None] | None = None,
+    ) -> None:
+        self.wait()
+        contents = self._copy([content for _, content in writes])
+        ready = None
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            ready = torch.cuda.Event()
+            ready.record()  # the copies above are queued in this stream: done at this event
+        paths = [path for path, _ in writes]
+        self._thread = threading.Thread(
+            target=self._run, args=(paths, contents, then, ready), name="checkpoint-writer"
+        )
+        self._thread.start()
+
+    def _run(
+        self,
+        paths: list[Path],
+        contents: list[dict[str, Any]],
+        then: Callable[[], None] | None,
+        ready: Any,
+    ) -> None:
+        try:
+            if ready is not None:
+                ready.synchronize()
+            for path, content in zip(paths, contents, strict=True):
+                write(path, content)
+            if then is not None:
+                then()
+        except BaseException as e:  # handed to the training thread by wait()
+            self._error = e
+
+    def wait(self) -> None:
+        """Block until the job in flight is written; raise its error, if it had one."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        """`wait`, logging (not raising) a failure: for the way out of an error."""
+        try:
+            self.wait()
+        except Exception as e:
+            log.error("the last checkpoint save failed too: %s", str(e).splitlines()[0])
 
 
 def promote_best(candidate: Path, best: Path) -> None:

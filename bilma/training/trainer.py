@@ -7,7 +7,10 @@ On SIGTERM, SIGUSR2 (SLURM's preemption and time-limit signals) or SIGINT (Ctrl-
 sent to the whole process group with the DataLoader workers, the trainer finishes the current
 step, saves `ckpt/last.pt` and exits with 128 + the signal number; the same command resumes.
 metrics.jsonl holds exactly the epochs last.pt committed (a resume drops later records), and
-best.pt always agrees with last.pt about the best epoch. A full disk ends the trial `TrialState.FAILED`
+best.pt always agrees with last.pt about the best epoch. last.pt is written by a background
+thread from a host copy of the state taken at the epoch's end (one write in flight; the next
+save, a stop signal and the end of training wait for it and raise its error), every epoch
+or, with `train.checkpoint_every_minutes`, at most that often. A full disk ends the trial `TrialState.FAILED`
 with one line naming the folder and the space needed; the previous checkpoint stays intact. In deterministic mode on CPU a resumed run ends with exactly the weights and metrics
 of an uninterrupted one: data order and augmentation are functions of (seed, epoch, index),
 MIM masks of (seed, step), and the checkpoint holds every optimizer and RNG state.
@@ -26,6 +29,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +37,14 @@ import torch
 import torch.distributed as dist
 
 from bilma.config import Config
-from bilma.data.datasets import TrainSet, ensure_synthetic, load_data, train_loader
+from bilma.data.datasets import (
+    EvalImages,
+    TrainSet,
+    ensure_synthetic,
+    load_data,
+    shutdown_workers,
+    train_loader,
+)
 from bilma.data.splits import SplitCount, counts_of, split_problems, synth_counts
 from bilma.device import (
     Dist,
@@ -187,6 +198,7 @@ def _train(
         )
         raise
     finally:
+        trainer.close()
         trainer.stop.restore()
         close_distributed(d)
 
@@ -214,6 +226,10 @@ class Trainer:
         self.stop = StopFlag()
         self.state = State()
         self.factor = 1.0  # learning-rate factor of the epoch in progress
+        # Checkpoints are written on a background thread (one in flight) from a host copy.
+        self.saver = checkpoint.BackgroundSaver()
+        self._best_due = False  # a new best epoch whose best.pt candidate is not written yet
+        self._saved_at = time.monotonic()  # of the last last.pt (train.checkpoint_every_minutes)
 
     # -- setup
     def setup(self) -> None:
@@ -300,6 +316,11 @@ class Trainer:
         self.loader, self.sampler = train_loader(
             self.train_set, cfg.train.batch_size, cfg.data.num_workers, d.rank, d.world
         )
+        # Workers ship uint8; the float half of the augmentation runs here, on the device.
+        self.augment = self.train_set.device_augment()
+        self.gallery = EvalImages(
+            data, cfg.data.image_size, cfg.eval.batch_size, cfg.data.num_workers
+        )
         steps_full = len(self.sampler) // cfg.train.batch_size  # >= 1: `_check_splits`
         self.steps = min(steps_full, cfg.train.max_steps_per_epoch or steps_full)
         self.select_split = cfg.eval.select_split
@@ -370,13 +391,14 @@ class Trainer:
         state.loss_sums, state.loss_count = dict(bar.sums), bar.count
         if self.d.main:
             self._save_last()
+            self.saver.wait()  # on disk before the process goes (the save in flight too)
         signum = self.stop.signum or signal.SIGTERM
         raise Interrupted(signum, state.epoch, state.step_in_epoch, self.trial.last_ckpt)
 
     def _step(self, batch: dict[str, torch.Tensor], bar: Progress) -> None:
         """One optimizer step."""
         cfg, state, device = self.cfg, self.state, self.device
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        batch = self.augment({k: v.to(device, non_blocking=True) for k, v in batch.items()})
         batch["mim_generator"] = mim_generator(cfg.train.seed, state.global_step, self.d.rank)
         with autocast_for(cfg, device):
             out = self.net(batch)
@@ -433,22 +455,23 @@ class Trainer:
         if d.main:
             for record in records:
                 self.sinks.log_record(record)
-            self._save_last()  # commits the epoch, and names the best one
-            checkpoint.promote_best(self.trial.best_candidate, self.trial.best_ckpt)
+            if self._commit_due(evaluated):
+                self._save_last()  # commits the epoch, and names the best one
+            else:
+                self._queue_saves(commit=False)  # a new best epoch's candidate only
         self._after_commit(evaluated)
 
     def _evaluate(self, epoch: int) -> dict[str, Any]:
         """Evaluate on the selection split; keep ckpt/best.pt. The record of it."""
         cfg, state = self.cfg, self.state
-        metrics = evaluate(self.model, self.data, self.select_split, cfg, self.device)
+        metrics = evaluate(
+            self.model, self.data, self.select_split, cfg, self.device, gallery=self.gallery
+        )
         value = metrics[cfg.eval.select_metric]
         log.info("epoch %d %s: %s", epoch, self.select_split, format_metrics(metrics))
         if not state.best or value > state.best["value"]:
             state.best = {"epoch": epoch, "value": value, "metrics": metrics}
-            # best.pt is replaced only after last.pt names this epoch (`_end_epoch`)
-            checkpoint.save(
-                self.trial.best_candidate, self.model, cfg, epoch=epoch, metrics=metrics
-            )
+            self._best_due = True  # written with this epoch's last.pt (`_save_last`)
         return {"epoch": epoch, "step": state.global_step, "split": self.select_split, **metrics}
 
     def _after_commit(self, evaluated: dict[str, Any] | None) -> None:
@@ -456,6 +479,7 @@ class Trainer:
         the trial (the all-reduce also keeps the processes in step, as a barrier did)."""
         request: StopTrial | None = None
         if evaluated is not None and self.on_eval is not None:
+            self.saver.wait()  # on_eval sees the evaluation committed: last.pt on disk
             try:
                 self.on_eval(evaluated, self.trial)
             except StopTrial as e:
@@ -468,32 +492,75 @@ class Trainer:
             return
         raise request or StopTrial("stopped on rank 0")
 
-    def _save_last(self) -> None:
-        state, scaler = self.state, self.scaler
-        checkpoint.save(
-            self.trial.last_ckpt,
-            self.model,
-            self.cfg,
-            optimizer=self.optimizer.state_dict(),
-            scaler=scaler.state_dict() if scaler.is_enabled() else None,
-            rng=checkpoint.rng_state(),
-            state=state.__dict__.copy(),
-            epoch=state.epoch,
-            step=state.global_step,
+    def _commit_due(self, evaluated: dict[str, Any] | None) -> bool:
+        """Whether this epoch's end writes last.pt: always, unless
+        `train.checkpoint_every_minutes` is set and that time has not passed (the last epoch
+        and an evaluation an `on_eval` callback will see are always committed)."""
+        minutes = self.cfg.train.checkpoint_every_minutes
+        return (
+            minutes is None
+            or time.monotonic() - self._saved_at >= 60 * minutes
+            or self.state.epoch >= self.cfg.train.epochs
+            or (evaluated is not None and self.on_eval is not None)
         )
 
+    def _save_last(self) -> None:
+        """Commit the state: ckpt/last.pt (and best.pt), written in the background."""
+        self._queue_saves(commit=True)
+
+    def _queue_saves(self, commit: bool) -> None:
+        """Queue ckpt/last.pt (if `commit`) and a new best epoch's best.pt candidate, then
+        best.pt's promotion, on the background writer. The state is copied now; the files
+        are on disk after `self.saver.wait()` (the next save, `finish`, `close`)."""
+        state, scaler, trial = self.state, self.scaler, self.trial
+        weights = self.model.state_dict()  # one dict in both files: copied to the host once
+        writes = []
+        if self._best_due:
+            best = state.best
+            candidate = checkpoint.payload(
+                self.model, self.cfg, epoch=best["epoch"], metrics=best["metrics"]
+            )
+            writes.append((trial.best_candidate, {**candidate, "model": weights}))
+            self._best_due = False
+        if commit:
+            last = checkpoint.payload(
+                self.model,
+                self.cfg,
+                optimizer=self.optimizer.state_dict(),
+                scaler=scaler.state_dict() if scaler.is_enabled() else None,
+                rng=checkpoint.rng_state(),
+                state=state.__dict__.copy(),
+                epoch=state.epoch,
+                step=state.global_step,
+            )
+            writes.append((trial.last_ckpt, {**last, "model": weights}))
+            self._saved_at = time.monotonic()
+        if writes:
+            # best.pt is replaced only after last.pt names its epoch (or at the next start)
+            promote = partial(checkpoint.promote_best, trial.best_candidate, trial.best_ckpt)
+            self.saver.submit(writes, then=promote if commit else None)
+
     # -- the end
+    def close(self) -> None:
+        """Let the checkpoint in flight reach the disk; stop the loaders' persistent workers
+        (also on the way out of an error)."""
+        self.saver.close()
+        if hasattr(self, "loader"):
+            shutdown_workers(self.loader)
+            self.gallery.close()
+
     def finish(self) -> dict[str, Any]:
         """Test the best checkpoint, write the result, close the sinks (rank 0; others: {})."""
         if not self.d.main:
             return {}
         cfg, state, trial = self.cfg, self.state, self.trial
+        self.saver.wait()  # last.pt and best.pt of the last epoch on disk (its error raised)
         best = checkpoint.load(trial.best_ckpt, self.device)
         checkpoint.load_model_state(self.model, best, trial.best_ckpt)
         epochs = cfg.train.epochs
         self.trial.write_progress({"phase": "test", "epoch": epochs, "epochs": epochs})
         groups = groups_of_config(cfg)  # look-alike metrics beside the usual ones (synth)
-        test = evaluate(self.model, self.data, "test", cfg, self.device, groups)
+        test = evaluate(self.model, self.data, "test", cfg, self.device, groups, self.gallery)
         selection = {
             "split": self.select_split,
             "metric": cfg.eval.select_metric,

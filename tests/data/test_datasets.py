@@ -84,6 +84,7 @@ def test_train_samples(synth_root):
     data = load_data(cfg)
     ts = TrainSet(data, cfg)
     assert len(ts) == 2 * len(data.split("train")[0])  # two captions per image
+    ts = TrainSet(data, cfg, uint8=False)  # samples finished here, as the model takes them
     s = ts[(5, 0)]
     assert s["images"].shape == (3, 128, 64) and s["images"].dtype == torch.float32
     assert s["caption_ids"].shape == (48,) and int(s["caption_ids"][0]) == data.tokenizer.sot_id
@@ -101,13 +102,37 @@ def test_train_samples(synth_root):
     )
 
 
+def test_workers_ship_uint8_and_the_device_half_gives_the_cpu_samples(synth_root):
+    """The default sample is uint8 (image, parse map) plus its erasing box; the batch's
+    device half turns it into exactly the sample finished on the CPU (the old float path)."""
+    cfg = cfg_for(synth_root, "data.erase=1.0")
+    data = load_data(cfg)
+    fast, slow = TrainSet(data, cfg), TrainSet(data, cfg, uint8=False)
+    keys = [(i, e) for i in (0, 3, 7, 11) for e in (0, 1)]
+    raw = [fast[k] for k in keys]
+    s = raw[0]
+    assert s["images"].dtype == torch.uint8 and s["images"].shape == (3, 128, 64)
+    assert s["parse_maps"].dtype == torch.uint8 and s["parse_maps"].shape == (128, 64)
+    assert s["erase"].dtype == torch.int32 and "patch_labels" not in s
+    assert sum(int(r["erase"][2]) > 0 for r in raw) >= 6  # erase=1.0: most draws fit a box
+    batch = torch.utils.data.default_collate(raw)
+    done = fast.device_augment()(batch)
+    assert "erase" not in done and "parse_maps" not in done
+    for b, k in enumerate(keys):
+        ref = slow[k]
+        assert ref.keys() == done.keys()
+        for name in ref:
+            assert torch.equal(done[name][b], ref[name]), (k, name)
+
+
 def test_soft_labels_and_pixel_target(synth_root):
     cfg = cfg_for(synth_root, "mim.label_rule=soft", "mim.labels=ppp7")
-    s = TrainSet(load_data(cfg), cfg)[(0, 0)]
+    s = TrainSet(load_data(cfg), cfg, uint8=False)[(0, 0)]
     assert s["patch_labels"].shape == (32, 7)
     torch.testing.assert_close(s["patch_labels"].sum(1), torch.ones(32))
     cfg = cfg_for(synth_root, "mim.target=pixel")
-    assert "patch_labels" not in TrainSet(load_data(cfg), cfg)[(0, 0)]
+    s = TrainSet(load_data(cfg), cfg)[(0, 0)]
+    assert "patch_labels" not in s and "parse_maps" not in s
 
 
 def test_loader_batches(synth_root):
@@ -117,6 +142,34 @@ def test_loader_batches(synth_root):
     sampler.set_epoch(0)
     batch = next(iter(loader))
     assert batch["images"].shape == (8, 3, 128, 64) and batch["pids"].shape == (8,)
+    assert batch["images"].dtype == batch["parse_maps"].dtype == torch.uint8
+
+
+def test_loader_workers_persist_across_epochs_and_evaluations(synth_root):
+    cfg = cfg_for(synth_root, "data.num_workers=1")
+    data = load_data(cfg)
+    loader, sampler = datasets.train_loader(TrainSet(data, cfg), 8, 1)
+    gallery = datasets.EvalImages(data, (128, 64), 4, 1)
+    try:
+        pids = []
+        for epoch in (0, 1):
+            sampler.set_epoch(epoch)
+            it = iter(loader)
+            first = next(it)  # a partly used epoch, as with train.max_steps_per_epoch
+            pids.append(it._workers[0].pid)
+            del it
+            assert first["images"].dtype == torch.uint8
+            images = [b for b, _ in gallery.loader("test")]
+            pids.append(gallery.loader("test")._iterator._workers[0].pid)
+        assert pids[0] == pids[2] and pids[1] == pids[3]  # the same worker processes
+        assert images[0].dtype == torch.uint8 and sum(len(b) for b in images) == 6
+        first_epoch = [i for i, _ in sampler]
+        sampler.set_epoch(0)
+        assert [i for i, _ in sampler] != first_epoch  # each epoch still has its own order
+    finally:
+        datasets.shutdown_workers(loader)
+        gallery.close()
+    assert loader._iterator is None and not gallery._loaders
 
 
 def test_missing_parse_maps_are_named(synth_root, tmp_path):

@@ -234,6 +234,17 @@ def test_majority_matches_a_loop_on_random_maps() -> None:
     assert out == ref
 
 
+def test_a_batch_of_maps_gives_each_map_its_own_labels() -> None:
+    """The trainer's call: one [B, H, W] batch (as on the device), the per-map answers."""
+    rng = np.random.default_rng(3)
+    maps = rng.integers(0, 20, (5, 48, 32), dtype=np.uint8)
+    for rule in ("majority", "soft"):
+        batched = patch_labels(torch.from_numpy(maps), 16, 20, rule)
+        assert batched.shape[:2] == (5, 6)
+        for b in range(5):
+            assert torch.equal(batched[b], patch_labels(maps[b], 16, 20, rule))
+
+
 def test_patch_labels_errors() -> None:
     with pytest.raises(ValueError, match="multiple of the patch size 16"):
         patch_labels(np.zeros((40, 32), np.uint8), 16, 20)
@@ -242,7 +253,7 @@ def test_patch_labels_errors() -> None:
     with pytest.raises(ValueError, match="outside"):
         patch_labels(np.full((16, 16), -1, np.int64), 16, 20)
     with pytest.raises(ValueError, match=r"\[H, W\]"):
-        patch_labels(np.zeros((1, 16, 16), np.uint8), 16, 20)
+        patch_labels(np.zeros((1, 1, 16, 16), np.uint8), 16, 20)
     with pytest.raises(ValueError, match="integer"):
         patch_labels(np.zeros((16, 16), np.float32), 16, 20)
     with pytest.raises(ValueError, match="rule"):

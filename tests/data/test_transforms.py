@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from bilma.data.parsing import LABEL_SETS
+from bilma.data.parsing import LABEL_SETS, patch_labels
 from bilma.data.transforms import (
     CLIP_MEAN,
     CLIP_STD,
@@ -238,3 +240,168 @@ def test_returned_map_never_aliases_the_input() -> None:
     assert out is not None
     out[0, 0] = 7
     assert pmap[0, 0] == 0
+
+
+# ----------------------------------------------------------------------------- the device half
+# Issue 21: workers ship uint8 and the float work runs per batch on the device. The old float
+# path is kept here verbatim (before issue 21) as the reference the new path must reproduce.
+
+
+def _old_normalize(arr: np.ndarray) -> torch.Tensor:
+    """The workers' normalisation before issue 21 (``_Normalizer``), verbatim."""
+    m = torch.tensor(CLIP_MEAN, dtype=torch.float64)
+    s = torch.tensor(CLIP_STD, dtype=torch.float64)
+    scale = (1.0 / (255.0 * s)).to(torch.float32).view(3, 1, 1)
+    bias = (-m / s).to(torch.float32).view(3, 1, 1)
+    x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+    return x.to(torch.float32).mul_(scale).add_(bias)
+
+
+def _old_erase(img: torch.Tensor, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """The workers' erasing before issue 21 (IRRA's defaults), verbatim; returns its box."""
+    _, h, w = img.shape
+    area = h * w
+    for _ in range(10):
+        erase_area = area * rng.uniform(0.02, 0.4)
+        aspect = math.exp(rng.uniform(math.log(0.3), math.log(3.3)))
+        eh = int(round(math.sqrt(erase_area * aspect)))
+        ew = int(round(math.sqrt(erase_area / aspect)))
+        if not (eh < h and ew < w):
+            continue
+        i = int(rng.integers(0, h - eh + 1))
+        j = int(rng.integers(0, w - ew + 1))
+        img[:, i : i + eh, j : j + ew] = MEAN
+        return i, j, eh, ew
+    return 0, 0, 0, 0
+
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_normalisation_on_the_device_equals_the_old_float_path() -> None:
+    """(a) A uint8 batch normalised on the device: the old per-image numbers to 1e-6."""
+    images = [_random_image(384, 128, seed) for seed in range(6)]
+    images[0][:] = 0  # the extremes of the range too
+    images[1][:] = 255
+    batch = torch.stack([torch.from_numpy(a.transpose(2, 0, 1).copy()) for a in images])
+    out = TestTransform((384, 128)).normalize(batch.to(DEVICE)).cpu()
+    assert out.dtype == torch.float32 and out.shape == (6, 3, 384, 128)
+    for b, arr in enumerate(images):
+        torch.testing.assert_close(out[b], _old_normalize(arr), rtol=0, atol=1e-6)
+        torch.testing.assert_close(out[b], _normalised(arr), rtol=0, atol=1e-5)
+
+
+def test_draw_then_device_half_is_the_old_float_path_exactly() -> None:
+    """Every random draw stays in the worker (the same rng stream as before), so a batch
+    finished on the device is the old output image for image, erasing included, and the
+    stream is left where the old path left it (the MLM masks that follow are unchanged)."""
+    arr = _random_image(384, 128)
+    pmap = np.random.default_rng(1).integers(0, 20, (384, 128), dtype=np.uint8)
+    t = TrainTransform((384, 128), hflip=0.0, pad=0, erase=0.5)
+    drawn, rngs, old, boxes = [], [], [], []
+    for seed in range(64):
+        rng = np.random.default_rng(seed)
+        drawn.append(t.draw(Image.fromarray(arr), pmap, rng, LIP.flip_lut))
+        rngs.append(rng.random())
+        ref_rng = np.random.default_rng(seed)
+        ref_rng.random()  # the old path's flip draw
+        img = _old_normalize(arr)
+        boxes.append(_old_erase(img, ref_rng) if ref_rng.random() < 0.5 else (0, 0, 0, 0))
+        old.append(img)
+        assert rngs[-1] == ref_rng.random()
+    assert {b[2] > 0 for b in boxes} == {True, False}
+    batch = {
+        "images": torch.stack([d.image for d in drawn]).to(DEVICE),
+        "erase": torch.stack([d.erase for d in drawn]).to(DEVICE),
+        "parse_maps": torch.stack([d.parse_map for d in drawn]).to(DEVICE),
+    }
+    out = t.on_device(20)(batch)
+    assert out["images"].device.type == DEVICE.type and set(out) == {"images", "patch_labels"}
+    assert [tuple(d.erase.tolist()) for d in drawn] == boxes
+    torch.testing.assert_close(out["images"].cpu(), torch.stack(old), rtol=0, atol=1e-6)
+    labels = out["patch_labels"].cpu()
+    assert torch.equal(labels, patch_labels(torch.from_numpy(pmap), 16, 20).expand(64, -1))
+
+
+def test_erasing_statistics_match_torchvision_random_erasing() -> None:
+    """(b) Over many draws: the erasing probability, the area fraction in (0.02, 0.4), the
+    log-uniform aspect ratio in (0.3, 3.3), the fill (CLIP mean in normalised units), each as
+    the old worker-side erasing gives them (replayed with independent seeds)."""
+    h, w, n = 384, 128, 3000
+    image = Image.fromarray(_random_image(h, w))
+    t = TrainTransform((h, w), hflip=0.5, pad=10, erase=0.5)
+    new = [t.draw(image, None, np.random.default_rng([7, i])).erase.tolist() for i in range(n)]
+    old, img = [], torch.zeros(3, h, w)
+    for i in range(n):  # the old path's draws: flip, two crop offsets, then erasing
+        rng = np.random.default_rng([8, i])
+        rng.random(), rng.integers(0, 21), rng.integers(0, 21)
+        old.append(_old_erase(img, rng) if rng.random() < 0.5 else (0, 0, 0, 0))
+
+    def stats(boxes):
+        hit = np.array([b for b in boxes if b[2] > 0], dtype=float)
+        area = hit[:, 2] * hit[:, 3] / (h * w)
+        log_aspect = np.log(hit[:, 2] / hit[:, 3])
+        return len(hit) / len(boxes), area, log_aspect, hit
+
+    p_new, area_new, asp_new, hit_new = stats(new)
+    p_old, area_old, asp_old, _ = stats(old)
+    assert abs(p_new - 0.5) < 0.04 and abs(p_new - p_old) < 0.05  # sd of each: 0.009
+    assert area_new.min() > 0.019 and area_new.max() < 0.41  # rounding of the sides
+    assert abs(area_new.mean() - area_old.mean()) < 0.015  # sd of the difference: 0.004
+    assert abs(np.median(area_new) - np.median(area_old)) < 0.02
+    assert math.log(0.3) - 0.1 < asp_new.min() and asp_new.max() < math.log(3.3) + 0.1
+    assert abs(asp_new.mean() - asp_old.mean()) < 0.08 and abs(asp_new.std() - asp_old.std()) < 0.06
+    assert (hit_new[:, 0] + hit_new[:, 2] <= h).all() and (hit_new[:, 1] + hit_new[:, 3] <= w).all()
+    # Fill: the box holds the CLIP mean numbers, everything else the normalised pixels.
+    boxes = torch.tensor(new[:32], dtype=torch.int32)
+    x = torch.stack([t.draw(image, None, np.random.default_rng([7, i])).image for i in range(32)])
+    out = t.on_device()({"images": x.to(DEVICE), "erase": boxes.to(DEVICE)})["images"].cpu()
+    plain = t.normalize(x)
+    for b, (i, j, bh, bw) in enumerate(new[:32]):
+        inside = torch.zeros(h, w, dtype=torch.bool)
+        inside[i : i + bh, j : j + bw] = True
+        assert torch.equal(out[b][:, inside], MEAN.view(3, 1).expand(3, int(inside.sum())))
+        assert torch.equal(out[b][:, ~inside], plain[b][:, ~inside])
+
+
+def test_device_half_is_deterministic_for_a_fixed_seed() -> None:
+    arr = Image.fromarray(_random_image())
+    pmap = np.random.default_rng(1).integers(0, 20, (H, W), dtype=np.uint8)
+    t = TrainTransform((H, W), erase=1.0)
+
+    def batch(seed: int) -> dict[str, torch.Tensor]:
+        d = [t.draw(arr, pmap, np.random.default_rng([seed, i]), LIP.flip_lut) for i in range(8)]
+        return {
+            "images": torch.stack([x.image for x in d]),
+            "erase": torch.stack([x.erase for x in d]),
+            "parse_maps": torch.stack([x.parse_map for x in d]),
+        }
+
+    aug = t.on_device(20, "soft")
+    a, b, c = aug(batch(3)), aug(batch(3)), aug(batch(4))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["images"], c["images"])
+    assert a["patch_labels"].shape == (8, 6, 20)
+
+
+def test_geometry_in_the_worker_is_unchanged_uint8() -> None:
+    """(c) Resize, flip, pad + crop stay in the worker: `draw` gives the reference pixels
+    exactly, as uint8, and the map with them."""
+    w0, h0 = 80, 200
+    arr = _random_image(h0, w0)
+    pmap = np.random.default_rng(2).integers(0, 20, (h0, w0), dtype=np.uint8)
+    t = TrainTransform((H, W), hflip=0.5, pad=6, erase=0.5)
+    resized = np.asarray(Image.fromarray(arr).resize((W, H), Image.Resampling.BILINEAR))
+    rmap = np.asarray(Image.fromarray(pmap).resize((W, H), Image.Resampling.NEAREST))
+    for seed in range(30):
+        d = t.draw(Image.fromarray(arr), pmap, np.random.default_rng(seed), LIP.flip_lut)
+        rng = np.random.default_rng(seed)
+        flip = rng.random() < 0.5
+        i, j = int(rng.integers(0, 13)), int(rng.integers(0, 13))
+        a, m = (resized[:, ::-1], LIP.flip_lut[rmap[:, ::-1]]) if flip else (resized, rmap)
+        ref_a = np.pad(a, ((6, 6), (6, 6), (0, 0)))[i : i + H, j : j + W]
+        ref_m = np.pad(m, 6)[i : i + H, j : j + W]
+        assert d.image.dtype == torch.uint8 and d.image.shape == (3, H, W)
+        np.testing.assert_array_equal(d.image.permute(1, 2, 0).numpy(), ref_a)
+        assert d.parse_map is not None
+        np.testing.assert_array_equal(d.parse_map.numpy(), ref_m)

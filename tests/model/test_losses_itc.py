@@ -56,7 +56,7 @@ def test_model_adds_itc_with_a_learnable_temperature(synth_small, tmp_path) -> N
     data = load_data(cfg)
     model = build_model(cfg, data.tokenizer.vocab_size, data.tokenizer.eot_id, 24)
     assert float(model.itc_logit_scale.detach()) == pytest.approx(math.log(1 / 0.07))
-    ds = TrainSet(data, cfg)
+    ds = TrainSet(data, cfg, uint8=False)  # finished samples: the model takes them as is
     items = [ds[i] for i in range(4)]
     batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
     out = model(batch)

@@ -138,3 +138,80 @@ def test_weights_that_do_not_fit_their_own_signature_are_one_line(saved, tmp_pat
     message = str(e.value)
     assert "\n" not in message and expected in message, message
     assert message.startswith(f"{path}: its weights do not fit the model its own signature")
+
+
+# ----------------------------------------------------------------------------- background saves
+
+
+def test_a_background_save_holds_the_state_of_its_submit(tmp_path):
+    """The host copy is made in the caller's thread: updates after `submit` (the training
+    step that goes on) are not in the file, even while it is still being written."""
+    from collections import OrderedDict
+
+    weights = OrderedDict(w=torch.arange(6.0), step=torch.tensor(3))
+    weights._metadata = {"": {"version": 2}}  # type: ignore[attr-defined]
+    state = {"model": weights, "state": {"best": {"epoch": 1}}, "rng": [torch.ones(2)]}
+    saver = checkpoint.BackgroundSaver()
+    saver.submit([(tmp_path / "a.pt", state)])
+    weights["w"].add_(100.0)  # in place, as an optimizer step does
+    state["state"]["best"]["epoch"] = 2
+    saver.wait()
+    back = torch.load(tmp_path / "a.pt", weights_only=True)
+    assert back["model"]["w"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert back["state"]["best"]["epoch"] == 1 and back["model"]._metadata == weights._metadata
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_host_copies_reuse_their_buffers_and_share_shared_parts():
+    copy = checkpoint.HostCopy()
+    w = torch.randn(4, 3)
+    shared = {"w": w}
+    first = copy([{"model": shared}, {"model": shared, "extra": torch.zeros(2)}])
+    assert first[0]["model"] is first[1]["model"]  # one model in two files: one copy
+    second = copy([{"model": {"w": w + 1}}, {"model": {"w": w}, "extra": torch.ones(2)}])
+    assert second[0]["model"]["w"].data_ptr() == first[0]["model"]["w"].data_ptr()  # reused
+    assert torch.equal(second[0]["model"]["w"], w + 1) and torch.equal(second[1]["model"]["w"], w)
+    third = copy([{"model": {"w": torch.zeros(5)}}])  # another shape: a new buffer
+    assert third[0]["model"]["w"].shape == (5,)
+
+
+def test_one_save_in_flight_and_errors_reach_the_caller(tmp_path, monkeypatch, caplog):
+    """A second submit waits for the first; a failed background write is raised at the
+    next submit or wait (in the caller's thread), then forgotten."""
+    import threading
+
+    events = []
+    gate = threading.Event()
+    real = checkpoint.write
+
+    def write(path, content):
+        events.append(("start", path.name))
+        if path.name == "a.pt":
+            gate.wait(timeout=30)
+        if path.name == "bad.pt":
+            raise OSError("disk on fire")
+        real(path, content)
+        events.append(("end", path.name))
+
+    monkeypatch.setattr(checkpoint, "write", write)
+    saver = checkpoint.BackgroundSaver()
+    saver.submit([(tmp_path / "a.pt", {"x": torch.zeros(1)})])
+    assert saver.busy
+    threading.Timer(0.2, gate.set).start()
+    saver.submit([(tmp_path / "b.pt", {"x": torch.ones(1)})], then=lambda: events.append("then"))
+    saver.wait()
+    assert events == [
+        ("start", "a.pt"),
+        ("end", "a.pt"),
+        ("start", "b.pt"),
+        ("end", "b.pt"),
+        "then",
+    ]
+    saver.submit([(tmp_path / "bad.pt", {"x": torch.ones(1)})])
+    with pytest.raises(OSError, match="disk on fire"):
+        saver.submit([(tmp_path / "c.pt", {"x": torch.ones(1)})])
+    assert not (tmp_path / "c.pt").exists()  # the failed one is reported before the next
+    saver.wait()  # nothing in flight, the error was handed over once
+    saver.submit([(tmp_path / "bad.pt", {"x": torch.ones(1)})])
+    saver.close()  # on the way out of another error: logged, not raised
+    assert "the last checkpoint save failed too: disk on fire" in caplog.text

@@ -176,6 +176,110 @@ def test_kill_between_records_and_last_pt_keeps_history_exact(synth_small, tmp_p
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3]
 
 
+# A training run whose background write of epoch 2's last.pt stops half-way (then is killed).
+SLOW_SECOND_SAVE = """
+import sys, threading, time, torch
+real = torch.save
+def save(obj, f, *args, **kw):
+    state = obj.get("state") if isinstance(obj, dict) else None
+    if state and state["epoch"] == 2 and threading.current_thread() is not threading.main_thread():
+        f.write(b"PK\\x03\\x04 half a checkpoint")
+        f.flush()
+        print("WRITING last.pt of epoch 2 in the background", flush=True)
+        time.sleep(600)
+    return real(obj, f, *args, **kw)
+torch.save = save
+from bilma.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigkill_during_a_background_save_keeps_the_previous_last_pt(
+    clean_run, synth_small, tmp_path
+):
+    """SIGKILL while last.pt of the last epoch is half-written by the background thread:
+    the previous last.pt is intact and loadable, and the same command resumes from it to
+    the clean run's result."""
+    from bilma.training import checkpoint
+
+    args = [
+        "train",
+        "--config",
+        "/dev/null",
+        *tiny_overrides(synth_small, tmp_path / "runs"),
+        "data.num_workers=2",
+    ]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_SECOND_SAVE, *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("WRITING last.pt of epoch 2"):
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    trial = the_trial(tmp_path / "runs")
+    (torn,) = trial.ckpt_dir.glob(".last.pt.*.tmp")  # the half-written one
+    assert torn.read_bytes().startswith(b"PK")
+    last = checkpoint.load(trial.last_ckpt)  # the previous one, whole
+    assert last["state"]["epoch"] == 1 and last["state"]["step_in_epoch"] == 0
+    assert checkpoint.load(trial.best_ckpt)["epoch"] == last["state"]["best"]["epoch"]
+
+    resumed = cli(args, tmp_path, start_new_session=True)
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+    assert "resuming from" in out and "removed 1 temporary file(s)" in out
+    assert not torn.exists()
+    assert_same_run(clean_run, trial)
+
+
+def test_a_stop_signal_waits_for_the_save_in_flight(synth_small, tmp_path, monkeypatch):
+    """SIGTERM arrives while epoch 1's last.pt is still being written in the background:
+    the trainer finishes the step, lets that write end, then writes its own last.pt, and
+    only then stops (nothing lost, nothing torn, the two writes in order)."""
+    import threading
+
+    from bilma.errors import Interrupted
+    from bilma.training import checkpoint
+    from bilma.training.trainer import train
+
+    cfg = load_config(None, tiny_overrides(synth_small, tmp_path / "runs", "train.epochs=3"))
+    writes = []
+    real = checkpoint.write
+
+    def write(path, content):
+        state = content.get("state")
+        if path.name == "last.pt" and state["epoch"] == 1 and not state["step_in_epoch"]:
+            assert threading.current_thread() is not threading.main_thread()
+            os.kill(os.getpid(), signal.SIGTERM)  # the trainer goes on meanwhile
+            time.sleep(1.0)
+        real(path, content)
+        if state is not None:
+            writes.append((state["epoch"], state["step_in_epoch"]))
+
+    monkeypatch.setattr(checkpoint, "write", write)
+    with pytest.raises(Interrupted) as info:
+        train(cfg, progress=False)
+    assert info.value.signum == signal.SIGTERM
+    # epoch 1's save completed, then the stop's own save (one step into epoch 2)
+    assert writes == [(1, 0), (1, 1)]
+    trial = TrialDir.for_config(cfg)
+    state = torch.load(trial.last_ckpt, weights_only=True)["state"]
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 1)
+    assert trial.status()["state"] == "interrupted"
+    assert torch.load(trial.best_ckpt, weights_only=True)["epoch"] == 1
+    assert not list(trial.ckpt_dir.glob(".*.tmp"))
+
+
 def test_a_leftover_best_candidate_is_promoted_or_dropped(tmp_path):
     from bilma.training.checkpoint import settle_best
 

@@ -280,3 +280,47 @@ def test_stop_trial_after_the_last_epoch_finishes(synth_small, tmp_path):
     trial = TrialDir.for_config(cfg)
     assert trial.status()["state"] == "done" and trial.read_result() == result
     assert result["selection"]["epoch"] == 1
+
+
+def test_checkpoint_every_minutes_commits_less_often_and_keeps_best_consistent(
+    synth_small, tmp_path, monkeypatch
+):
+    """train.checkpoint_every_minutes: last.pt only when that time has passed, and always at
+    the last epoch; a new best epoch's best.pt candidate is still written when it happens,
+    and best.pt agrees with last.pt at the end."""
+    from bilma.training import trainer as train_mod
+
+    cfg = load_config(
+        None,
+        tiny_overrides(
+            synth_small, tmp_path / "runs", "train.epochs=3", "train.checkpoint_every_minutes=600"
+        ),
+    )
+    commits, candidates = [], []
+    real_save_last, real_write = train_mod.Trainer._save_last, train_mod.checkpoint.write
+
+    def save_last(self):
+        commits.append(self.state.epoch)
+        real_save_last(self)
+
+    def write(path, content):
+        if path.name != "last.pt":
+            candidates.append(content["epoch"])
+        real_write(path, content)
+
+    monkeypatch.setattr(train_mod.Trainer, "_save_last", save_last)
+    monkeypatch.setattr(train_mod.checkpoint, "write", write)
+    result = train_mod.train(cfg, progress=False)
+    assert commits == [3]  # not after epochs 1 and 2 (600 minutes had not passed)
+    assert candidates and candidates[0] == 1  # epoch 1 is always a new best
+    trial = TrialDir.for_config(cfg)
+    last = torch.load(trial.last_ckpt, weights_only=True)
+    best = torch.load(trial.best_ckpt, weights_only=True)
+    assert best["epoch"] == last["state"]["best"]["epoch"] == result["selection"]["epoch"]
+    assert best["epoch"] == candidates[-1] and not trial.best_candidate.exists()
+
+    # the default: every epoch
+    commits.clear()
+    cfg = load_config(None, tiny_overrides(synth_small, tmp_path / "every", "train.epochs=2"))
+    train_mod.train(cfg, progress=False)
+    assert commits == [1, 2]
