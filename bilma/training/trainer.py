@@ -54,7 +54,7 @@ from bilma.runs.reuse import data_root_warning
 from bilma.runs.schema import TrialState
 from bilma.runs.trial_dir import TrialDir, make_result
 from bilma.training import checkpoint
-from bilma.training.optim import lr_factor, param_groups
+from bilma.training.optim import build_optimizer, lr_factor, match_layout
 from bilma.training.progress import Progress
 from bilma.training.seed import mim_generator, seed_everything
 from bilma.training.signals import StopFlag
@@ -212,11 +212,7 @@ class Trainer:
             cfg, data.tokenizer.vocab_size, data.tokenizer.eot_id, data.num_train_ids
         )
         self.model.to(self.device)
-        self.optimizer = torch.optim.Adam(
-            param_groups(self.model, cfg), betas=tuple(cfg.optim.betas), eps=cfg.optim.eps
-        )
-        for g in self.optimizer.param_groups:
-            g["initial_lr"] = g["lr"]
+        self.optimizer = build_optimizer(self.model, cfg)
         fp16 = amp_dtype(cfg, self.device) == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
         if self.trial.last_ckpt.exists():
@@ -246,7 +242,7 @@ class Trainer:
     def _resume(self, path: Path) -> None:
         ckpt = checkpoint.load(path, self.device)
         checkpoint.load_model_state(self.model, ckpt, path)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.optimizer.load_state_dict(match_layout(ckpt["optimizer"], self.optimizer, path))
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         checkpoint.set_rng_state(ckpt["rng"])

@@ -18,7 +18,7 @@ from support.tiny import tiny_overrides
 from bilma.config import load_config
 from bilma.runs.launch import Launch, write_launch
 from bilma.runs.trial_dir import TrialDir
-from bilma.training.trainer import lr_factor, param_groups
+from bilma.training.optim import lr_factor, param_rates
 
 
 def run_cli(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
@@ -52,7 +52,7 @@ def test_irra_schedule_and_groups():
         39,
         3,
     )
-    lrs = {g["name"]: (g["lr"], g["weight_decay"]) for g in param_groups(model, cfg)}
+    lrs = {name: (lr, wd) for name, _, lr, wd in param_rates(model, cfg)}
     assert lrs["encoders.vision.encoder.layers.0.mlp.fc1.weight"] == (1e-5, 4e-5)
     assert lrs["encoders.vision.encoder.layers.0.mlp.fc1.bias"] == (2e-5, 0.0)
     assert lrs["mlm_cross.cross_attn.in_proj_weight"] == (5e-5, 4e-5)
