@@ -117,7 +117,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         f"model.embed_dim={512 if args.model == 'vitb16' else 128}",
         "data.num_workers=0",
         f"train.batch_size={args.batch}",
-        f"train.amp='{args.amp}'",  # quoted: YAML reads a bare off as false
+        f"train.amp='{args.amp}'",  # quoted: older code took only a quoted off
         f"train.log_every={args.log_every}",
         "tracking.enabled=false",
         f"paths.runs={tempfile.mkdtemp(prefix='bench_train_')}",
