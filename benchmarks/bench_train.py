@@ -6,7 +6,9 @@ loader has its own benchmark).
 Reports per configuration (model x recipe x eager/compiled):
 - host_ms: wall time of one `_step` call as the host sees it (on a GPU: the time to issue the
   step's work, which the device must not outrun; on a CPU: the whole step);
-- opt_ms: of which the optimizer step (host side);
+- cpu_ms: the process's CPU time in that call, all threads (on a shared CPU less disturbed
+  by other load than the wall time);
+- opt_ms: of which the optimizer step (wall, host side);
 - syncs: device-to-host syncs per step, counted by `bilma.training.syncs.SyncCounter` over
   `--log-every` steps (so one logging read is in the window);
 - samples/s (wall, device synchronised), GFLOP/sample (FlopCounterMode over one forward and
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -102,11 +105,20 @@ def make_trainer(cfg, vocab: int, device: torch.device, runs: str):
     return t
 
 
+def begin_epoch(t, log_every: int):
+    """The trainer's progress bar (and device-side loss sums) for an epoch of steps."""
+    from bilma.training.progress import Progress
+
+    if hasattr(t, "_begin_epoch"):
+        t.sampler = SimpleNamespace(set_epoch=lambda *a, **k: None)
+        return t._begin_epoch()
+    return Progress(0, 1, 10**9, log_every, enabled=False)  # before issue 21
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from bilma.config import load_config
-    from bilma.training.progress import Progress
     from bilma.training.syncs import SyncCounter
 
     dev = torch.device(args.device)
@@ -127,7 +139,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     cfg = load_config(ROOT / RECIPES[args.recipe], overrides)
     t = make_trainer(cfg, vocab, dev, cfg.paths.runs)
     batches = make_batches(args.batch, 4, vocab, 20, cfg.data.text_length)
-    bar = Progress(0, 1, 10**9, cfg.train.log_every, enabled=False)
+    bar = begin_epoch(t, cfg.train.log_every)
     opt_s = [0.0]
     t0_opt = [0.0]
     t.optimizer.register_step_pre_hook(lambda *_: t0_opt.__setitem__(0, time.perf_counter()))
@@ -136,11 +148,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     )
     i = [0]
 
+    cpu = [0.0]
+
     def step() -> float:
         b = batches[i[0] % len(batches)]
         i[0] += 1
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         t._step(dict(b), bar)
+        cpu[0] += time.process_time() - c0
         return time.perf_counter() - t0
 
     def sync() -> None:
@@ -165,7 +180,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.log_every):
             step()
     sync()
-    opt_s[0] = 0.0
+    opt_s[0] = cpu[0] = 0.0
     host = []
     t0 = time.perf_counter()
     for _ in range(args.steps):
@@ -184,6 +199,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
         "groups": len(t.optimizer.param_groups),
         "host_ms": round(1000 * sum(host) / len(host), 1),
+        "cpu_ms": round(1000 * cpu[0] / args.steps, 1),
         "opt_ms": round(1000 * opt_s[0] / args.steps, 1),
         "syncs": round(syncs.count / args.log_every, 2),
         "samples_per_s": round(args.batch / seconds, 1),
@@ -212,16 +228,29 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off")
     ap.add_argument("--steps", type=int, help="timed steps (default: tiny 10, vitb16 2)")
-    ap.add_argument("--warmup", type=int, default=4, help="untimed steps first (compiles)")
+    ap.add_argument(
+        "--warmup", type=int, help="untimed steps first (default: eager 1, compiled 4: the buckets)"
+    )
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads on a CPU (1: no spinning threads)"
+    )
     ap.add_argument("--log-every", type=int, default=4, help="train.log_every; syncs window")
     ap.add_argument("--peak-tflops", type=float, help="device peak for the MFU (TFLOP/s)")
     ap.add_argument("--trace", action="store_true", help="name the lines that synced")
+    ap.add_argument(
+        "--backend", help="torch.compile backend (default inductor; aot_eager: capture only)"
+    )
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a driver's child
     args = ap.parse_args()
     if args.one:
         args.model, args.recipe, args.mode = args.models[0], args.recipes[0], args.modes[0]
         args.steps = args.steps or (10 if args.model == "tiny" else 2)
+        args.warmup = args.warmup or (4 if args.mode == "compiled" else 1)
+        if args.device == "cpu":
+            torch.set_num_threads(args.threads)
+        if args.backend:  # the trainer's torch.compile calls, with this backend
+            torch.compile = functools.partial(torch.compile, backend=args.backend)
         print(json.dumps(measure(args)))
         return
     print(
@@ -234,11 +263,13 @@ def main() -> None:
             for mode in args.modes:
                 cmd = [sys.executable, __file__, "--one", "--models", model, "--recipes", recipe]
                 cmd += ["--modes", mode, "--batch", str(args.batch), "--device", args.device]
-                cmd += ["--amp", args.amp, "--warmup", str(args.warmup)]
+                cmd += ["--amp", args.amp, "--threads", str(args.threads)]
+                cmd += ["--warmup", str(args.warmup)] if args.warmup else []
                 cmd += ["--log-every", str(args.log_every)]
                 cmd += ["--steps", str(args.steps)] if args.steps else []
                 cmd += ["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []
                 cmd += ["--trace"] if args.trace else []
+                cmd += ["--backend", args.backend] if args.backend else []
                 row = {"model": model, "recipe": recipe, "mode": mode}
                 try:
                     p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)

@@ -18,6 +18,7 @@ from bilma.data.datasets import ImageSet, PedesData, TextSet, eval_loader
 from bilma.device import autocast_for
 from bilma.evaluation.lookalike import flat_group_metrics, metrics_by_group
 from bilma.evaluation.metrics import chance_r1, retrieval_metrics
+from bilma.model.bilma import trim_padding
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,13 @@ def encode_split(
     amp = autocast_for(cfg, device)
     text_feats = []
     for ids, _ in eval_loader(texts, bs, 0):
+        ids = trim_padding(ids, cfg.train.length_bucket)  # on the host: no sync
         with amp:
-            text_feats.append(model.encode_text(ids.to(device)).float())
+            text_feats.append(model.encode_text(ids.to(device, non_blocking=True)).float())
     image_feats = []
     for imgs, _ in eval_loader(images, bs, workers):
         with amp:
-            image_feats.append(model.encode_image(imgs.to(device)).float())
+            image_feats.append(model.encode_image(imgs.to(device, non_blocking=True)).float())
     t = F.normalize(torch.cat(text_feats), dim=-1)
     v = F.normalize(torch.cat(image_feats), dim=-1)
     return t, texts.pids.to(device), v, images.pids.to(device)

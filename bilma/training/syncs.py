@@ -3,7 +3,9 @@
 A sync is where the host must wait for the device before it can go on: reading a value
 (`.item()`, `bool()`, `int()`, `float()` of a tensor, `torch.equal`), an op whose output size
 depends on the values (`nonzero`, boolean indexing, `masked_select`, `unique`,
-`repeat_interleave` without `output_size`), and a copy from the device to the host. On a CPU
+`repeat_interleave` without `output_size`), `tolist()`, and a copy from the device to the
+host. Not counted: `.numpy()`, which exists only for host tensors (the trainer reads the
+host's copy of a batch with it). On a CPU
 nothing waits, but the very same aten ops run, so `SyncCounter` (a `TorchDispatchMode` that
 sees every aten call) counts on a CPU what a GPU would wait for: the count is a property of
 the code, not of the device. On CUDA, `torch.cuda.set_sync_debug_mode("warn")` is the
@@ -93,7 +95,28 @@ class SyncCounter(TorchDispatchMode):
                 self.where[_caller()] += 1
         return func(*args, **kwargs)
 
+    def __enter__(self) -> SyncCounter:
+        # `tolist()` reads a tensor's values without an aten op on a CPU (on a GPU it copies
+        # to the host): counted here, as one sync.
+        self._tolist = torch.Tensor.tolist
+        counter, tolist = self, self._tolist
+
+        def counted_tolist(t: torch.Tensor) -> Any:
+            if not counter._paused:
+                counter.count += 1
+                if counter.trace:
+                    counter.where[_caller()] += 1
+            counter._pause(1)
+            try:
+                return tolist(t)
+            finally:
+                counter._pause(-1)
+
+        torch.Tensor.tolist = counted_tolist
+        return super().__enter__()
+
     def __exit__(self, *exc: Any) -> None:
+        torch.Tensor.tolist = self._tolist
         for h in self._hooks:
             h.remove()
         self._hooks = []

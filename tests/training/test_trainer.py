@@ -280,3 +280,85 @@ def test_stop_trial_after_the_last_epoch_finishes(synth_small, tmp_path):
     trial = TrialDir.for_config(cfg)
     assert trial.status()["state"] == "done" and trial.read_result() == result
     assert result["selection"]["epoch"] == 1
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+@pytest.fixture
+def trainer(synth_small, tmp_path):
+    """A Trainer set up as a run sets it up (tiny model, synth_small), before its first epoch:
+    6 steps per epoch, the losses read every 3."""
+    from bilma.device import Dist
+    from bilma.training.sinks import FanOutSink
+    from bilma.training.trainer import Trainer
+
+    cfg = load_config(None, tiny_overrides(synth_small, tmp_path / "runs", "train.log_every=3"))
+    t = Trainer(
+        cfg, TrialDir.for_config(cfg), Dist(), torch.device("cpu"), FanOutSink(), progress=False
+    )
+    t.setup()
+    t._setup_loop()
+    return t
+
+
+def test_the_step_reads_the_device_only_when_it_logs(trainer):
+    """Syncs per step (counted as bilma.training.syncs counts them): none, but the one loss
+    read every train.log_every steps and at the epoch's end. Before: 17 per step."""
+    from bilma.training.syncs import SyncCounter
+
+    bar = trainer._begin_epoch()
+    syncs = []
+    for batch in trainer.loader:
+        with SyncCounter(optimizers=[trainer.optimizer], trace=True) as c:
+            trainer._step(batch, bar)
+        syncs.append(c.count)
+        if trainer.state.step_in_epoch == trainer.steps:
+            break
+    assert syncs == [0, 0, 1, 0, 0, 1], c.where
+    assert bar.count == 6 and set(bar.sums) == {"sdm", "id", "mlm", "mim", "loss"}
+
+
+def test_the_stop_flag_is_shared_only_on_logging_steps_with_several_processes(trainer, monkeypatch):
+    from bilma.device import Dist
+    from bilma.training import trainer as trainer_mod
+
+    calls = []
+    monkeypatch.setattr(trainer_mod, "max_over_processes", lambda v, d: calls.append(v) or v)
+    steps = trainer.steps
+    for world, expected in ((1, steps), (2, 2)):  # steps 3 and 6 of 6
+        trainer.d, calls[:] = Dist(0, world, 0), []
+        for step in range(1, steps + 1):
+            trainer.state.step_in_epoch = step
+            assert not trainer._should_stop()
+        assert len(calls) == expected
+
+
+def test_a_non_finite_loss_fails_at_the_next_read_naming_the_steps(trainer):
+    bar = trainer._begin_epoch()
+    with torch.no_grad():
+        trainer.model.classifier.weight.fill_(float("nan"))
+    it = iter(trainer.loader)
+    trainer._step(next(it), bar)
+    trainer._step(next(it), bar)  # not read yet
+    with pytest.raises(
+        FloatingPointError, match=r"loss is nan in epoch 1, steps 1-3: lower optim.lr"
+    ):
+        trainer._step(next(it), bar)
+
+
+@pytest.mark.slow  # inductor generates and compiles the tiny model's kernels: minutes on 2 cores
+def test_compiled_training_matches_eager(synth_small, tmp_path):
+    """`python -m bilma train ... train.compile=true` trains a tiny model, and its first
+    epoch's loss equals the eager run's to 1e-3 (relative)."""
+    loss = {}
+    for mode in ("false", "true"):
+        runs = tmp_path / mode
+        args = ["train", "--config", "/dev/null"]
+        args += tiny_overrides(synth_small, runs, "train.epochs=1", f"train.compile={mode}")
+        proc = run_cli(args, tmp_path)
+        out, _ = proc.communicate(timeout=1800)
+        assert proc.returncode == 0, out[-3000:]
+        records = TrialDir(next(runs.glob("*/*"))).read_metrics()
+        loss[mode] = next(r["loss"] for r in records if r["split"] == "train")
+    assert loss["true"] == pytest.approx(loss["false"], rel=1e-3)
