@@ -168,12 +168,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     sync()
     first_s = time.perf_counter() - t0
     model = t.model
+    # the batch as the step gives it to the model (captions in their length bucket)
+    prepare = getattr(t, "_prepare", lambda b: {k: v.to(dev) for k, v in b.items()})
     with (
         FlopCounterMode(display=False) as counter,
         torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.amp == "bf16"),
     ):
-        b = {k: v.to(dev) for k, v in batches[0].items()}
-        model(b)["loss"].backward()
+        model(prepare(dict(batches[0])))["loss"].backward()
     model.zero_grad(set_to_none=True)
     flops = counter.get_total_flops() / args.batch
     with SyncCounter(optimizers=[t.optimizer], trace=args.trace) as syncs:

@@ -156,13 +156,12 @@ def trim_batch(
     return out
 
 
-def mlm_capacity(labels: torch.Tensor, probability: float) -> int:
-    """Rows the MLM head runs on for a batch whose (host) `labels` [B, L] mark the chosen
-    tokens: a bound that depends only on the shape and `mlm.probability` (so shapes repeat
-    and nothing is read from the device), or every position when this batch chose more."""
-    total = labels.numel()
-    bound = min(total, -(-(int(1.5 * probability * total) + len(labels)) // 8) * 8)
-    return bound if int((labels.cpu().numpy() != IGNORE_INDEX).sum()) <= bound else total
+def mlm_capacity(labels: torch.Tensor, multiple: int = 8) -> int:
+    """Rows the MLM head runs on for a batch whose `labels` [B, L] mark the chosen tokens:
+    their count rounded up to a `multiple`, read from the host's copy (no sync). The head and
+    the loss run eagerly, so a count that changes from batch to batch costs no recompile."""
+    chosen = int((labels.cpu().numpy() != IGNORE_INDEX).sum())
+    return min(labels.numel(), max(multiple, -(-chosen // multiple) * multiple))
 
 
 def padding_mask(ids: torch.Tensor) -> torch.Tensor:
@@ -248,10 +247,10 @@ class BiLMa(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Loss parts of one batch (weighted by the config) and their weighted sum `loss`.
 
-        Nothing here reads a device value (no sync): captions come trimmed as the batch holds
-        them (the trainer trims on the host: `trim_batch`), the MLM head runs on a fixed
-        number of rows (`batch["mlm_capacity"]`, from `mlm_capacity` on the host; default:
-        every position) and the losses are masked means."""
+        Nothing here reads a device value (no sync): captions come as the batch holds them
+        (the trainer cuts them to a length read on the host: `caption_length`, `trim_batch`),
+        the MLM head runs on a number of rows counted on the host (`batch["mlm_capacity"]`,
+        `mlm_capacity`; default: every position) and the losses are masked means."""
         cfg, spec = self.cfg, self.heads_spec
         images, ids, pids = batch["images"], batch["caption_ids"], batch["pids"]
         w = cfg.loss

@@ -369,7 +369,7 @@ class Trainer:
         if "mlm_labels" in batch:
             labels = batch["mlm_labels"]
             labels = labels if cfg.mlm.attend_padding else labels[:, :length]
-            out["mlm_capacity"] = mlm_capacity(labels, cfg.mlm.probability)
+            out["mlm_capacity"] = mlm_capacity(labels)
         where = self.device if cfg.mim.masking == "patch" else torch.device("cpu")
         out["mim_generator"] = mim_generator(
             cfg.train.seed, self.state.global_step, self.d.rank, where

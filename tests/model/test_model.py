@@ -346,8 +346,8 @@ def test_the_sync_free_forward_gives_the_losses_of_the_boolean_one():
     old_mim = old_semmim_loss(pred, old["patch_labels"], mask)
 
     new = trim_batch(b, multiple=8)  # the bucket of 16
-    new["mlm_capacity"] = mlm_capacity(new["mlm_labels"], 0.15)
-    assert new["caption_ids"].shape[1] == 16 and new["mlm_capacity"] == 24 < 64
+    new["mlm_capacity"] = mlm_capacity(new["mlm_labels"])  # 14 chosen: 16 rows
+    assert new["caption_ids"].shape[1] == 16 and new["mlm_capacity"] == 16 < 64
     with SyncCounter() as syncs:
         out = model({**new, "mim_generator": torch.Generator().manual_seed(3)})
         out["loss"].backward()
@@ -364,10 +364,10 @@ def test_caption_lengths_are_bucketed_and_the_mlm_capacity_bounds_the_chosen():
     ids = random_batch(4, length=16)["caption_ids"]  # longest caption: 13 tokens
     assert [caption_length(ids, m) for m in (1, 8, 16, 32)] == [13, 16, 16, 16]
     labels = torch.full((8, 40), -100)
-    labels[:, 1:7] = 5  # 48 chosen of 320 positions: within 1.5 x 15% + one a caption
-    assert mlm_capacity(labels, 0.15) == 80
-    labels[:, 1:12] = 5  # 88 chosen: more than the bound, so every position
-    assert mlm_capacity(labels, 0.15) == 320
+    labels[:3, 1:7] = 5  # 18 chosen of 320 positions: rows in multiples of 8
+    assert mlm_capacity(labels) == 24 and mlm_capacity(labels, 64) == 64
+    labels[:] = 5
+    assert mlm_capacity(labels, 64) == 320  # never more than every position
 
 
 def test_patch_masks_of_a_cpu_generator_are_those_of_before():
@@ -400,7 +400,7 @@ def test_compiled_parts_give_the_eager_losses_with_one_graph_per_length_bucket(m
     def run(model, seed: int, length: int) -> dict[str, torch.Tensor]:
         b = trim_batch(random_batch(4, (128, 64), vocab=50, length=length, seed=seed), multiple=8)
         assert b["caption_ids"].shape[1] == length  # the longest caption: 13 or 7 tokens
-        b = {**b, "mlm_capacity": mlm_capacity(b["mlm_labels"], 0.15)}
+        b = {**b, "mlm_capacity": mlm_capacity(b["mlm_labels"])}
         b["mim_generator"] = torch.Generator().manual_seed(seed)
         model.zero_grad(set_to_none=True)
         out = model(b)
