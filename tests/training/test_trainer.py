@@ -362,3 +362,15 @@ def test_compiled_training_matches_eager(synth_small, tmp_path):
         records = TrialDir(next(runs.glob("*/*"))).read_metrics()
         loss[mode] = next(r["loss"] for r in records if r["split"] == "train")
     assert loss["true"] == pytest.approx(loss["false"], rel=1e-3)
+
+
+def test_last_pt_holds_one_optimizer_group_per_rate(trainer):
+    """At most 8 groups in a last.pt (4 here: base, biases, x lr_factor, heads' biases)."""
+    bar = trainer._begin_epoch()
+    trainer._step(next(iter(trainer.loader)), bar)
+    trainer.trial.init(trainer.cfg)
+    trainer._save_last()
+    saved = torch.load(trainer.trial.last_ckpt, weights_only=True)["optimizer"]
+    assert len(saved["param_groups"]) == 4
+    names = [n for g in saved["param_groups"] for n in g["names"]]
+    assert sorted(names) == sorted(n for n, _ in trainer.model.named_parameters())
