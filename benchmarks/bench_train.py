@@ -10,7 +10,8 @@ Reports per configuration (model x recipe x eager/compiled):
   by other load than the wall time);
 - opt_ms: of which the optimizer step (wall, host side);
 - syncs: device-to-host syncs per step, counted by `bilma.training.syncs.SyncCounter` over
-  `--log-every` steps (so one logging read is in the window);
+  `--log-every` steps (so one logging read is in the window); on CUDA also cuda_syncs, the
+  warnings of `torch.cuda.set_sync_debug_mode("warn")` over as many steps;
 - samples/s (wall, device synchronised), GFLOP/sample (FlopCounterMode over one forward and
   backward), MFU against `--peak-tflops` (or the card's dense bf16 peak when known);
 - peak memory (GPU) or peak RSS (CPU).
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -181,6 +183,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.log_every):
             step()
     sync()
+    cuda_syncs = None
+    if dev.type == "cuda":  # the device's own count, as a check of the counter's
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                for _ in range(args.log_every):
+                    step()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        cuda_syncs = sum("synchroniz" in str(w.message) for w in caught) / args.log_every
     opt_s[0] = cpu[0] = 0.0
     host = []
     t0 = time.perf_counter()
@@ -203,6 +216,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_ms": round(1000 * cpu[0] / args.steps, 1),
         "opt_ms": round(1000 * opt_s[0] / args.steps, 1),
         "syncs": round(syncs.count / args.log_every, 2),
+        **({"cuda_syncs": cuda_syncs} if cuda_syncs is not None else {}),
         "samples_per_s": round(args.batch / seconds, 1),
         "gflop_per_sample": round(flops / 1e9, 1),
         "warmup_s": round(first_s, 1),
