@@ -81,10 +81,14 @@ def max_over_processes(value: int, d: Dist) -> int:
 
 
 def pick_device(d: Dist) -> torch.device:
-    """This process's GPU (by local rank) if there is one, else the CPU."""
+    """This process's GPU if there is one, else the CPU. Its GPU is the one of its local rank
+    among those it sees: cuda:0 where each task sees only its own (SLURM's per-task
+    CUDA_VISIBLE_DEVICES: local rank 3 with a single visible device), cuda:LOCAL_RANK where
+    it sees the node's."""
     if torch.cuda.is_available():
-        torch.cuda.set_device(d.local_rank)
-        return torch.device("cuda", d.local_rank)
+        index = d.local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return torch.device("cpu")
 
 

@@ -71,11 +71,21 @@ def _type_name(tp: Any) -> str:
     )
 
 
+# YAML 1.1 (PyYAML) reads these bare words as booleans: `amp: off` arrives as False.
+_YAML_BOOL_WORDS = {False: ("off", "no", "false"), True: ("on", "yes", "true")}
+
+
 def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
-    """(ok, value converted to tp). Ints are accepted where floats are expected."""
+    """(ok, value converted to tp). Ints are accepted where floats are expected; a boolean
+    where the choices hold one YAML boolean word (`off`, `on`, ...) is that word."""
     origin = typing.get_origin(tp)
     if origin is Literal:
-        return (value in typing.get_args(tp)), value
+        choices = typing.get_args(tp)
+        if isinstance(value, bool):
+            words = [c for c in choices if isinstance(c, str) and c in _YAML_BOOL_WORDS[value]]
+            if len(words) == 1:
+                return True, words[0]
+        return (value in choices), value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in typing.get_args(tp):
             return True, None

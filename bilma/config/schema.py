@@ -143,7 +143,25 @@ class TrainConfig:
     seed: int = _f(1, "seed of the run; each process uses seed + rank", range=(0, None))
     deterministic: bool = _f(False, "deterministic algorithms (bit-exact resume on CPU)")
     amp: Literal["auto", "bf16", "fp16", "off"] = _f("auto", "autocast: auto = bf16 on GPU")
-    log_every: int = _f(20, "steps between progress lines", range=(1, None), hash=False)
+    log_every: int = _f(
+        20,
+        "steps between progress lines: the loss is read from the device (a sync) and, with "
+        "several processes, the stop signal checked only this often",
+        range=(1, None),
+        hash=False,
+    )
+    length_bucket: int = _f(
+        16,
+        "caption lengths trimmed up to a multiple of this, so shapes repeat (compiled "
+        "model, allocator); 1 = the batch's longest caption",
+        range=(1, 512),
+        hash=False,
+    )
+    compile: bool = _f(
+        False,
+        "torch.compile the encoders and cross-modal modules (one graph per length)",
+        hash=False,
+    )
     max_steps_per_epoch: int | None = _f(None, "cap steps per epoch (smoke runs)", range=(1, None))
     drop_last: bool = _f(True, "drop each epoch's last partial batch (IRRA: false)")
     checkpoint_every_minutes: float | None = _f(

@@ -116,6 +116,7 @@ def patch_labels(
     patch: int,
     num_classes: int,
     rule: Literal["majority", "soft"] = "majority",
+    check: bool = True,
 ) -> torch.Tensor:
     """Reduce a ``[H, W]`` (or batched ``[B, H, W]``) class-id map to one target per
     ``patch x patch`` patch, on the map's device.
@@ -124,8 +125,9 @@ def patch_labels(
     ``"majority"``: int64 ``[P]``, the most frequent class; a tie goes to the SMALLER class id
     (so background, id 0, wins ties). ``"soft"``: float32 ``[P, num_classes]`` class
     histograms normalised to sum to 1 (a leading ``B`` when batched). One ``scatter_add`` over
-    ``patch_index * C + label``, no loop over patches. Ids are range-checked on the CPU only: on
-    a GPU that check would stall the step, and the maps were checked when read.
+    ``patch_index * C + label``, no loop over patches. Ids are range-checked on the CPU only
+    (on a GPU that check would stall the step), and not at all with ``check=False``: the
+    trainer's batches, whose maps were checked when read.
     """
     arr = (
         torch.from_numpy(np.asarray(label_map)) if isinstance(label_map, np.ndarray) else label_map
@@ -142,7 +144,7 @@ def patch_labels(
     if rule not in ("majority", "soft"):
         raise ValueError(f"unknown patch label rule {rule!r}; use 'majority' or 'soft'")
     # An out-of-range id would be counted in a neighbouring patch's bins: check, it is cheap.
-    if arr.device.type == "cpu" and arr.numel():
+    if check and arr.device.type == "cpu" and arr.numel():
         lo, hi = int(arr.min()), int(arr.max())
         if hi >= num_classes or lo < 0:
             raise ValueError(

@@ -18,6 +18,7 @@ from bilma.data.datasets import EvalImages, ImageSet, PedesData, TextSet, eval_l
 from bilma.device import autocast_for
 from bilma.evaluation.lookalike import flat_group_metrics, metrics_by_group
 from bilma.evaluation.metrics import chance_r1, retrieval_metrics
+from bilma.model.bilma import trim_padding
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def encode_split(
     amp = autocast_for(cfg, device)
     text_feats = []
     for ids, _ in eval_loader(texts, bs, 0):
+        ids = trim_padding(ids, cfg.train.length_bucket)  # on the host: no sync
         with amp:
             text_feats.append(model.encode_text(ids.to(device, non_blocking=True)).float())
     loader = gallery.loader(split)

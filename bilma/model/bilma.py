@@ -20,6 +20,7 @@ fail at the second step.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, fields
 
 import torch
@@ -79,16 +80,20 @@ def random_patch_mask(
     device: torch.device,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """[B, P] bool, True = masked. `patch`: exactly round(ratio * P) random patches per image;
-    `block`: BEiT-style rectangles of random aspect until the count is reached (then trimmed
-    to the same exact count, so every image contributes equally to the loss)."""
+    """[B, P] bool, True = masked. `patch`: exactly round(ratio * P) random patches per image,
+    drawn where `generator` lives (the training device: no copy, no sync; a CPU generator
+    gives the same masks as before); `block`: BEiT-style rectangles of random aspect until
+    the count is reached (then trimmed to the same exact count, so every image contributes
+    equally to the loss), drawn on the host (a loop of scalar draws) with a CPU generator."""
     rows, cols = grid
     p = rows * cols
     n = max(1, round(ratio * p))
     if mode == "patch":
-        scores = torch.rand(batch, p, generator=generator)
+        where = generator.device if generator is not None else device
+        scores = torch.rand(batch, p, generator=generator, device=where)
         idx = scores.argsort(dim=1)[:, :n]
-        return torch.zeros(batch, p, dtype=torch.bool).scatter_(1, idx, True).to(device)
+        mask = torch.zeros(batch, p, dtype=torch.bool, device=where).scatter_(1, idx, True)
+        return mask.to(device)
     g = generator
     masks = torch.zeros(batch, rows, cols, dtype=torch.bool)
     for b in range(batch):
@@ -107,30 +112,56 @@ def random_patch_mask(
             on = flat.nonzero().squeeze(1)
             flat[on[torch.randperm(len(on), generator=g)[:extra]]] = False
         masks[b] = flat.view(rows, cols)
-    return masks.flatten(1).to(device)
+    masks = masks.flatten(1)
+    if device.type == "cuda":  # pinned: the copy does not wait for the device
+        return masks.pin_memory().to(device, non_blocking=True)
+    return masks.to(device)
 
 
-def trim_padding(ids: torch.Tensor) -> torch.Tensor:
-    """Drop the padding columns after the batch's last EOT.
+def caption_length(ids: torch.Tensor, multiple: int = 1) -> int:
+    """Columns to keep: up to the batch's last EOT, rounded up to a multiple of `multiple`
+    (at most all of them). Read it from the host's copy of the batch: from a device tensor
+    the copy to the host waits for the device."""
+    longest = int(ids.cpu().numpy().argmax(axis=-1).max()) + 1  # numpy: plainly on the host
+    return min(ids.shape[1], -(-longest // multiple) * multiple)
+
+
+def trim_padding(ids: torch.Tensor, multiple: int = 1) -> torch.Tensor:
+    """Drop the padding columns after the batch's last EOT (`caption_length`).
 
     The text encoder is causal, so a token never sees the padding after it and every kept
     position (EOT included) gets the same features; captions average about a third of
-    the context, so this saves most of the text encoder's work.
+    the context, so this saves most of the text encoder's work. Lengths rounded up to a
+    `multiple` repeat from batch to batch (a compiled model, cuDNN, the allocator reuse them).
     """
-    length = int(ids.argmax(dim=-1).max()) + 1
-    return ids[:, :length]
+    return ids[:, : caption_length(ids, multiple)]
 
 
-def trim_batch(batch: dict[str, torch.Tensor], keep_mlm: bool = False) -> dict[str, torch.Tensor]:
-    """Captions cut to the batch's longest; `keep_mlm`: the MLM ids and labels keep every
-    position (IRRA's MLM attends over the padding too)."""
-    length = trim_padding(batch["caption_ids"]).shape[1]
+def trim_batch(
+    batch: dict[str, torch.Tensor],
+    keep_mlm: bool = False,
+    multiple: int = 1,
+    length: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Captions cut to `length` columns (default: `caption_length` of the batch's captions);
+    `keep_mlm`: the MLM ids and labels keep every position (IRRA's MLM attends over the
+    padding too)."""
+    if length is None:
+        length = caption_length(batch["caption_ids"], multiple)
     out = dict(batch)
     keys = ("caption_ids",) if keep_mlm else ("caption_ids", "mlm_ids", "mlm_labels")
     for key in keys:
         if key in out:
             out[key] = out[key][:, :length]
     return out
+
+
+def mlm_capacity(labels: torch.Tensor, multiple: int = 8) -> int:
+    """Rows the MLM head runs on for a batch whose `labels` [B, L] mark the chosen tokens:
+    their count rounded up to a `multiple`, read from the host's copy (no sync). The head and
+    the loss run eagerly, so a count that changes from batch to batch costs no recompile."""
+    chosen = int((labels.cpu().numpy() != IGNORE_INDEX).sum())
+    return min(labels.numel(), max(multiple, -(-chosen // multiple) * multiple))
 
 
 def padding_mask(ids: torch.Tensor) -> torch.Tensor:
@@ -153,6 +184,7 @@ class BiLMa(nn.Module):
             nn.init.normal_(self.classifier.weight, std=0.001)
             nn.init.zeros_(self.classifier.bias)
         self.logit_scale = 1.0 / cfg.model.temperature
+        self._compiled: dict[str, Callable] = {}  # compile_parts: the encoders' training passes
         if cfg.loss.itc_weight > 0:  # CLIP's learnable temperature: log(1 / 0.07) at start
             self.itc_logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         if heads.mlm:
@@ -170,12 +202,37 @@ class BiLMa(nn.Module):
         return self.encoders.encode_image(images)[:, 0].float()
 
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
-        """Global text features [B, D] (EOT), not normalised."""
-        ids = trim_padding(ids)
+        """Global text features [B, D] (EOT), not normalised. Captions as given: trim their
+        padding on the host first (`trim_padding`), where reading the length costs no sync."""
         tokens = self.encoders.encode_text(ids)
         return tokens[
             torch.arange(len(ids), device=ids.device), self.encoders.eot_index(ids)
         ].float()
+
+    def compile_parts(self, length_bucket: int) -> None:
+        """torch.compile the encoders and the cross-modal modules in place (parameter names
+        and checkpoints unchanged). Static shapes: one graph per caption-length bucket
+        (`train.length_bucket`), never one per batch; the losses stay eager (small, and
+        their selection sizes vary). Evaluation (`encode_image`, `encode_text`) stays eager:
+        its batch sizes would add graphs, for a small share of the time."""
+        import torch._dynamo.config
+
+        # Graphs per compiled function: every bucket, the full context (IRRA's MLM), the
+        # image encoder with and without the MIM mask.
+        graphs = -(-self.encoders.spec.context // length_bucket) + 2
+        limit = torch._dynamo.config.recompile_limit
+        torch._dynamo.config.recompile_limit = max(limit, graphs)
+        enc = self.encoders
+        self._compiled["image"] = torch.compile(enc.encode_image, dynamic=False)
+        self._compiled["text"] = torch.compile(enc.encode_text, dynamic=False)
+        for name in ("mlm_cross", "mim_cross"):
+            if hasattr(self, name):
+                getattr(self, name).compile(dynamic=False)
+
+    def _encoder(self, which: str):
+        """The training pass's encoder function (`image` or `text`): compiled by
+        `compile_parts`, or the encoders' own."""
+        return self._compiled.get(which) or getattr(self.encoders, f"encode_{which}")
 
     def new_module_names(self) -> set[str]:
         """Top-level modules that IRRA trains at the higher learning rate."""
@@ -188,18 +245,22 @@ class BiLMa(nn.Module):
     # ------------------------------------------------------------------ training
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Loss parts of one batch (weighted by the config) and their weighted sum `loss`."""
+        """Loss parts of one batch (weighted by the config) and their weighted sum `loss`.
+
+        Nothing here reads a device value (no sync): captions come as the batch holds them
+        (the trainer cuts them to a length read on the host: `caption_length`, `trim_batch`),
+        the MLM head runs on a number of rows counted on the host (`batch["mlm_capacity"]`,
+        `mlm_capacity`; default: every position) and the losses are masked means."""
         cfg, spec = self.cfg, self.heads_spec
-        batch = trim_batch(batch, keep_mlm=cfg.mlm.attend_padding)
         images, ids, pids = batch["images"], batch["caption_ids"], batch["pids"]
         w = cfg.loss
         out: dict[str, torch.Tensor] = {}
 
-        image_tokens = self.encoders.encode_image(images)
+        image_tokens = self._encoder("image")(images)
         # IRRA parity: its in-place mutation trains SDM and ID on the masked caption.
         masked_retrieval = spec.mlm and cfg.mlm.masked_caption_for_retrieval
         retrieval_ids = batch["mlm_ids"] if masked_retrieval else ids
-        text_tokens = self.encoders.encode_text(retrieval_ids)
+        text_tokens = self._encoder("text")(retrieval_ids)
         rows = torch.arange(len(ids), device=ids.device)
         v = image_tokens[:, 0].float()
         t = text_tokens[rows, self.encoders.eot_index(retrieval_ids)].float()
@@ -216,7 +277,7 @@ class BiLMa(nn.Module):
         masked_text = text_tokens if masked_retrieval else None
         if spec.mlm:
             if masked_text is None:
-                masked_text = self.encoders.encode_text(batch["mlm_ids"])
+                masked_text = self._encoder("text")(batch["mlm_ids"])
             out["mlm"] = w.mlm_weight * self._mlm(image_tokens, masked_text, batch)
 
         if spec.mim_target != "none":
@@ -231,8 +292,26 @@ class BiLMa(nn.Module):
         masked_text: torch.Tensor,
         batch: dict[str, torch.Tensor],
     ) -> torch.Tensor:
-        logits, labels = self.mlm_predict(image_tokens, masked_text, batch)
-        return losses.mlm_loss(logits[None], labels[None])
+        """MLM loss without a sync: the head runs on `mlm_capacity` rows, the chosen positions
+        first (a stable sort of the labels, so no boolean indexing); the other rows carry the
+        ignore label and drop out of the mean."""
+        x = self._mlm_states(image_tokens, masked_text, batch).flatten(0, 1)
+        labels = batch["mlm_labels"].flatten()
+        capacity = batch.get("mlm_capacity") or labels.numel()
+        if capacity < labels.numel():
+            rows = (labels == IGNORE_INDEX).to(torch.uint8).argsort(stable=True)[:capacity]
+            x, labels = x.index_select(0, rows), labels.index_select(0, rows)
+        return losses.mlm_loss(self.mlm_head(x), labels)
+
+    def _mlm_states(
+        self,
+        image_tokens: torch.Tensor,
+        masked_text: torch.Tensor,
+        batch: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """[B, L, D]: the masked captions' tokens after the image->text cross-modal module."""
+        pad = None if self.cfg.mlm.attend_padding else padding_mask(batch["mlm_ids"])
+        return self.mlm_cross(masked_text, image_tokens, q_pad_mask=pad)
 
     def mlm_predict(
         self,
@@ -241,11 +320,9 @@ class BiLMa(nn.Module):
         batch: dict[str, torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(vocabulary logits [N, V] (float32), original token ids [N]) at the N chosen
-        positions of the masked captions, read against `image_tokens`."""
-        pad = None if self.cfg.mlm.attend_padding else padding_mask(batch["mlm_ids"])
-        x = self.mlm_cross(masked_text, image_tokens, q_pad_mask=pad)
-        # The head runs only where a token was chosen (~15%): same loss, far less work
-        # than IRRA's full [B, L, vocab] logits.
+        positions of the masked captions, read against `image_tokens` (for analysis: the
+        boolean selection waits for the device)."""
+        x = self._mlm_states(image_tokens, masked_text, batch)
         labels = batch["mlm_labels"]
         chosen = labels != IGNORE_INDEX
         return self.mlm_head(x[chosen]).float(), labels[chosen]
@@ -283,13 +360,13 @@ class BiLMa(nn.Module):
             images.device,
             batch.get("mim_generator"),
         )
-        patches = self.encoders.encode_image(images, mask)[:, 1:]
+        patches = self._encoder("image")(images, mask)[:, 1:]
         if cfg.mim.caption == "masked" and "mlm_ids" in batch:
             kv_ids, kv = batch["mlm_ids"], masked_text
         else:
             kv_ids, kv = batch["caption_ids"], clean_text
         if kv is None:
-            kv = self.encoders.encode_text(kv_ids)
+            kv = self._encoder("text")(kv_ids)
         cross = self.mim_cross if hasattr(self, "mim_cross") else self.mlm_cross
         return self.mim_head(cross(patches, kv, padding_mask(kv_ids))).float(), mask
 

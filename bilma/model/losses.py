@@ -6,6 +6,10 @@ Every loss computes its logits, softmaxes and reductions in float32 with autocas
 it is numerically the same under bf16/fp16 autocast as in fp32 (only the inputs, which the
 model produced under autocast, carry low precision). A loss over an empty selection (no
 chosen token, no masked patch) is 0, still connected to the graph, instead of NaN.
+
+No loss reads a device value: a selection (chosen tokens, masked patches) is a masked mean,
+sum(loss * mask) / max(sum(mask), 1), never boolean indexing or `.any()`, which would make
+the host wait for the device at every step (`bilma.training.syncs`).
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ def _no_autocast(x: Tensor) -> AbstractContextManager:
     return torch.autocast(device_type=x.device.type, enabled=False)
 
 
-def _zero(x: Tensor) -> Tensor:
-    """A float32 zero that is connected to `x` (backward works, the gradient is 0)."""
-    return x.sum().float() * 0.0
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of `values` where `mask` is True; 0 (connected to `values`) where it is nowhere."""
+    total = torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device))
+    return total.sum() / mask.sum().clamp(min=1)
 
 
 def sdm_loss(
@@ -90,17 +95,18 @@ def id_loss(
 def mlm_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Masked language modelling: cross-entropy over the chosen tokens only.
 
-    `logits` [B, L, V], `labels` [B, L] with the original token id at chosen positions and -100
-    elsewhere; the mean over chosen positions. Only those rows are cast to float32, so no
-    [B, L, V] float32 copy is made. 0 (connected) if no position is chosen.
+    `logits` [..., V], `labels` [...] with the original token id at chosen positions and -100
+    elsewhere; the mean over chosen positions, 0 (connected) if none is chosen. The logits
+    are cast to float32 whole: pass the rows that may be chosen (the model passes
+    `mlm_capacity` rows), not a full [B, L, V].
     """
     if logits.shape[:-1] != labels.shape:
         raise ValueError(f"logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}")
-    chosen = labels != IGNORE_INDEX
-    if not bool(chosen.any()):
-        return _zero(logits)
     with _no_autocast(logits):
-        return F.cross_entropy(logits[chosen].float(), labels[chosen].long())
+        flat = logits.reshape(-1, logits.shape[-1]).float()
+        target = labels.reshape(-1).long()
+        total = F.cross_entropy(flat, target, ignore_index=IGNORE_INDEX, reduction="sum")
+        return total / (target != IGNORE_INDEX).sum().clamp(min=1)
 
 
 def mim_pixel_loss(
@@ -118,17 +124,14 @@ def mim_pixel_loss(
             f"pred {tuple(pred.shape)}, target {tuple(target_pixels.shape)} and mask "
             f"{tuple(mask.shape)} do not match"
         )
-    mask = mask.bool()
-    if not bool(mask.any()):
-        return _zero(pred)
     with _no_autocast(pred):
-        p = pred[mask].float()
-        target = target_pixels[mask].detach().float()
+        p = pred.float()
+        target = target_pixels.detach().float()
         if norm_pix:
             mean = target.mean(dim=-1, keepdim=True)
             var = target.var(dim=-1, keepdim=True)
             target = (target - mean) / (var + 1e-6).sqrt()
-        return ((p - target) ** 2).mean(dim=-1).mean()
+        return _masked_mean(((p - target) ** 2).mean(dim=-1), mask.bool())
 
 
 def semmim_loss(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
@@ -147,15 +150,13 @@ def semmim_loss(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
         raise ValueError(f"soft labels {tuple(labels.shape)} must be [B, P, C] like the logits")
     if not soft and labels.shape != mask.shape:
         raise ValueError(f"hard labels {tuple(labels.shape)} must be [B, P] like the mask")
-    if not soft:
-        mask = mask & (labels != IGNORE_INDEX)
-    if not bool(mask.any()):
-        return _zero(logits)
     with _no_autocast(logits):
-        log_p = F.log_softmax(logits[mask].float(), dim=-1)
+        log_p = F.log_softmax(logits.float(), dim=-1)
         if soft:
-            return -(labels[mask].float() * log_p).sum(dim=-1).mean()
-        return F.nll_loss(log_p, labels[mask].long())
+            return _masked_mean(-(labels.float() * log_p).sum(dim=-1), mask)
+        known = labels != IGNORE_INDEX
+        picked = log_p.gather(-1, torch.where(known, labels, 0).long().unsqueeze(-1)).squeeze(-1)
+        return _masked_mean(-picked, mask & known)
 
 
 def itc_loss(image_feats: Tensor, text_feats: Tensor, logit_scale: float | Tensor) -> Tensor:

@@ -22,6 +22,10 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def mim_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    """MIM masks are a function of (seed, step, rank), so a resumed run draws the same ones."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 97 + rank)
+def mim_generator(
+    seed: int, step: int, rank: int, device: torch.device | str = "cpu"
+) -> torch.Generator:
+    """MIM masks are a function of (seed, step, rank), so a resumed run draws the same ones.
+    A generator on the training device draws them there (seeding it reads nothing back); on
+    the CPU they are the masks of earlier versions."""
+    return torch.Generator(device).manual_seed((seed * 1_000_003 + step) * 97 + rank)

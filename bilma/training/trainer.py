@@ -60,14 +60,14 @@ from bilma.evaluation.lookalike import groups_of_config
 from bilma.evaluation.metrics import format_metrics
 from bilma.evaluation.retrieval import evaluate, split_chance_r1
 from bilma.fileio import remove_stale_tmp
-from bilma.model.bilma import build_model
+from bilma.model.bilma import build_model, caption_length, mlm_capacity, trim_batch
 from bilma.runs.lock import acquire_trial_lock, release_trial_lock
 from bilma.runs.reuse import data_root_warning
 from bilma.runs.schema import TrialState
 from bilma.runs.trial_dir import TrialDir, make_result
 from bilma.training import checkpoint
-from bilma.training.optim import lr_factor, param_groups
-from bilma.training.progress import Progress
+from bilma.training.optim import build_optimizer, lr_factor, match_layout
+from bilma.training.progress import LossMeter, Progress
 from bilma.training.seed import mim_generator, seed_everything
 from bilma.training.signals import StopFlag
 from bilma.training.sinks import FanOutSink, MlflowSink, TrialSink
@@ -246,11 +246,7 @@ class Trainer:
             cfg, data.tokenizer.vocab_size, data.tokenizer.eot_id, data.num_train_ids
         )
         self.model.to(self.device)
-        self.optimizer = torch.optim.Adam(
-            param_groups(self.model, cfg), betas=tuple(cfg.optim.betas), eps=cfg.optim.eps
-        )
-        for g in self.optimizer.param_groups:
-            g["initial_lr"] = g["lr"]
+        self.optimizer = build_optimizer(self.model, cfg)
         fp16 = amp_dtype(cfg, self.device) == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
         if self.trial.last_ckpt.exists():
@@ -283,7 +279,7 @@ class Trainer:
         except checkpoint.UnreadableCheckpoint as e:
             raise self._damaged(path, e.reason) from None
         checkpoint.load_model_state(self.model, ckpt, path)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.optimizer.load_state_dict(match_layout(ckpt["optimizer"], self.optimizer, path))
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         checkpoint.set_rng_state(ckpt["rng"])
@@ -303,16 +299,28 @@ class Trainer:
             f"{path} to resume"
         )
 
+    def build_net(self) -> None:
+        """The network the step runs: the model, its encoders and cross-modal modules compiled
+        with `train.compile`, wrapped in DDP with several processes. Each step runs the same
+        parts (a static graph: DDP skips its per-step search), and gradients live in DDP's
+        buckets (no copy)."""
+        if self.cfg.train.compile:
+            self.model.compile_parts(self.cfg.train.length_bucket)
+        self.net: torch.nn.Module = self.model
+        if self.d.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                static_graph=True,
+                gradient_as_bucket_view=True,
+            )
+
     def _setup_loop(self) -> None:
-        """The (DDP-wrapped) network, the loader and its sampler, steps per epoch."""
+        """The network (`build_net`), the loader and its sampler, steps per epoch."""
         cfg, d, data = self.cfg, self.d, self.data
         # Here, not in `setup`: the trial's MLflow run exists by now, so it records the failure.
         _check_splits(counts_of(data.records), cfg, d.world)
-        self.net: torch.nn.Module = self.model
-        if d.world > 1:
-            self.net = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[d.local_rank] if self.device.type == "cuda" else None
-            )
+        self.build_net()
         self.loader, self.sampler = train_loader(
             self.train_set, cfg.train.batch_size, cfg.data.num_workers, d.rank, d.world
         )
@@ -357,15 +365,8 @@ class Trainer:
 
     def _train_epoch(self) -> Progress:
         """The remaining steps of the epoch in progress; raises `Interrupted` on a signal."""
-        cfg, state = self.cfg, self.state
-        self.factor = lr_factor(state.epoch, cfg)
-        for g in self.optimizer.param_groups:
-            g["lr"] = g["initial_lr"] * self.factor
-        self.sampler.set_epoch(state.epoch, start=state.step_in_epoch * cfg.train.batch_size)
-        show = self.progress and self.d.main
-        write = self.trial.write_progress if self.d.main else None
-        bar = Progress(state.epoch, cfg.train.epochs, self.steps, cfg.train.log_every, show, write)
-        bar.sums, bar.count = dict(state.loss_sums), state.loss_count
+        state = self.state
+        bar = self._begin_epoch()
         t_epoch = time.perf_counter()
         it = iter(self.loader)
         self.stop.guard_sigchld()  # torch installs its SIGCHLD handler with the iterator
@@ -384,10 +385,26 @@ class Trainer:
         state.train_seconds += time.perf_counter() - t_epoch
         return bar
 
+    def _begin_epoch(self) -> Progress:
+        """The epoch's learning rate, data order and progress, its loss sums on the device."""
+        cfg, state = self.cfg, self.state
+        self.factor = lr_factor(state.epoch, cfg)
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["initial_lr"] * self.factor
+        self.sampler.set_epoch(state.epoch, start=state.step_in_epoch * cfg.train.batch_size)
+        show = self.progress and self.d.main
+        write = self.trial.write_progress if self.d.main else None
+        bar = Progress(state.epoch, cfg.train.epochs, self.steps, cfg.train.log_every, show, write)
+        bar.set_sums(state.loss_sums, state.loss_count)
+        self.meter = LossMeter(state.loss_sums, state.loss_count, self.device)
+        self.read_at = state.step_in_epoch  # the step of the last loss read
+        return bar
+
     def _interrupt(self, bar: Progress, seconds: float) -> None:
         """Save ckpt/last.pt at the current step and raise `Interrupted`."""
         state = self.state
         state.train_seconds += seconds
+        self._read_losses(bar)  # a non-finite loss fails here: no checkpoint of its weights
         state.loss_sums, state.loss_count = dict(bar.sums), bar.count
         if self.d.main:
             self._save_last()
@@ -395,12 +412,31 @@ class Trainer:
         signum = self.stop.signum or signal.SIGTERM
         raise Interrupted(signum, state.epoch, state.step_in_epoch, self.trial.last_ckpt)
 
+    def _prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The batch on the device, captions cut to their length bucket, with the MLM head's
+        row count and the MIM masks' generator. Lengths and counts are read from the host's
+        copy (no sync); the full pinned tensors are copied, then sliced on the device."""
+        cfg = self.cfg
+        length = caption_length(batch["caption_ids"], cfg.train.length_bucket)
+        out: dict[str, Any] = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        out = trim_batch(out, keep_mlm=cfg.mlm.attend_padding, length=length)
+        if "mlm_labels" in batch:
+            labels = batch["mlm_labels"]
+            labels = labels if cfg.mlm.attend_padding else labels[:, :length]
+            out["mlm_capacity"] = mlm_capacity(labels)
+        where = self.device if cfg.mim.masking == "patch" else torch.device("cpu")
+        out["mim_generator"] = mim_generator(
+            cfg.train.seed, self.state.global_step, self.d.rank, where
+        )
+        return out
+
     def _step(self, batch: dict[str, torch.Tensor], bar: Progress) -> None:
-        """One optimizer step."""
-        cfg, state, device = self.cfg, self.state, self.device
-        batch = self.augment({k: v.to(device, non_blocking=True) for k, v in batch.items()})
-        batch["mim_generator"] = mim_generator(cfg.train.seed, state.global_step, self.d.rank)
-        with autocast_for(cfg, device):
+        """One optimizer step. Reads nothing from the device but the loss sums every
+        `train.log_every` steps (`_read_losses`)."""
+        cfg, state = self.cfg, self.state
+        # On the device: captions cut to their bucket, then the float half of the augmentation.
+        batch = self.augment(self._prepare(batch))
+        with autocast_for(cfg, self.device):
             out = self.net(batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out["loss"]).backward()
@@ -411,16 +447,34 @@ class Trainer:
         self.scaler.update()
         state.step_in_epoch += 1
         state.global_step += 1
-        parts = {k: float(v.detach()) for k, v in out.items()}
-        if not math.isfinite(parts["loss"]):
+        self.meter.add(out)
+        if self._due():
+            self._read_losses(bar)
+        bar.update(state.step_in_epoch, None, len(batch["pids"]) * self.d.world)
+
+    def _due(self) -> bool:
+        """Whether this step reads from the device: every `train.log_every` steps and at the
+        epoch's last."""
+        step = self.state.step_in_epoch
+        return step % self.cfg.train.log_every == 0 or step == self.steps
+
+    def _read_losses(self, bar: Progress) -> None:
+        """Read the epoch's loss sums (one sync) into `bar`; fail on a non-finite loss."""
+        sums, count = self.meter.read()
+        state = self.state
+        if sums and not math.isfinite(sums["loss"]):
             raise FloatingPointError(
-                f"loss is {parts['loss']} at epoch {state.epoch + 1} step {state.step_in_epoch}: "
-                "lower optim.lr or set optim.grad_clip"
+                f"loss is {sums['loss']} in epoch {state.epoch + 1}, steps "
+                f"{self.read_at + 1}-{state.step_in_epoch}: lower optim.lr or set optim.grad_clip"
             )
-        bar.update(state.step_in_epoch, parts, len(batch["pids"]) * self.d.world)
+        self.read_at = state.step_in_epoch
+        bar.set_sums(sums, count)
 
     def _should_stop(self) -> bool:
-        """Every process stops at the same step: the flag is shared with an all-reduce."""
+        """Every process stops at the same step: the flag is shared with an all-reduce (a
+        sync), with several processes only on the steps that read the losses (`_due`)."""
+        if self.d.world > 1 and not self._due():
+            return False
         self.stop.signum = max_over_processes(self.stop.signum, self.d)
         return bool(self.stop.signum)
 

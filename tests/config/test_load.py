@@ -200,3 +200,18 @@ def test_a_trial_run_on_another_data_root_is_named(synth_small, tmp_path, caplog
         f"checkpoint come from {synth_small}; data.root is not part of the trial id, so use "
         "another paths.runs to train on the new root"
     ]
+
+
+@pytest.mark.parametrize("spelling", ["off", "'off'", "Off"])
+def test_amp_off_is_taken_as_written_on_the_command_line(spelling):
+    """YAML reads a bare `off` as false: the choice `off` is meant."""
+    assert load_config(None, [f"train.amp={spelling}"]).train.amp == "off"
+
+
+def test_amp_off_is_taken_as_written_in_a_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  amp: off\n")
+    assert load_config(path).train.amp == "off"
+    path.write_text("train:\n  amp: true\n")  # no choice is a true word: still refused
+    with pytest.raises(ConfigError, match=r"c.yaml: train.amp = True is not one of"):
+        load_config(path)

@@ -6,8 +6,10 @@ import math
 
 import pytest
 import torch
+from support.reference_losses import old_mim_pixel_loss, old_mlm_loss, old_semmim_loss
 from torch import nn
 
+from bilma.model import losses
 from bilma.model.losses import id_loss, mim_pixel_loss, mlm_loss, sdm_loss, semmim_loss
 
 
@@ -266,3 +268,57 @@ def test_shape_errors():
         )
     with pytest.raises(ValueError):
         semmim_loss(torch.randn(1, 3, 4), torch.rand(1, 3, 5), torch.ones(1, 3, dtype=torch.bool))
+
+
+# ----------------------------------------------------------------------------- the sync-free losses
+
+
+def same_value_and_gradient(new_fn, old_fn, x, *rest):
+    a = x.detach().clone().requires_grad_(True)
+    b = x.detach().clone().requires_grad_(True)
+    new, old = new_fn(a, *rest), old_fn(b, *rest)
+    new.backward()
+    old.backward()
+    torch.testing.assert_close(new, old, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-6)
+    return float(new.detach())
+
+
+@pytest.mark.parametrize("share", [0.0, 0.1, 0.5, 1.0])
+def test_sync_free_losses_equal_the_boolean_indexing_ones(share):
+    g = torch.Generator().manual_seed(int(share * 10))
+    mask = torch.rand(4, 12, generator=g) < share
+    # MLM: [B, L, V] logits, labels at the chosen positions
+    logits = torch.randn(4, 12, 30, generator=g)
+    labels = torch.where(mask, torch.randint(0, 30, (4, 12), generator=g), -100)
+    value = same_value_and_gradient(losses.mlm_loss, old_mlm_loss, logits, labels)
+    assert (value == 0.0) == (share == 0.0)
+    # SemMIM: hard labels with some ignored patches, and soft labels
+    hard = torch.randint(0, 20, (4, 12), generator=g)
+    hard[:, ::5] = -100
+    mim_logits = torch.randn(4, 12, 20, generator=g)
+    same_value_and_gradient(losses.semmim_loss, old_semmim_loss, mim_logits, hard, mask)
+    soft = torch.softmax(torch.randn(4, 12, 20, generator=g), -1)
+    same_value_and_gradient(losses.semmim_loss, old_semmim_loss, mim_logits, soft, mask)
+    # pixels, with and without per-patch normalisation
+    pred, target = torch.randn(4, 12, 48, generator=g), torch.randn(4, 12, 48, generator=g)
+    for norm in (True, False):
+        same_value_and_gradient(
+            lambda p, t, m, n=norm: losses.mim_pixel_loss(p, t, m, n),
+            lambda p, t, m, n=norm: old_mim_pixel_loss(p, t, m, n),
+            pred,
+            target,
+            mask,
+        )
+
+
+def test_the_losses_read_nothing_from_the_device():
+    from bilma.training.syncs import SyncCounter
+
+    mask = torch.rand(4, 12) < 0.5
+    logits = torch.randn(4, 12, 30, requires_grad=True)
+    with SyncCounter() as c:
+        losses.mlm_loss(logits, torch.where(mask, 3, -100)).backward()
+        losses.semmim_loss(logits[..., :20], torch.randint(0, 20, (4, 12)), mask).backward()
+        losses.mim_pixel_loss(logits, torch.randn(4, 12, 30), mask).backward()
+    assert c.count == 0

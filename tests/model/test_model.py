@@ -320,3 +320,105 @@ def test_checkpoint_from_before_optional_parts_loads(tmp_path):
     # the model of today's config is another shape: refused with the difference named
     with pytest.raises(checkpoint.CheckpointMismatch, match="heads.mask_token: checkpoint True"):
         checkpoint.load_model_state(new, checkpoint.load(path), path)
+
+
+def test_the_sync_free_forward_gives_the_losses_of_the_boolean_one():
+    """Captions in a length bucket, the MLM head on `mlm_capacity` rows, masked means: the
+    losses of the boolean selections over captions trimmed to the longest (before issue 21)."""
+    from support.reference_losses import old_mlm_loss, old_semmim_loss
+    from support.tiny import random_batch
+
+    from bilma.model.bilma import mlm_capacity, trim_batch
+    from bilma.training.syncs import SyncCounter
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(), vocab_size=50, eot_id=49, num_ids=3)
+    b = random_batch(4, (128, 64), vocab=50, length=16)
+    old = trim_batch(b)  # to the longest caption: 13 tokens
+    assert old["caption_ids"].shape[1] == 13
+    image_tokens = model.encoders.encode_image(old["images"])
+    masked = model.encoders.encode_text(old["mlm_ids"])
+    text = model.encoders.encode_text(old["caption_ids"])
+    logits, labels = model.mlm_predict(image_tokens, masked, old)
+    old_mlm = old_mlm_loss(logits[None], labels[None])
+    generator = {"mim_generator": torch.Generator().manual_seed(3)}
+    pred, mask = model.mim_predict(old["images"], {**old, **generator}, text, masked)
+    old_mim = old_semmim_loss(pred, old["patch_labels"], mask)
+
+    new = trim_batch(b, multiple=8)  # the bucket of 16
+    new["mlm_capacity"] = mlm_capacity(new["mlm_labels"])  # 14 chosen: 16 rows
+    assert new["caption_ids"].shape[1] == 16 and new["mlm_capacity"] == 16 < 64
+    with SyncCounter() as syncs:
+        out = model({**new, "mim_generator": torch.Generator().manual_seed(3)})
+        out["loss"].backward()
+    assert syncs.count == 0
+    torch.testing.assert_close(out["mlm"], old_mlm, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out["mim"], old_mim, rtol=1e-6, atol=1e-6)
+
+
+def test_caption_lengths_are_bucketed_and_the_mlm_capacity_bounds_the_chosen():
+    from support.tiny import random_batch
+
+    from bilma.model.bilma import caption_length, mlm_capacity
+
+    ids = random_batch(4, length=16)["caption_ids"]  # longest caption: 13 tokens
+    assert [caption_length(ids, m) for m in (1, 8, 16, 32)] == [13, 16, 16, 16]
+    labels = torch.full((8, 40), -100)
+    labels[:3, 1:7] = 5  # 18 chosen of 320 positions: rows in multiples of 8
+    assert mlm_capacity(labels) == 24 and mlm_capacity(labels, 64) == 64
+    labels[:] = 5
+    assert mlm_capacity(labels, 64) == 320  # never more than every position
+
+
+def test_patch_masks_of_a_cpu_generator_are_those_of_before():
+    """Drawn where the generator lives: on the CPU the very masks of earlier versions."""
+    before = torch.zeros(3, 32, dtype=torch.bool)
+    idx = torch.rand(3, 32, generator=torch.Generator().manual_seed(1)).argsort(dim=1)[:, :16]
+    before.scatter_(1, idx, True)
+    m = random_patch_mask(
+        3, (8, 4), 0.5, "patch", torch.device("cpu"), torch.Generator().manual_seed(1)
+    )
+    assert torch.equal(m, before)
+
+
+@pytest.mark.slow  # about 40 s on 2 busy cores
+def test_compiled_parts_give_the_eager_losses_with_one_graph_per_length_bucket(monkeypatch):
+    """torch.compile's capture (dynamo and AOT autograd; inductor's code generation is left to
+    the slow CLI test): the same losses and gradients as eager, and a new graph only for a
+    new caption-length bucket, none for a new batch of a known one."""
+    import functools
+
+    import torch._dynamo
+    from support.tiny import random_batch
+    from torch._dynamo.utils import counters
+
+    from bilma.model.bilma import mlm_capacity, trim_batch
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    torch._dynamo.reset()
+
+    def run(model, seed: int, length: int) -> dict[str, torch.Tensor]:
+        b = trim_batch(random_batch(4, (128, 64), vocab=50, length=length, seed=seed), multiple=8)
+        assert b["caption_ids"].shape[1] == length  # the longest caption: 13 or 7 tokens
+        b = {**b, "mlm_capacity": mlm_capacity(b["mlm_labels"])}
+        b["mim_generator"] = torch.Generator().manual_seed(seed)
+        model.zero_grad(set_to_none=True)
+        out = model(b)
+        out["loss"].backward()
+        return {"grad": model.mlm_cross.ln_q.weight.grad, **out}
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(), vocab_size=50, eot_id=49, num_ids=3)
+    eager = [run(model, s, n) for s, n in ((0, 16), (1, 16), (2, 8))]
+    model.compile_parts(length_bucket=8)
+    counters.clear()
+    compiled = [run(model, 0, 16)]
+    graphs = counters["stats"]["unique_graphs"]
+    compiled.append(run(model, 1, 16))  # another batch of the same bucket: no new graph
+    assert counters["stats"]["unique_graphs"] == graphs
+    compiled.append(run(model, 2, 8))
+    assert counters["stats"]["unique_graphs"] > graphs
+    for e, c in zip(eager, compiled, strict=True):
+        for key in e:
+            torch.testing.assert_close(c[key], e[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert not counters["graph_break"]

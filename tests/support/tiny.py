@@ -34,3 +34,37 @@ def tiny_overrides(root, runs, *extra: str) -> list[str]:
         "tracking.enabled=false",
         *extra,
     ]
+
+
+def random_batch(
+    n: int = 4,
+    size: tuple[int, int] = (128, 64),
+    vocab: int = 50,
+    length: int = 16,
+    classes: int = 20,
+    seed: int = 0,
+) -> dict:
+    """A training batch of random tensors for a model built with `vocab` tokens (EOT the
+    largest id, SOT and the MLM mask below it): captions of different lengths, a few MLM
+    positions each, per-patch parser classes, two images per identity."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    eot, sot, mask = vocab - 1, vocab - 2, vocab - 3
+    ids = torch.zeros(n, length, dtype=torch.long)
+    labels = torch.full_like(ids, -100)
+    for i in range(n):
+        k = 4 + (3 * i) % (length - 4)  # caption length, SOT and EOT included
+        ids[i, 0], ids[i, k - 1] = sot, eot
+        ids[i, 1 : k - 1] = torch.randint(1, mask, (k - 2,), generator=g)
+        labels[i, 1 : k - 1 : 2] = ids[i, 1 : k - 1 : 2]
+    mlm_ids = torch.where(labels != -100, torch.full_like(ids, mask), ids)
+    h, w = size
+    return {
+        "images": torch.randn(n, 3, h, w, generator=g),
+        "caption_ids": ids,
+        "mlm_ids": mlm_ids,
+        "mlm_labels": labels,
+        "patch_labels": torch.randint(0, classes, (n, (h // 16) * (w // 16)), generator=g),
+        "pids": torch.arange(n) // 2,
+    }

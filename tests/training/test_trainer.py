@@ -18,7 +18,7 @@ from support.tiny import tiny_overrides
 from bilma.config import load_config
 from bilma.runs.launch import Launch, write_launch
 from bilma.runs.trial_dir import TrialDir
-from bilma.training.trainer import lr_factor, param_groups
+from bilma.training.optim import lr_factor, param_rates
 
 
 def run_cli(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
@@ -52,7 +52,7 @@ def test_irra_schedule_and_groups():
         39,
         3,
     )
-    lrs = {g["name"]: (g["lr"], g["weight_decay"]) for g in param_groups(model, cfg)}
+    lrs = {name: (lr, wd) for name, _, lr, wd in param_rates(model, cfg)}
     assert lrs["encoders.vision.encoder.layers.0.mlp.fc1.weight"] == (1e-5, 4e-5)
     assert lrs["encoders.vision.encoder.layers.0.mlp.fc1.bias"] == (2e-5, 0.0)
     assert lrs["mlm_cross.cross_attn.in_proj_weight"] == (5e-5, 4e-5)
@@ -324,3 +324,98 @@ def test_checkpoint_every_minutes_commits_less_often_and_keeps_best_consistent(
     cfg = load_config(None, tiny_overrides(synth_small, tmp_path / "every", "train.epochs=2"))
     train_mod.train(cfg, progress=False)
     assert commits == [1, 2]
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+@pytest.fixture
+def trainer(synth_small, tmp_path):
+    """A Trainer set up as a run sets it up (tiny model, synth_small), before its first epoch:
+    6 steps per epoch, the losses read every 3."""
+    from bilma.device import Dist
+    from bilma.training.sinks import FanOutSink
+    from bilma.training.trainer import Trainer
+
+    cfg = load_config(None, tiny_overrides(synth_small, tmp_path / "runs", "train.log_every=3"))
+    t = Trainer(
+        cfg, TrialDir.for_config(cfg), Dist(), torch.device("cpu"), FanOutSink(), progress=False
+    )
+    t.setup()
+    t._setup_loop()
+    return t
+
+
+def test_the_step_reads_the_device_only_when_it_logs(trainer):
+    """Syncs per step (counted as bilma.training.syncs counts them): none, but the one loss
+    read every train.log_every steps and at the epoch's end. Before: 17 per step."""
+    from bilma.training.syncs import SyncCounter
+
+    bar = trainer._begin_epoch()
+    syncs = []
+    for batch in trainer.loader:
+        with SyncCounter(optimizers=[trainer.optimizer], trace=True) as c:
+            trainer._step(batch, bar)
+        syncs.append(c.count)
+        if trainer.state.step_in_epoch == trainer.steps:
+            break
+    assert syncs == [0, 0, 1, 0, 0, 1], c.where
+    assert bar.count == 6 and set(bar.sums) == {"sdm", "id", "mlm", "mim", "loss"}
+
+
+def test_the_stop_flag_is_shared_only_on_logging_steps_with_several_processes(trainer, monkeypatch):
+    from bilma.device import Dist
+    from bilma.training import trainer as trainer_mod
+
+    calls = []
+    monkeypatch.setattr(trainer_mod, "max_over_processes", lambda v, d: calls.append(v) or v)
+    steps = trainer.steps
+    for world, expected in ((1, steps), (2, 2)):  # steps 3 and 6 of 6
+        trainer.d, calls[:] = Dist(0, world, 0), []
+        for step in range(1, steps + 1):
+            trainer.state.step_in_epoch = step
+            assert not trainer._should_stop()
+        assert len(calls) == expected
+
+
+def test_a_non_finite_loss_fails_at_the_next_read_naming_the_steps(trainer):
+    bar = trainer._begin_epoch()
+    with torch.no_grad():
+        trainer.model.classifier.weight.fill_(float("nan"))
+    it = iter(trainer.loader)
+    trainer._step(next(it), bar)
+    trainer._step(next(it), bar)  # not read yet
+    with pytest.raises(
+        FloatingPointError, match=r"loss is nan in epoch 1, steps 1-3: lower optim.lr"
+    ):
+        trainer._step(next(it), bar)
+
+
+@pytest.mark.slow  # inductor generates and compiles the tiny model's kernels: minutes on 2 cores
+def test_compiled_training_matches_eager(synth_small, tmp_path):
+    """`python -m bilma train ... train.compile=true` trains a tiny model, and its first
+    epoch's loss equals the eager run's to 1e-3 (relative)."""
+    loss = {}
+    for mode in ("false", "true"):
+        runs = tmp_path / mode
+        args = ["train", "--config", "/dev/null"]
+        args += tiny_overrides(synth_small, runs, "train.epochs=1", f"train.compile={mode}")
+        proc = run_cli(args, tmp_path)
+        out, _ = proc.communicate(timeout=1800)
+        assert proc.returncode == 0, out[-3000:]
+        records = TrialDir(next(runs.glob("*/*"))).read_metrics()
+        loss[mode] = next(r["loss"] for r in records if r["split"] == "train")
+    assert loss["true"] == pytest.approx(loss["false"], rel=1e-3)
+
+
+def test_last_pt_holds_one_optimizer_group_per_rate(trainer):
+    """At most 8 groups in a last.pt (4 here: base, biases, x lr_factor, heads' biases)."""
+    bar = trainer._begin_epoch()
+    trainer._step(next(iter(trainer.loader)), bar)
+    trainer.trial.init(trainer.cfg)
+    trainer._save_last()
+    trainer.saver.wait()  # written in the background
+    saved = torch.load(trainer.trial.last_ckpt, weights_only=True)["optimizer"]
+    assert len(saved["param_groups"]) == 4
+    names = [n for g in saved["param_groups"] for n in g["names"]]
+    assert sorted(names) == sorted(n for n, _ in trainer.model.named_parameters())
