@@ -71,16 +71,28 @@ def make_batches(n: int, count: int, vocab: int, classes: int, length: int = 77)
             mlm[i], labels[i] = mask_tokens(ids[i], rng, 0.15, vocab - 3)
         out.append(
             {
-                "images": torch.randn(n, 3, h, w, generator=g),
+                # As the loader ships them: uint8 images, an erasing box each (height 0:
+                # none), uint8 parse maps; the trainer finishes them on the device.
+                "images": torch.randint(0, 256, (n, 3, h, w), generator=g, dtype=torch.uint8),
+                "erase": erase_boxes(n, h, w, g),
+                "parse_maps": torch.randint(0, classes, (n, h, w), generator=g, dtype=torch.uint8),
                 "caption_ids": torch.from_numpy(ids),
                 "mlm_ids": torch.from_numpy(mlm),
                 "mlm_labels": torch.from_numpy(labels),
-                "patch_labels": torch.randint(0, classes, (n, (h // 16) * (w // 16)), generator=g),
                 "pids": torch.arange(n) // 2,
                 "index": torch.arange(n),
             }
         )
     return out
+
+
+def erase_boxes(n: int, h: int, w: int, g: torch.Generator) -> torch.Tensor:
+    """int [n, 4] (top, left, height, width): half the images get a box, as IRRA's p = 0.5."""
+    bh = torch.randint(h // 8, h // 2, (n,), generator=g) * (torch.rand(n, generator=g) < 0.5)
+    bw = torch.randint(w // 8, w // 2, (n,), generator=g)
+    top = torch.randint(0, h // 2, (n,), generator=g)
+    left = torch.randint(0, w // 2, (n,), generator=g)
+    return torch.stack([top, left, bh, bw], 1)
 
 
 def make_trainer(cfg, vocab: int, device: torch.device, runs: str):
@@ -103,6 +115,12 @@ def make_trainer(cfg, vocab: int, device: torch.device, runs: str):
     else:
         t.net = t.model  # before issue 21
     t.net.train()
+    # The float half of the loader's augmentation, on the device, as `_setup_loop` sets it.
+    from bilma.data.parsing import get_label_set
+    from bilma.data.transforms import TrainTransform
+
+    transform = TrainTransform(tuple(cfg.data.image_size), erase=cfg.data.erase)
+    t.augment = transform.on_device(get_label_set(cfg.mim.labels).num_classes, cfg.mim.label_rule)
     t.steps = 10**9
     return t
 
@@ -170,8 +188,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     sync()
     first_s = time.perf_counter() - t0
     model = t.model
-    # the batch as the step gives it to the model (captions in their length bucket)
-    prepare = getattr(t, "_prepare", lambda b: {k: v.to(dev) for k, v in b.items()})
+
+    # the batch as the step gives it to the model (captions in their length bucket, images
+    # finished on the device)
+    def prepare(b: dict) -> dict:
+        return t.augment(t._prepare(b))
+
     with (
         FlopCounterMode(display=False) as counter,
         torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.amp == "bf16"),
@@ -234,7 +256,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=["tiny", "vitb16"], choices=("tiny", "vitb16"))
     ap.add_argument("--recipes", nargs="+", default=["bilma", "irra"], choices=tuple(RECIPES))
@@ -267,7 +289,7 @@ def main() -> None:
         if args.backend:  # the trainer's torch.compile calls, with this backend
             torch.compile = functools.partial(torch.compile, backend=args.backend)
         print(json.dumps(measure(args)))
-        return
+        return 0
     print(
         f"# the trainer's step, {datetime.date.today()}, {platform.platform()}, "
         f"nproc={os.cpu_count()}, torch {torch.__version__}"
@@ -303,7 +325,9 @@ def main() -> None:
     print("|" + "---|" * len(keys))
     for r in rows:
         print("| " + " | ".join(str(r.get(k, "")) for k in keys) + " |")
+    # A row that failed fails the command (gpu_check.sh then says the part failed).
+    return 1 if any("error" in r for r in rows) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
