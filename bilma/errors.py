@@ -57,6 +57,11 @@ class CheckpointMismatch(DataError):
     """A checkpoint whose model differs from the one the config builds."""
 
 
+class CacheUnreadable(DataError):
+    """A pre-resized image cache file that is not whole (torn, foreign, another format): the
+    loader says so in one warning line and rebuilds it."""
+
+
 class UnreadableCheckpoint(DataError):
     """A checkpoint file that cannot be read as one (torn, truncated, foreign); `reason` says
     what it is in a few words."""

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from bilma.errors import CacheUnreadable  # noqa: F401  (importable from here too)
 from bilma.fileio import atomic_open
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,6 @@ def fingerprint(sources: Sequence[Path], root: Path, **params: object) -> str:
         st = p.stat()
         h.update(f"{os.path.relpath(p, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
-
-
-class CacheUnreadable(Exception):
-    """The file is not a whole cache (torn, foreign, another format): rebuild it."""
 
 
 class ArrayCache:
