@@ -27,12 +27,28 @@ def _as_hashed(key: str, value: Any) -> Any:
 HASHED_KEYS = tuple(k for k, (f, _) in LEAF_FIELDS.items() if f.metadata.get(_HASH, True))
 
 
-def canonical(cfg: Config) -> str:
-    """Canonical JSON of the parts that define the experiment (see the module docstring)."""
+def _values(cfg: Config) -> dict[str, Any]:
+    """Every key of the experiment with its value as the identity sees it."""
     out: dict[str, Any] = {}
     for key in HASHED_KEYS:
         sec, name = key.split(".", 1)
         out[key] = _as_hashed(key, getattr(getattr(cfg, sec), name))
+    return out
+
+
+_DEFAULTS = _values(Config())
+
+
+def canonical(cfg: Config) -> str:
+    """Canonical JSON of the parts that define the experiment (see the module docstring).
+
+    A key added after studies exist is declared `hash="nondefault"`: it enters the identity
+    only at a value other than its default, so every existing trial keeps its id."""
+    out = {
+        key: value
+        for key, value in _values(cfg).items()
+        if not (LEAF_FIELDS[key][0].metadata.get(_HASH) == "nondefault" and value == _DEFAULTS[key])
+    }
     return json.dumps(out, sort_keys=True, separators=(",", ":"))
 
 
@@ -42,8 +58,8 @@ def differences(saved: dict[str, Any], cfg: Config) -> list[tuple[str, Any, Any]
     `saved`: flat dotted keys (a trial's config.yaml flattened, or a saved canonical form). A
     key it lacks counts at its default, so a key added to the project later differs from
     nothing; keys this code no longer knows are ignored."""
-    now = json.loads(canonical(cfg))
-    default = json.loads(canonical(Config()))
+    now = json.loads(json.dumps(_values(cfg)))
+    default = json.loads(json.dumps(_DEFAULTS))
     out = []
     for key in HASHED_KEYS:
         then = json.loads(json.dumps(_as_hashed(key, saved.get(key, default[key]))))

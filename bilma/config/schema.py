@@ -92,8 +92,10 @@ class MLMConfig:
 
 @dataclass
 class MIMConfig:
-    target: Literal["semantic", "pixel", "none"] = _f(
-        "semantic", "what a masked patch predicts: parser class (SemMIM), pixels, or no MIM"
+    target: Literal["semantic", "pixel", "mean_rgb", "feature", "none"] = _f(
+        "semantic",
+        "what a masked patch predicts: parser class (SemMIM), pixels, the patch's mean colour, "
+        "the clean image's patch feature (KL), or no MIM",
     )
     mask_ratio: float = _f(0.5, "fraction of image patches masked", range=(0.0, 0.95))
     masking: Literal["patch", "block"] = _f("patch", "random patches or contiguous blocks")
@@ -107,6 +109,12 @@ class MIMConfig:
         "majority", "patch label: majority vote, or the soft class histogram"
     )
     norm_pixels: bool = _f(True, "pixel target: normalise each patch (MAE)")
+    feature_temperature: float = _f(
+        1.0,
+        "feature target: softmax temperature over the feature dimension (teacher and student)",
+        range=(1e-3, 100.0),
+        hash="nondefault",  # added after studies existed: their trial ids stay
+    )
 
 
 @dataclass

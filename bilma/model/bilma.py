@@ -42,8 +42,8 @@ class HeadSpec:
     cross_depth: int
     cross_heads: int
     mlm: bool
-    mim_target: str  # semantic | pixel | none
-    mim_classes: int  # parser classes for semantic, patch*patch*3 for pixel, 0 for none
+    mim_target: str  # semantic | pixel | mean_rgb | feature | none
+    mim_classes: int  # parser classes (semantic), patch*patch*3 (pixel), 3 (mean_rgb), else 0
     mim_module: str  # own | shared
     mim_depth: int
     # Defaults: what checkpoints written before these fields existed always had.
@@ -56,6 +56,8 @@ def head_spec(cfg: Config, num_ids: int, patch: int) -> HeadSpec:
     classes = {
         "semantic": get_label_set(cfg.mim.labels).num_classes,
         "pixel": patch * patch * 3,
+        "mean_rgb": 3,
+        "feature": 0,  # the encoder's width (known when the head is built)
         "none": 0,
     }[target]
     return HeadSpec(
@@ -193,7 +195,8 @@ class BiLMa(nn.Module):
         if heads.mim_target != "none":
             if heads.mim_module == "own" or not heads.mlm:
                 self.mim_cross = CrossModal(width, heads.cross_heads, heads.mim_depth)
-            self.mim_head = Head(width, heads.mim_classes, heads.mim_depth)
+            out = width if heads.mim_target == "feature" else heads.mim_classes
+            self.mim_head = Head(width, out, heads.mim_depth)
 
     # ------------------------------------------------------------------ encoders (test time)
 
@@ -336,10 +339,20 @@ class BiLMa(nn.Module):
     ) -> torch.Tensor:
         """MIM loss; `clean_text` / `masked_text`: the captions' tokens if already encoded."""
         pred, mask = self.mim_predict(images, batch, clean_text, masked_text)
-        if self.heads_spec.mim_target == "semantic":
+        kind = self.heads_spec.mim_target
+        if kind == "semantic":
             return losses.semmim_loss(pred, batch["patch_labels"], mask)
-        target = patchify(images.float(), self.encoders.spec.patch)
-        return losses.mim_pixel_loss(pred, target, mask, norm_pix=self.cfg.mim.norm_pixels)
+        if kind == "feature":
+            # The teacher: the same encoder on the clean image, without gradient (our choice
+            # where the paper is silent: last-layer patch tokens, softmax over the width).
+            with torch.no_grad():
+                teacher = self._encoder("image")(images)[:, 1:]
+            return losses.mim_feature_loss(pred, teacher, mask, self.cfg.mim.feature_temperature)
+        pixels = patchify(images.float(), self.encoders.spec.patch)
+        if kind == "mean_rgb":  # each patch's mean colour (normalised image units)
+            colour = pixels.unflatten(-1, (-1, 3)).mean(dim=-2)
+            return losses.mim_pixel_loss(pred, colour, mask, norm_pix=False)
+        return losses.mim_pixel_loss(pred, pixels, mask, norm_pix=self.cfg.mim.norm_pixels)
 
     def mim_predict(
         self,

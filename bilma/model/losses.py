@@ -134,6 +134,27 @@ def mim_pixel_loss(
         return _masked_mean(((p - target) ** 2).mean(dim=-1), mask.bool())
 
 
+def mim_feature_loss(
+    pred: Tensor, teacher: Tensor, mask: Tensor, temperature: float = 1.0
+) -> Tensor:
+    """Feature MIM: KL(teacher || student) between softmax distributions over the feature
+    dimension, of each masked patch, averaged over the masked patches.
+
+    `pred`, `teacher` [B, P, D]; `teacher` is detached (the clean image's patch features from
+    the same encoder, without gradient); `mask` [B, P] bool. 0 (connected) if none is masked.
+    """
+    if pred.shape != teacher.shape or pred.shape[:-1] != mask.shape:
+        raise ValueError(
+            f"pred {tuple(pred.shape)}, teacher {tuple(teacher.shape)} and mask "
+            f"{tuple(mask.shape)} do not match"
+        )
+    with _no_autocast(pred):
+        log_q = F.log_softmax(pred.float() / temperature, dim=-1)
+        log_p = F.log_softmax(teacher.detach().float() / temperature, dim=-1)
+        kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+        return _masked_mean(kl, mask.bool())
+
+
 def semmim_loss(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
     """Semantic MIM: classify each masked patch into the human parser's body-part classes.
 

@@ -39,7 +39,10 @@ def test_base_chain_and_overrides(tmp_path):
     [
         ("mim.mask_ration=0.3", "unknown key 'mim.mask_ration'; did you mean 'mim.mask_ratio'?"),
         ("mim.mask_ratio=1.5", "mim.mask_ratio = 1.5 is out of range [0.0, 0.95]"),
-        ("mim.target=pix", "mim.target = 'pix' is not one of 'semantic', 'pixel', 'none'"),
+        (
+            "mim.target=pix",
+            "mim.target = 'pix' is not one of 'semantic', 'pixel', 'mean_rgb', 'feature', 'none'",
+        ),
         ("train.epochs=2.5", "train.epochs = 2.5 is not an integer"),
         ("train.deterministic=1", "is not true or false"),
         ("data.image_size=[380,128]", "multiples of the patch size 16"),

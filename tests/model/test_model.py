@@ -422,3 +422,47 @@ def test_compiled_parts_give_the_eager_losses_with_one_graph_per_length_bucket(m
         for key in e:
             torch.testing.assert_close(c[key], e[key], rtol=1e-5, atol=1e-6, msg=key)
     assert not counters["graph_break"]
+
+
+@pytest.mark.parametrize("target", ["mean_rgb", "feature"])
+def test_the_paper_s_other_mim_targets_train_and_reach_the_image_encoder(target):
+    """BiLMa's Appendix Table 5 compares a patch's mean colour and the clean image's feature
+    (KL) as MIM targets: each trains (its loss falls on a fixed batch) and its gradient
+    reaches the image encoder through the masked patches."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg(f"mim.target={target}", "loss.sdm_weight=0", "loss.id_weight=0",
+                   "loss.mlm_weight=0", "mim.cross_module=own")  # fmt: skip
+    model = build_model(cfg, vocab_size=50, eot_id=49, num_ids=3)
+    width = 3 if target == "mean_rgb" else cfg.model.embed_dim  # the joint width
+    assert model.mim_head.fc.out_features == width
+    b = batch()
+    b["mim_generator"] = torch.Generator().manual_seed(1)  # one mask for every step
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for step in range(30):
+        b["mim_generator"].manual_seed(1)
+        out = model(b)
+        assert set(out) == {"mim", "loss"}
+        opt.zero_grad()
+        out["loss"].backward()
+        if step == 0:
+            grad = model.encoders.vision.embeddings.patch_embedding.weight.grad
+            assert grad is not None and grad.abs().sum() > 0
+        opt.step()
+        losses.append(float(out["mim"].detach()))
+    # The feature target's teacher is the same encoder, training too: a moving target.
+    assert losses[-1] < (0.5 if target == "mean_rgb" else 0.75) * losses[0], losses
+
+
+def test_mean_rgb_and_feature_losses_by_hand():
+    from bilma.model import losses
+
+    torch.manual_seed(0)
+    pred, teacher = torch.randn(2, 4, 8), torch.randn(2, 4, 8)
+    mask = torch.tensor([[True, False, True, False], [False, False, False, True]])
+    p, q = torch.softmax(teacher / 2, -1), torch.log_softmax(pred / 2, -1)
+    kl = (p * (p.log() - q)).sum(-1)
+    want = kl[mask].mean()
+    got = losses.mim_feature_loss(pred, teacher, mask, temperature=2.0)
+    assert torch.allclose(got, want, atol=1e-6)
+    assert float(losses.mim_feature_loss(teacher, teacher, mask)) == pytest.approx(0, abs=1e-6)

@@ -49,8 +49,23 @@ def test_paper_grids_dry_run(tmp_path, monkeypatch, capsys) -> None:
     """`python sweeps/launch.py --grid bilma_table2 --dry-run --no-preflight` plans 36
     trials (and bilma_mask_beta 27) without data, weights or a GPU, and writes nothing."""
     monkeypatch.chdir(tmp_path)
-    for grid, n in (("bilma_table2", 36), ("bilma_mask_beta", 27)):
+    for grid, n in (("bilma_table2", 36), ("bilma_mask_beta", 27), ("bilma_mim_targets", 15)):
         assert launch(["--grid", grid, "--dry-run", "--no-preflight"]) == 0
         out = capsys.readouterr().out
         assert re.search(rf"\b{n} to start\b", out), out[-300:]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bilma_mim_targets_is_table_5_on_cuhk_pedes_with_three_seeds() -> None:
+    trials = expand(load_grid("bilma_mim_targets"))
+    assert len(trials) == 15 and len({t.trial_id for t in trials}) == 15
+    kinds = [(t.config.mim.target, t.config.loss.mim_weight) for t in trials[::3]]
+    assert kinds == [("semantic", 0), ("pixel", 1), ("mean_rgb", 1), ("feature", 1),
+                     ("semantic", 1)]  # fmt: skip
+    for c in (t.config for t in trials):
+        assert (c.data.dataset, c.mim.mask_ratio, c.mim.cross_module) == (
+            "cuhk-pedes",
+            0.15,
+            "shared",
+        )
+        assert c.loss.mlm_weight == 1.0

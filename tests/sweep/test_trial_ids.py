@@ -43,3 +43,15 @@ def test_every_shipped_grid_is_pinned():
     assert sorted(p.stem for p in GRIDS_DIR.glob("*.yaml")) == sorted(
         json.loads(GOLDEN.read_text())
     )
+
+
+def test_a_key_added_later_changes_no_existing_id():
+    """mim.feature_temperature came after studies existed (hash="nondefault"): at its default
+    it leaves every id as it was; any other value is another experiment."""
+    from bilma.config import canonical, load_config, trial_id
+
+    base = load_config(None, ["mim.target=feature"])
+    assert "mim.feature_temperature" not in canonical(base)
+    warmer = load_config(None, ["mim.target=feature", "mim.feature_temperature=2.0"])
+    assert trial_id(warmer) != trial_id(base)
+    assert '"mim.feature_temperature":2.0' in canonical(warmer)
