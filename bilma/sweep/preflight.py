@@ -69,8 +69,8 @@ def preflight(configs: Iterable[Config]) -> list[Problem]:
     for cfg in configs:
         d = cfg.data
         add(("runs", cfg.paths.runs), lambda c=cfg: unwritable("paths.runs", c.paths.runs))
-        if d.dataset == "synth" and synth_mismatch(d) is None:  # generated on first use
-            add(("synth-root", d.root), lambda c=cfg: unwritable("data.root", c.data.root))
+        if d.dataset == "synth":  # generated (and its caches written) under data.root
+            add(("synth-root", d.root, *_synth_key(cfg)), lambda c=cfg: _check_synth_root(c))
         add(("data", d.dataset, d.root, *_synth_key(cfg)), lambda c=cfg: _check_data(c, read))
         splits = (d.dataset, d.root, *_synth_key(cfg), cfg.train.batch_size, cfg.eval.select_split)
         add(("splits", *splits), lambda c=cfg: _check_splits(c, read))
@@ -176,6 +176,14 @@ def _check_splits(cfg: Config, read: Callable[[str, Path], list[Record]]) -> Pro
         return None
     p = problems[0]
     return Problem(p.key, str(p.value), p.message)
+
+
+def _check_synth_root(cfg: Config) -> Problem | None:
+    """A synthetic root the trials would write into but cannot (a root made with other
+    parameters is `_check_data`'s problem)."""
+    if synth_mismatch(cfg.data) is not None:
+        return None
+    return unwritable("data.root", cfg.data.root)
 
 
 def unwritable(key: str, folder: str | Path) -> Problem | None:
