@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo ui test test-all lint format bench clean clip-synth study
+.PHONY: setup demo ui test test-all lint format bench clean clip-synth clip-synth-study study study-2026-11
 
 setup: $(STAMP)
 
@@ -42,11 +42,24 @@ CLIP_SYNTH ?= data/clip-synth-tiny
 clip-synth: setup
 	$(BIN)/python -m bilma pretrain-clip --config configs/synth_pretrain.yaml --out $(CLIP_SYNTH)
 
-# The laptop-scale study (README "A laptop-scale BiLMa study"; about 2 hours on 2 cores):
-# the pretrained tiny CLIP, the branch ablation (15 trials), the knobs (4), pretrained vs
-# scratch (6), then their tables, per-epoch plots and the branch probe in tables/. Resumable.
+# The tiny CLIP of the local-matching study: the same pretraining on the study's world (large
+# local parts, 4:4:4 JPEGs; configs/synth_study_pretrain.yaml). About 10 minutes, built once.
+clip-synth-study: setup
+	$(BIN)/python -m bilma pretrain-clip --config configs/synth_study_pretrain.yaml --out data/clip-synth-study
+
+# The local-matching study (README "A laptop-scale BiLMa study"; about 2 hours on 2 cores,
+# resumable: the same command goes on where it stopped): its tiny CLIP, IRRA against BiLMa
+# (SemMIM ATR-18) and a positive control over 8 paired seeds, two trials at a time
+# (sweeps/grids/synth_study.yaml), then the readout fixed before the run (within-group Rank-1
+# on val + test pooled, last and selected checkpoints, paired tests, the decision rule).
+study: clip-synth-study
+	$(BIN)/python sweeps/launch.py --grid synth_study --max-parallel 2
+	$(BIN)/python analysis/lookalike_readout.py --study synth-study --baseline IRRA --control "IRRA + attribute loss (positive control)" --out tables
+
+# The first laptop study (2026-11-30, README): the branch ablation on the look-alike pairs world
+# (15 trials), the knobs (4), pretrained vs scratch (6), their tables and the branch probe.
 STUDY_METRICS := R1 mAP lookalike_R1 ordinary_R1 twin_errors
-study: clip-synth
+study-2026-11: clip-synth
 	$(BIN)/python -m bilma eval --config configs/synth_finetune.yaml loss.mlm_weight=0 loss.mim_weight=0
 	$(BIN)/python sweeps/launch.py --grid synth_ablation
 	$(BIN)/python sweeps/launch.py --grid synth_knobs

@@ -28,6 +28,10 @@ TOOLS = {
     ),
     "probe": ("bilma.analysis.branch_probe", "what MLM and MIM learned (analysis/branch_probe.py)"),
     "parse-shards": ("bilma.sweep.parse_shards", "parse over N shards (sweeps/parse.py)"),
+    "readout": (
+        "bilma.analysis.readout",
+        "the local-matching study's readout (analysis/lookalike_readout.py)",
+    ),
 }
 
 
@@ -43,6 +47,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         height=args.height,
         width=args.width,
         workers=args.workers,
+        local_scale=args.local_scale,
+        chroma=args.chroma,
     )
     records = formats.read_annotations("synth", args.out)
     print(format_table(formats.dataset_stats(records)))
@@ -215,6 +221,8 @@ def _add_data_commands(sub: Any) -> None:
     p.add_argument("--height", type=int, default=384)
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--local-scale", type=float, default=1.0, help="size of shoes, bag, hat, scarf")
+    p.add_argument("--chroma", choices=("4:2:0", "4:4:4"), default="4:2:0")
     p.set_defaults(func=_cmd_synth)
 
     from bilma.data.info import add_data_info_args

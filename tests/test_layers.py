@@ -53,6 +53,7 @@ SYS_PATH_EDITORS = {
     "analysis/make_tables.py",
     "analysis/show_retrievals.py",
     "analysis/branch_probe.py",
+    "analysis/lookalike_readout.py",
 }
 
 

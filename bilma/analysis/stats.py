@@ -114,3 +114,55 @@ def paired_t(a: dict[int, float], b: dict[int, float]) -> PairedTest:
 def significant(test: PairedTest, alpha: float = ALPHA, min_pairs: int = MIN_PAIRS) -> bool:
     """Whether a paired test over at least `min_pairs` seeds gives p < alpha."""
     return test.pairs >= min_pairs and test.p < alpha  # an undefined (NaN) p is never below
+
+
+# ----------------------------------------------------------------------------- power
+
+
+def t_quantile(q: float, df: int) -> float:
+    """The q-quantile (0.5 <= q < 1) of Student's t with df degrees of freedom, by bisection
+    on `t_two_sided_p` (to 1e-10)."""
+    if not 0.5 <= q < 1.0:
+        raise ValueError(f"quantile must be in [0.5, 1), got {q}")
+    target = 2.0 * (1.0 - q)  # the two-sided p of the quantile
+    lo, hi = 0.0, 1.0
+    while t_two_sided_p(hi, df) > target:
+        hi *= 2.0
+    for _ in range(200):
+        mid = (lo + hi) / 2.0
+        if t_two_sided_p(mid, df) > target:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-10:
+            break
+    return (lo + hi) / 2.0
+
+
+def detectable_effect(sd: float, n: int, alpha: float = ALPHA, power: float = 0.8) -> float:
+    """The smallest mean paired difference that a two-sided paired t-test over `n` pairs with
+    differences of standard deviation `sd` detects at `alpha` with probability `power`
+    (the usual t approximation: (t_{1-alpha/2, n-1} + t_{power, n-1}) sd / sqrt(n))."""
+    if n < 2:
+        return math.inf
+    df = n - 1
+    return (t_quantile(1.0 - alpha / 2.0, df) + t_quantile(power, df)) * sd / math.sqrt(n)
+
+
+def paired_sample_size(
+    sd: float, effect: float, alpha: float = ALPHA, power: float = 0.8, most: int = 10_000
+) -> int:
+    """The fewest pairs (>= 2) whose `detectable_effect` is at most `effect`."""
+    for n in range(2, most + 1):
+        if detectable_effect(sd, n, alpha, power) <= effect:
+            return n
+    raise ValueError(f"more than {most} pairs needed for an effect of {effect} at sd {sd}")
+
+
+def paired_interval(diffs: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """The `level` confidence interval of the mean of paired differences (NaNs below 2)."""
+    n = len(diffs)
+    if n < 2:
+        return (math.nan, math.nan)
+    half = t_quantile(0.5 + level / 2.0, n - 1) * sample_std(diffs) / math.sqrt(n)
+    return (mean(diffs) - half, mean(diffs) + half)

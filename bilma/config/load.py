@@ -153,6 +153,17 @@ def _check_cross(cfg: Config, where: str) -> None:
             f"{where}: data.image_size = {cfg.data.image_size} must be multiples of the patch "
             "size 16 (e.g. [384, 128])"
         )
+    if cfg.loss.attribute_weight > 0 and cfg.data.dataset != "synth":
+        raise ConfigError(
+            f"{where}: loss.attribute_weight needs the synthetic dataset's attribute labels "
+            f"(data.dataset = synth); set it to 0 for {cfg.data.dataset}"
+        )
+    eval_ids = cfg.data.synth_eval_ids
+    if eval_ids is not None and 2 * eval_ids >= cfg.data.synth_ids:
+        raise ConfigError(
+            f"{where}: data.synth_eval_ids = {eval_ids} leaves no training identity of "
+            f"data.synth_ids = {cfg.data.synth_ids}; use fewer than {cfg.data.synth_ids / 2:g}"
+        )
     if cfg.data.synth_lookalike == 1:
         raise ConfigError(f"{where}: data.synth_lookalike = 1: use 0 (no groups) or 2 to 4")
     if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):

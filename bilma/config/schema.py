@@ -64,6 +64,23 @@ class DataConfig:
     synth_pool: Literal["all", "pretrain", "finetune"] = _f("all", "disjoint identity halves")
     synth_lookalike: int = _f(0, "look-alike group size (0: none; synth)", range=(0, 4))
     synth_lookalike_share: float = _f(0.5, "share of ids in look-alike groups", range=(0.01, 1.0))
+    synth_eval_ids: int | None = _f(
+        None,
+        "identities of the synthetic val split and of its test split each (default: ids // 10)",
+        range=(1, None),
+        hash="nondefault",  # added after studies existed: their trial ids stay
+    )
+    synth_local_scale: float = _f(
+        1.0,
+        "size of shoes, bag, hat and scarf (2: about one 16-px patch each at 192x64; synth)",
+        range=(0.5, 4.0),
+        hash="nondefault",  # added after studies existed: their trial ids stay
+    )
+    synth_chroma: Literal["4:2:0", "4:4:4"] = _f(
+        "4:2:0",
+        "JPEG chroma subsampling of synthetic images (4:4:4: full colour resolution)",
+        hash="nondefault",
+    )
 
 
 @dataclass
@@ -124,6 +141,13 @@ class LossConfig:
     mlm_weight: float = _f(1.0, "masked language modelling", range=(0.0, None))
     mim_weight: float = _f(1.0, "masked image modelling", range=(0.0, None))
     itc_weight: float = _f(0.0, "CLIP's contrastive loss (pretraining)", range=(0.0, None))
+    attribute_weight: float = _f(
+        0.0,
+        "positive control (synth only): the global image and text features predict each "
+        "identity's shoes, bag, hat and scarf colour",
+        range=(0.0, None),
+        hash="nondefault",  # added after studies existed: their trial ids stay
+    )
 
 
 @dataclass

@@ -105,6 +105,19 @@ class PedesData:
         return len({r.pid for r in self.records if r.split == "train"})
 
 
+def synth_attribute_table(data: PedesData) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """The positive control's labels of a synthetic dataset: [train identities, attributes]
+    class indices (row = an identity's training label) and the class count of each attribute
+    (`synth.ATTRIBUTE_CLASSES`: shoes, bag, hat and scarf colour, or none)."""
+    from bilma.data import synth
+
+    identities = synth.identities_of(data.root)
+    rows = {r.pid: synth.attribute_labels(identities[r.source_id - 1]) for r in data.records
+            if r.split == "train"}  # fmt: skip
+    table = torch.tensor([rows[pid] for pid in range(len(rows))], dtype=torch.long)
+    return table, tuple(len(v) for v in synth.ATTRIBUTE_CLASSES.values())
+
+
 def load_data(cfg: Config, check_parse_maps: bool | None = None) -> PedesData:
     """Read annotations, check images (and parse maps for SemMIM), tokenize captions once."""
     d = cfg.data

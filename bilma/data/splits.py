@@ -40,7 +40,7 @@ def synth_counts(cfg: Config) -> dict[str, SplitCount]:
     from bilma.data.synth.generation import split_sizes
 
     d = cfg.data
-    sizes = split_sizes(d.synth_ids)
+    sizes = split_sizes(d.synth_ids, d.synth_eval_ids, d.synth_eval_ids)
     return {s: SplitCount(n, n * d.synth_images_per_id * 2) for s, n in sizes.items()}
 
 

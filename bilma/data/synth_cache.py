@@ -44,6 +44,8 @@ def ensure_synthetic(cfg: DataConfig) -> None:
         synth.generate(
             root,
             ids=cfg.synth_ids,
+            val_ids=cfg.synth_eval_ids,
+            test_ids=cfg.synth_eval_ids,
             images_per_id=cfg.synth_images_per_id,
             seed=cfg.synth_seed,
             height=h,
@@ -52,12 +54,20 @@ def ensure_synthetic(cfg: DataConfig) -> None:
             lookalike=cfg.synth_lookalike,
             lookalike_share=cfg.synth_lookalike_share,
             pool=cfg.synth_pool,
+            local_scale=cfg.synth_local_scale,
+            chroma=cfg.synth_chroma,
         )
     tok_dir = root / "tokenizer"
     if not (tok_dir / "vocab.json").exists():
         records = formats.read_annotations("synth", root)
         captions = [c for r in records if r.split == "train" for c in r.captions]
         train_tokenizer(captions, tok_dir)
+
+
+def _eval_sizes(cfg: DataConfig) -> dict[str, int]:
+    """val_ids and test_ids as the marker records them."""
+    sizes = synth.split_sizes(cfg.synth_ids, cfg.synth_eval_ids, cfg.synth_eval_ids)
+    return {"val_ids": sizes["val"], "test_ids": sizes["test"]}
 
 
 def synth_mismatch(cfg: DataConfig) -> str | None:
@@ -69,6 +79,7 @@ def synth_mismatch(cfg: DataConfig) -> str | None:
     h, w = cfg.image_size
     wanted = {
         "ids": cfg.synth_ids,
+        **_eval_sizes(cfg),
         "images_per_id": cfg.synth_images_per_id,
         "seed": cfg.synth_seed,
         "height": h,
@@ -76,11 +87,18 @@ def synth_mismatch(cfg: DataConfig) -> str | None:
         "pool": cfg.synth_pool,
         "lookalike": cfg.synth_lookalike,
         "lookalike_share": cfg.synth_lookalike_share if cfg.synth_lookalike else None,
+        "local_scale": cfg.synth_local_scale,
+        "chroma": cfg.synth_chroma,
     }
     made = json.loads((root / synth.SYNTH_MARKER).read_text())
-    made.setdefault("pool", "all")  # both written only when not the default
+    # Written only when not the default (datasets made before an option keep their bytes).
+    made.setdefault("pool", "all")
     made.setdefault("lookalike", 0)
+    made.setdefault("local_scale", 1.0)
+    made.setdefault("chroma", "4:2:0")
     diff = {k: (made.get(k), v) for k, v in wanted.items() if made.get(k) != v}
+    if "ids" in diff and cfg.synth_eval_ids is None:  # derived from ids: not news
+        diff = {k: v for k, v in diff.items() if k not in ("val_ids", "test_ids")}
     if not diff:
         return None
     what = ", ".join(f"{k} {a} (config: {b})" for k, (a, b) in diff.items())

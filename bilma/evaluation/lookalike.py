@@ -5,7 +5,9 @@ identities equal in every described attribute but one local one. Here the text-t
 metrics of a split are computed separately for the captions of group members (look-alike
 queries) and of the other identities (ordinary queries), each against the whole gallery, and
 for look-alike queries the share of Rank-1 mistakes that land on a group-mate: how much a
-model confuses people who differ only in their shoes, bag, hat or scarf.
+model confuses people who differ only in their shoes, bag, hat or scarf. Within-group Rank-1
+(`group_R1`) ranks each look-alike query against its own group's images only: chance is one
+in the group's size, and only the local difference can lift it.
 
 `python -m bilma eval-lookalike --checkpoint CKPT [--split test]`.
 """
@@ -40,6 +42,32 @@ def lookalike_groups(root: str | Path) -> dict[int, int]:
     return {int(pid): n for n, g in enumerate(groups) for pid in g["ids"]}
 
 
+def query_outcomes(
+    sim: torch.Tensor,
+    query_pids: torch.Tensor,
+    gallery_pids: torch.Tensor,
+    group_of: dict[int, int],
+) -> dict[str, torch.Tensor]:
+    """Per look-alike query (rows of `sim` whose pid is in a group), bool tensors: `hit` (Rank-1
+    right against the whole gallery), `twin` (Rank-1 wrong, on a group-mate), `group_hit`
+    (Rank-1 right when ranking the query's own group's images only). Pooling splits is
+    concatenating these."""
+    qp, gp = query_pids.cpu(), gallery_pids.cpu()
+    group_q = torch.tensor([group_of.get(int(p), -1) for p in qp.tolist()])
+    group_g = torch.tensor([group_of.get(int(p), -1) for p in gp.tolist()])
+    member = group_q >= 0
+    s = sim.float().cpu()[member]
+    q, gq = qp[member], group_q[member]
+    top = gp[s.argmax(dim=1)]
+    same = group_g[None, :] == gq[:, None]  # [queries, gallery]: the query's group's images
+    top_in_group = gp[s.masked_fill(~same, float("-inf")).argmax(dim=1)]
+    return {
+        "hit": top == q,
+        "twin": (top != q) & (group_g[s.argmax(dim=1)] == gq),
+        "group_hit": top_in_group == q,
+    }
+
+
 def metrics_by_group(
     sim: torch.Tensor,
     query_pids: torch.Tensor,
@@ -56,18 +84,11 @@ def metrics_by_group(
         if bool(rows.any()):
             out[name] = retrieval_metrics(sim[rows.to(sim.device)], qp[rows], gp)
     if bool(member.any()):
-        top = gp[sim[member.to(sim.device)].argmax(dim=1).cpu()]
-        wrong = top != qp[member]
-        same_group = torch.tensor(
-            [
-                group_of.get(int(t), -1) == group_of[int(q)]
-                for t, q in zip(top.tolist(), qp[member].tolist(), strict=True)
-            ],
-            dtype=torch.bool,
-        )
-        n_wrong = int(wrong.sum())
-        share = 100.0 * int((wrong & same_group).sum()) / n_wrong if n_wrong else 0.0
+        o = query_outcomes(sim, qp, gp, group_of)
+        n_wrong = int((~o["hit"]).sum())
+        share = 100.0 * int(o["twin"].sum()) / n_wrong if n_wrong else 0.0
         out["look-alike"]["twin_errors"] = share
+        out["look-alike"]["group_R1"] = 100.0 * float(o["group_hit"].float().mean())
     return out
 
 
@@ -78,8 +99,9 @@ def flat_group_metrics(by_group: dict[str, dict[str, float]]) -> dict[str, float
         if kind in by_group:
             out[f"{key}_R1"] = by_group[kind]["R1"]
             out[f"{key}_mAP"] = by_group[kind]["mAP"]
-    if "twin_errors" in by_group.get("look-alike", {}):
-        out["twin_errors"] = by_group["look-alike"]["twin_errors"]
+    for key in ("twin_errors", "group_R1"):
+        if key in by_group.get("look-alike", {}):
+            out[key] = by_group["look-alike"][key]
     return out
 
 

@@ -49,9 +49,10 @@ class HeadSpec:
     # Defaults: what checkpoints written before these fields existed always had.
     classifier: bool = True  # the ID classifier
     mask_token: bool = True  # MIM's mask token in the image encoder
+    attributes: tuple[int, ...] = ()  # classes per attribute of the positive control's head
 
 
-def head_spec(cfg: Config, num_ids: int, patch: int) -> HeadSpec:
+def head_spec(cfg: Config, num_ids: int, patch: int, attributes: tuple[int, ...] = ()) -> HeadSpec:
     target = cfg.mim.target if cfg.loss.mim_weight > 0 else "none"
     classes = {
         "semantic": get_label_set(cfg.mim.labels).num_classes,
@@ -71,6 +72,7 @@ def head_spec(cfg: Config, num_ids: int, patch: int) -> HeadSpec:
         mim_depth=cfg.mim.depth,
         classifier=cfg.loss.id_weight > 0,
         mask_token=target != "none",
+        attributes=tuple(attributes) if cfg.loss.attribute_weight > 0 else (),
     )
 
 
@@ -197,6 +199,18 @@ class BiLMa(nn.Module):
                 self.mim_cross = CrossModal(width, heads.cross_heads, heads.mim_depth)
             out = width if heads.mim_target == "feature" else heads.mim_classes
             self.mim_head = Head(width, out, heads.mim_depth)
+        if heads.attributes:  # the positive control; its labels come with set_attribute_table
+            self.attribute_head = nn.Linear(width, sum(heads.attributes))
+            self.register_buffer(
+                "attribute_table",
+                torch.zeros(0, len(heads.attributes), dtype=torch.long),
+                persistent=False,
+            )
+
+    def set_attribute_table(self, table: torch.Tensor) -> None:
+        """The positive control's labels: [train identities, attributes] class indices,
+        row = the ID loss's label of an identity."""
+        self.attribute_table = table.to(self.attribute_table.device, torch.long)
 
     # ------------------------------------------------------------------ encoders (test time)
 
@@ -241,7 +255,14 @@ class BiLMa(nn.Module):
         """Top-level modules that IRRA trains at the higher learning rate."""
         return {
             n
-            for n in ("classifier", "mlm_cross", "mlm_head", "mim_cross", "mim_head")
+            for n in (
+                "classifier",
+                "mlm_cross",
+                "mlm_head",
+                "mim_cross",
+                "mim_head",
+                "attribute_head",
+            )
             if hasattr(self, n)
         }
 
@@ -272,6 +293,11 @@ class BiLMa(nn.Module):
             out["sdm"] = w.sdm_weight * losses.sdm_loss(v, t, pids, self.logit_scale)
         if w.id_weight > 0:
             out["id"] = w.id_weight * losses.id_loss(self.classifier, v, t, pids)
+        if spec.attributes:
+            labels = self.attribute_table[pids.reshape(-1).long()]
+            out["attribute"] = w.attribute_weight * losses.attribute_loss(
+                self.attribute_head, v, t, labels, spec.attributes
+            )
         if w.itc_weight > 0:  # CLIP clamps its logit scale at 100
             scale = self.itc_logit_scale.clamp(max=math.log(100.0)).exp()
             out["itc"] = w.itc_weight * losses.itc_loss(v, t, scale)
@@ -384,15 +410,18 @@ class BiLMa(nn.Module):
         return self.mim_head(cross(patches, kv, padding_mask(kv_ids))).float(), mask
 
 
-def build_model(cfg: Config, vocab_size: int, eot_id: int, num_ids: int) -> BiLMa:
-    """The model of a config: pretrained encoders from a local folder, or a named size."""
+def build_model(
+    cfg: Config, vocab_size: int, eot_id: int, num_ids: int, attributes: tuple[int, ...] = ()
+) -> BiLMa:
+    """The model of a config: pretrained encoders from a local folder, or a named size.
+    `attributes`: classes per attribute of the positive control (`loss.attribute_weight`)."""
     from bilma.model.clip import build_encoders, load_pretrained, spec_from_config
 
     if cfg.model.pretrained:
         encoders = load_pretrained(cfg.model.pretrained, cfg, vocab_size, eot_id)
     else:
         encoders = build_encoders(spec_from_config(cfg, vocab_size, eot_id))
-    return BiLMa(encoders, head_spec(cfg, num_ids, encoders.spec.patch), cfg)
+    return BiLMa(encoders, head_spec(cfg, num_ids, encoders.spec.patch, attributes), cfg)
 
 
 def model_signature(model: BiLMa) -> dict:

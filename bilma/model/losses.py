@@ -92,6 +92,28 @@ def id_loss(
         ) / 2
 
 
+def attribute_loss(
+    head: nn.Module,
+    image_feats: Tensor,
+    text_feats: Tensor,
+    labels: Tensor,
+    classes: tuple[int, ...],
+) -> Tensor:
+    """The positive control: one shared linear head predicts each attribute's class from the
+    global image and text features; the mean of the attributes' cross-entropies over both.
+
+    `labels` [B, A] (class per attribute), `classes` the A class counts (the head's output is
+    their concatenation)."""
+    labels = labels.to(image_feats.device).long()
+    total = image_feats.new_zeros((), dtype=torch.float32)
+    for feats in (image_feats, text_feats):
+        logits = head(feats)
+        with _no_autocast(logits):
+            for a, part in enumerate(logits.float().split(list(classes), dim=1)):
+                total = total + F.cross_entropy(part, labels[:, a])
+    return total / (2 * len(classes))
+
+
 def mlm_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Masked language modelling: cross-entropy over the chosen tokens only.
 

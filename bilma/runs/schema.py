@@ -88,9 +88,16 @@ STATUS_FIELDS = (
 # result.json: test metrics of the selected checkpoint and how it was selected.
 RESULT_METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 # Test metrics a trial adds when its synthetic dataset has look-alike groups: Rank-1 and mAP
-# of the look-alike and of the ordinary queries, and the percent of look-alike Rank-1
-# mistakes that land on a group-mate.
-GROUP_METRICS = ("lookalike_R1", "lookalike_mAP", "ordinary_R1", "ordinary_mAP", "twin_errors")
+# of the look-alike and of the ordinary queries, the percent of look-alike Rank-1 mistakes
+# that land on a group-mate, and Rank-1 of look-alike queries ranked within their own group.
+GROUP_METRICS = (
+    "lookalike_R1",
+    "lookalike_mAP",
+    "ordinary_R1",
+    "ordinary_mAP",
+    "twin_errors",
+    "group_R1",
+)
 RESULT_FIELDS = (
     "trial_id",
     "study",

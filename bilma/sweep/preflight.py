@@ -118,7 +118,18 @@ def _synth_key(cfg: Config) -> tuple:
     d = cfg.data
     if d.dataset != "synth":
         return ()
-    return (d.synth_ids, d.synth_images_per_id, d.synth_seed, tuple(d.image_size), d.synth_pool)
+    return (
+        d.synth_ids,
+        d.synth_eval_ids,
+        d.synth_images_per_id,
+        d.synth_seed,
+        tuple(d.image_size),
+        d.synth_pool,
+        d.synth_lookalike,
+        d.synth_lookalike_share,
+        d.synth_local_scale,
+        d.synth_chroma,
+    )
 
 
 # ----------------------------------------------------------------------------- the checks
@@ -210,7 +221,9 @@ def _check_pretrained(cfg: Config) -> Problem | None:
     folder = Path(cfg.model.pretrained)
     if (folder / "config.json").is_file():
         return None
-    if "clip-synth" in folder.name:  # the tiny CLIP pretrained here on synthetic pedestrians
+    if folder.name == "clip-synth-study":  # the local-matching study's tiny CLIP
+        fix = "build it with `make clip-synth-study` (about 10 minutes on 2 cores)"
+    elif "clip-synth" in folder.name:  # the tiny CLIP pretrained here on synthetic pedestrians
         fix = f"build it with `make clip-synth CLIP_SYNTH={folder}` (about 10 minutes on 2 cores)"
     else:
         fix = PretrainedNotFound.fix(folder)

@@ -43,6 +43,7 @@ from bilma.data.datasets import (
     ensure_synthetic,
     load_data,
     shutdown_workers,
+    synth_attribute_table,
     train_loader,
 )
 from bilma.data.splits import SplitCount, counts_of, split_problems, synth_counts
@@ -242,9 +243,14 @@ class Trainer:
             dist.barrier()
         self.data = data = load_data(cfg)
         self.train_set = TrainSet(data, cfg)
+        table, attributes = None, ()
+        if cfg.loss.attribute_weight > 0:  # the positive control's labels (synth only)
+            table, attributes = synth_attribute_table(data)
         self.model = build_model(
-            cfg, data.tokenizer.vocab_size, data.tokenizer.eot_id, data.num_train_ids
+            cfg, data.tokenizer.vocab_size, data.tokenizer.eot_id, data.num_train_ids, attributes
         )
+        if table is not None:
+            self.model.set_attribute_table(table)
         self.model.to(self.device)
         self.optimizer = build_optimizer(self.model, cfg)
         fp16 = amp_dtype(cfg, self.device) == torch.float16

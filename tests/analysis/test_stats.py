@@ -75,3 +75,25 @@ def test_significant_needs_three_pairs_and_p_below_alpha():
     assert noise.p == pytest.approx(0.8740118423302586, rel=1e-9) and not significant(noise)
     assert not significant(paired_t(base, base))  # p undefined (NaN)
     assert significant(paired_t(base, {s: v + 1 for s, v in base.items()}))  # p = 0
+
+
+def test_t_quantiles_match_scipy_s_tables():
+    from bilma.analysis.stats import t_quantile
+
+    # scipy.stats.t.ppf values
+    assert t_quantile(0.975, 9) == pytest.approx(2.262157, abs=1e-5)
+    assert t_quantile(0.8, 9) == pytest.approx(0.883404, abs=1e-5)
+    assert t_quantile(0.975, 1) == pytest.approx(12.706205, abs=1e-4)
+    assert t_quantile(0.5, 5) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_power_sample_size_and_interval():
+    from bilma.analysis.stats import detectable_effect, paired_interval, paired_sample_size
+
+    # (t_.975,n-1 + t_.8,n-1) * sd / sqrt(n) <= effect: sd 1.6 needs 8 pairs for 2 points
+    assert paired_sample_size(1.6, 2.0) == 8
+    assert detectable_effect(1.6, 7) > 2.0 >= detectable_effect(1.6, 8)
+    assert paired_sample_size(2.0, 2.0) == 10
+    low, high = paired_interval([1.0, 2.0, 3.0])
+    assert (low + high) / 2 == pytest.approx(2.0)
+    assert high - 2.0 == pytest.approx(4.302653 * 1.0 / 3**0.5, abs=1e-5)

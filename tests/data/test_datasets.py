@@ -259,3 +259,22 @@ def test_train_loader_keeps_the_last_partial_batch_on_request(synth_root, world)
     drop, sampler = datasets.train_loader(ts, 10, 0, 0, world)  # the default: drop it
     assert cfg.train.drop_last and [len(b["pids"]) for b in drop] == [10] * (per_rank // 10)
     assert len(sampler) // 10 == per_rank // 10
+
+
+def test_the_positive_control_s_labels_are_each_train_identity_s_attributes(synth_root):
+    from bilma.data import synth
+
+    data = load_data(cfg_for(synth_root))
+    table, classes = datasets.synth_attribute_table(data)
+    assert classes == (5, 6, 5, 13)  # shoes; bag, hat, scarf colour or none
+    assert table.shape == (data.num_train_ids, 4)
+    identities = synth.identities_of(synth_root)
+    for r in data.records:
+        if r.split == "train":
+            ident = identities[r.source_id - 1]
+            assert tuple(table[r.pid].tolist()) == synth.attribute_labels(ident)
+            names = [
+                synth.ATTRIBUTE_CLASSES[k][i]
+                for k, i in zip(synth.ATTRIBUTE_CLASSES, table[r.pid], strict=True)
+            ]
+            assert names[0] == ident.shoe_colour and names[2] == (ident.hat_colour or "none")

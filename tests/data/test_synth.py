@@ -335,3 +335,49 @@ def test_generated_bytes_are_pinned(tmp_path: Path) -> None:
     generate(tmp_path, ids=8, images_per_id=2, seed=0, height=128, width=48, progress=False)
     # 16 images x (1 JPEG + 3 parse maps) + reid_raw.json + the marker.
     assert _tree_sha256(tmp_path) == (66, _PINNED_SHA256)
+
+
+def _part_pixels(ident: Identity, scale: float, classes: tuple[str, ...]) -> int:
+    labels = draw_figure(ident, image_rng(3, 0, 0), H, W, scale).labels["atr18"]
+    return int(np.isin(labels, [_lid("atr18", c) for c in classes]).sum())
+
+
+def test_local_scale_enlarges_only_the_distinguishing_parts() -> None:
+    """data.synth_local_scale: shoes, bag, hat and scarf grow (at 2.5 each covers more than a
+    16-px patch's 256 pixels, measured 3-5x their size at 1); face and pants do not change
+    size, and the pose, colours and background come from the same rng draws."""
+    ident = Identity("t-shirt", "red", "pants", "blue", "black", "short", "white",
+                     "handbag", "green", "black", "yellow")  # fmt: skip
+    for parts in (("left-shoe", "right-shoe"), ("bag",), ("hat",), ("scarf",)):
+        small, large = _part_pixels(ident, 1.0, parts), _part_pixels(ident, 2.5, parts)
+        assert large >= 2 * small and large > 256, (parts, small, large)
+    a = draw_figure(ident, image_rng(3, 0, 0), H, W, 1.0)
+    b = draw_figure(ident, image_rng(3, 0, 0), H, W, 2.5)
+    face = _lid("atr18", "face")
+    assert abs(int((a.labels["atr18"] == face).sum()) - int((b.labels["atr18"] == face).sum())) < 40
+    assert (a.rgb[0, 0] == b.rgb[0, 0]).all()  # the same background
+
+
+def test_chroma_444_keeps_colour_resolution_and_both_options_are_recorded(tmp_path: Path) -> None:
+    from PIL import JpegImagePlugin
+
+    generate(tmp_path / "a", seed=SEED, **SMALL)
+    generate(tmp_path / "b", seed=SEED, local_scale=2.5, chroma="4:4:4", **SMALL)
+    img = "imgs/train/00001_0.jpg"
+    with Image.open(tmp_path / "a" / img) as a, Image.open(tmp_path / "b" / img) as b:
+        assert JpegImagePlugin.get_sampling(a) == 2  # 4:2:0
+        assert JpegImagePlugin.get_sampling(b) == 0  # 4:4:4
+    made_a = json.loads((tmp_path / "a" / SYNTH_MARKER).read_text())
+    made_b = json.loads((tmp_path / "b" / SYNTH_MARKER).read_text())
+    assert "local_scale" not in made_a and "chroma" not in made_a  # old datasets' bytes
+    assert made_b["local_scale"] == 2.5 and made_b["chroma"] == "4:4:4"
+    with pytest.raises(ValueError, match="chroma"):
+        generate(tmp_path / "c", chroma="4:1:1", **SMALL)
+
+
+def test_identities_of_a_written_dataset_are_drawn_again(tmp_path: Path) -> None:
+    generate(tmp_path, seed=5, lookalike=4, lookalike_share=1.0, val_ids=4, test_ids=4,
+             **{**SMALL, "ids": 24})  # fmt: skip
+    again = synth.identities_of(tmp_path)
+    drawn, _ = synth.sample_lookalike_identities([16, 4, 4], 5, 4, 1.0)
+    assert again == drawn and len(again) == 24

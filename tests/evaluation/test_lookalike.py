@@ -84,3 +84,32 @@ def test_trained_trial_records_lookalike_metrics(tmp_path) -> None:
 
     plain = train(load_config(None, tiny_overrides(tmp_path / "p", tmp_path / "runs")))
     assert set(plain["metrics"]) == set(RESULT_METRICS)  # no groups, no extra keys
+
+
+def test_within_group_rank1_and_twin_errors_by_hand():
+    """Two groups {1, 2} and {3, 4} and an ordinary identity 5; one image each. Query 1's
+    best image overall is 5's (a non-twin mistake) but within its group it is right; query 2
+    picks its twin 1 (a twin error, wrong within the group too); query 3 is right; query 5
+    is ordinary and not counted."""
+    import torch
+
+    from bilma.evaluation.lookalike import metrics_by_group, query_outcomes
+
+    gallery = torch.tensor([1, 2, 3, 4, 5])
+    queries = torch.tensor([1, 2, 3, 5])
+    sim = torch.tensor(
+        [
+            [0.8, 0.1, 0.0, 0.0, 0.9],
+            [0.7, 0.6, 0.0, 0.0, 0.1],
+            [0.0, 0.0, 0.9, 0.2, 0.1],
+            [0.0, 0.0, 0.0, 0.0, 1.0],
+        ]
+    )
+    group_of = {1: 0, 2: 0, 3: 1, 4: 1}
+    o = query_outcomes(sim, queries, gallery, group_of)
+    assert o["hit"].tolist() == [False, False, True]
+    assert o["twin"].tolist() == [False, True, False]
+    assert o["group_hit"].tolist() == [True, False, True]
+    by = metrics_by_group(sim, queries, gallery, group_of)
+    assert by["look-alike"]["group_R1"] == pytest.approx(200 / 3)
+    assert by["look-alike"]["twin_errors"] == pytest.approx(50.0)  # 1 of 2 mistakes

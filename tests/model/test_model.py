@@ -424,6 +424,26 @@ def test_compiled_parts_give_the_eager_losses_with_one_graph_per_length_bucket(m
     assert not counters["graph_break"]
 
 
+def train_on(model, b: dict, part: str, steps: int = 30) -> list[float]:
+    """`steps` Adam steps on one batch whose only loss is `part` (its values); the first
+    step's gradient must reach the image encoder. A MIM mask generator is reseeded each step."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for step in range(steps):
+        if "mim_generator" in b:
+            b["mim_generator"].manual_seed(1)
+        out = model(b)
+        assert set(out) == {part, "loss"}
+        opt.zero_grad()
+        out["loss"].backward()
+        if step == 0:
+            grad = model.encoders.vision.embeddings.patch_embedding.weight.grad
+            assert grad is not None and grad.abs().sum() > 0
+        opt.step()
+        losses.append(float(out[part].detach()))
+    return losses
+
+
 @pytest.mark.parametrize("target", ["mean_rgb", "feature"])
 def test_the_paper_s_other_mim_targets_train_and_reach_the_image_encoder(target):
     """BiLMa's Appendix Table 5 compares a patch's mean colour and the clean image's feature
@@ -437,19 +457,7 @@ def test_the_paper_s_other_mim_targets_train_and_reach_the_image_encoder(target)
     assert model.mim_head.fc.out_features == width
     b = batch()
     b["mim_generator"] = torch.Generator().manual_seed(1)  # one mask for every step
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for step in range(30):
-        b["mim_generator"].manual_seed(1)
-        out = model(b)
-        assert set(out) == {"mim", "loss"}
-        opt.zero_grad()
-        out["loss"].backward()
-        if step == 0:
-            grad = model.encoders.vision.embeddings.patch_embedding.weight.grad
-            assert grad is not None and grad.abs().sum() > 0
-        opt.step()
-        losses.append(float(out["mim"].detach()))
+    losses = train_on(model, b, "mim")
     # The feature target's teacher is the same encoder, training too: a moving target.
     assert losses[-1] < (0.5 if target == "mean_rgb" else 0.75) * losses[0], losses
 
@@ -466,3 +474,35 @@ def test_mean_rgb_and_feature_losses_by_hand():
     got = losses.mim_feature_loss(pred, teacher, mask, temperature=2.0)
     assert torch.allclose(got, want, atol=1e-6)
     assert float(losses.mim_feature_loss(teacher, teacher, mask)) == pytest.approx(0, abs=1e-6)
+
+
+def test_the_positive_control_s_attribute_head_trains_and_reaches_the_image_encoder():
+    """loss.attribute_weight: a linear head predicts each identity's local attributes from
+    the global image and text features; it trains on a fixed batch, its gradient reaches the
+    image encoder, and its checkpoint reloads (the label table is not part of it)."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg("loss.attribute_weight=1", "loss.sdm_weight=0", "loss.id_weight=0",
+                   "loss.mlm_weight=0", "loss.mim_weight=0")  # fmt: skip
+    classes = (5, 6, 5, 13)
+    model = build_model(cfg, vocab_size=50, eot_id=49, num_ids=3, attributes=classes)
+    assert model.attribute_head.out_features == sum(classes)
+    assert "attribute_head" in model.new_module_names()
+    model.set_attribute_table(torch.tensor([[0, 1, 2, 3], [4, 0, 0, 12], [2, 5, 4, 0]]))
+    losses = train_on(model, batch(), "attribute")
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert "attribute_table" not in model.state_dict()
+
+
+def test_attribute_loss_by_hand():
+    from bilma.model import losses
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(4, 5)
+    v, t = torch.randn(3, 4), torch.randn(3, 4)
+    labels = torch.tensor([[0, 1], [2, 0], [1, 1]])
+    got = losses.attribute_loss(head, v, t, labels, (3, 2))
+    ce = torch.nn.functional.cross_entropy
+    want = (
+        sum(ce(head(f)[:, :3], labels[:, 0]) + ce(head(f)[:, 3:], labels[:, 1]) for f in (v, t)) / 4
+    )
+    assert torch.allclose(got, want, atol=1e-6)

@@ -7,7 +7,8 @@ What worked for learning on such data is in ``docs/SYNTH.md``.
 
 Layout written under ``OUT`` (the CUHK-PEDES layout, so the ``synth`` reader is the CUHK one):
 
-- ``imgs/<split>/<id:05d>_<k>.jpg``: JPEG, quality 90, 4:2:0, ``height x width``.
+- ``imgs/<split>/<id:05d>_<k>.jpg``: JPEG, quality 90, ``height x width``, chroma subsampled
+  4:2:0 (half the colour resolution) or, with ``chroma="4:4:4"``, at full colour resolution.
 - ``reid_raw.json``: ``[{id, file_path, captions, processed_tokens, split}, ...]``; ids are
   1-based and unique across splits, train ids first (``1..N_train``), then val, then test.
 - ``parsing/<labelset>/<split>/<id:05d>_<k>.png``: 8-bit mode-L parse maps for the label sets
@@ -36,6 +37,7 @@ The modules, by concern:
 """
 
 from bilma.data.synth.attributes import (
+    ATTRIBUTE_CLASSES,
     BAG_COLOURS,
     BAG_TYPES,
     COLOURS,
@@ -51,6 +53,7 @@ from bilma.data.synth.attributes import (
     UPPER_TYPES,
     Identity,
     LookalikeGroup,
+    attribute_labels,
     in_pool,
     sample_identities,
     sample_lookalike_identities,
@@ -62,6 +65,7 @@ from bilma.data.synth.generation import (
     IdentityJob,
     caption_rng,
     generate,
+    identities_of,
     image_rng,
     is_complete,
     split_sizes,
@@ -69,6 +73,7 @@ from bilma.data.synth.generation import (
 from bilma.data.synth.rendering import degrade, draw_figure
 
 __all__ = [
+    "ATTRIBUTE_CLASSES",
     "BAG_COLOURS",
     "BAG_TYPES",
     "COLOURS",
@@ -88,12 +93,14 @@ __all__ = [
     "POOLS",
     "Mention",
     "Rendering",
+    "attribute_labels",
     "caption_rng",
     "captions_for",
     "degrade",
     "describe",
     "draw_figure",
     "generate",
+    "identities_of",
     "image_rng",
     "in_pool",
     "is_complete",

@@ -168,6 +168,30 @@ def sample_identities(n: int, seed: int = 0, pool: str = "all") -> list[Identity
     return out
 
 
+# ----------------------------------------------------------------------------- local labels
+
+NONE = "none"
+ATTRIBUTE_CLASSES: dict[str, tuple[str, ...]] = {
+    "shoes": SHOE_COLOURS,
+    "bag": (NONE, *BAG_COLOURS),
+    "hat": (NONE, *HAT_COLOURS),
+    "scarf": (NONE, *COLOURS),
+}
+"""The local attributes' classes (their colour, or none), in `LOCAL_ATTRIBUTES` order: what the
+positive control's auxiliary head predicts (`loss.attribute_weight`)."""
+
+
+def attribute_labels(identity: Identity) -> tuple[int, ...]:
+    """`identity`'s class index for each of `ATTRIBUTE_CLASSES` (shoes, bag, hat, scarf)."""
+    values = {
+        "shoes": identity.shoe_colour,
+        "bag": identity.bag_colour or NONE,
+        "hat": identity.hat_colour or NONE,
+        "scarf": identity.scarf_colour or NONE,
+    }
+    return tuple(ATTRIBUTE_CLASSES[k].index(values[k]) for k in ATTRIBUTE_CLASSES)
+
+
 # ----------------------------------------------------------------------------- look-alikes
 
 LOCAL_ATTRIBUTES = ("shoes", "bag", "hat", "scarf")

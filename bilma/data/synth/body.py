@@ -73,23 +73,28 @@ def _upper_classes(ident: Identity) -> tuple[str, str]:
     return lip, atr
 
 
-def draw_body(cv: Canvas, ident: Identity, pose: Pose, pal: Palette) -> None:
-    """Draw the whole figure of `ident`, back to front."""
+def draw_body(cv: Canvas, ident: Identity, pose: Pose, pal: Palette, local: float = 1.0) -> None:
+    """Draw the whole figure of `ident`, back to front.
+
+    `local` scales the local parts that tell look-alikes apart (shoes, bag, hat, scarf): at 2
+    each of them covers about one 16-pixel patch of a 192x64 image (`data.synth_local_scale`);
+    1 draws every pixel as before the option existed.
+    """
     # Behind the body: the backpack's pack, long hair.
     if ident.bag == "backpack":
-        draw_backpack(cv, pal, pose.bag_side)
+        draw_backpack(cv, pal, pose.bag_side, local)
     draw_hair_behind(cv, ident, pal)
     ankles = {side: draw_leg(cv, ident, pose, pal, i) for i, side in enumerate(SIDES)}
     draw_lower_garment(cv, ident, pal)
-    draw_shoes(cv, pal, ankles)
+    draw_shoes(cv, pal, ankles, local)
     draw_torso(cv, ident, pal)
     if ident.bag == "backpack":
-        draw_backpack_straps(cv, pal)
+        draw_backpack_straps(cv, pal, local)
     wrists = {side: draw_arm(cv, ident, pose, pal, i) for i, side in enumerate(SIDES)}
-    draw_head(cv, ident, pal)
-    draw_scarf(cv, ident, pose, pal)
+    draw_head(cv, ident, pal, local)
+    draw_scarf(cv, ident, pose, pal, local)
     if ident.bag == "handbag":
-        draw_handbag(cv, pal, wrists[pose.bag_side], pose.bag_side)
+        draw_handbag(cv, pal, wrists[pose.bag_side], pose.bag_side, local)
 
 
 def draw_hair_behind(cv: Canvas, ident: Identity, pal: Palette) -> None:
@@ -132,12 +137,13 @@ def draw_lower_garment(cv: Canvas, ident: Identity, pal: Palette) -> None:
         cv.polygon(skirt, pal.lower, part("skirt", "skirt", "upper-legs"))
 
 
-def draw_shoes(cv: Canvas, pal: Palette, ankles: dict[int, Point]) -> None:
-    """One shoe under each ankle."""
+def draw_shoes(cv: Canvas, pal: Palette, ankles: dict[int, Point], local: float = 1.0) -> None:
+    """One shoe under each ankle; scaled up (`local`), the sole stays and it rises as a boot."""
     for side in SIDES:
         a = ankles[side]
         shoe = part(_lr("shoe", side), _lr("shoe", side), "lower-legs")
-        cv.rounded((a[0] + side * 0.004, a[1] + 0.012), 0.027, 0.024, 0.01, pal.shoe, shoe)
+        cy = a[1] + 0.012 + 0.024 * (1.0 - local)  # the sole stays at a[1] + 0.036
+        cv.rounded((a[0] + side * 0.004, cy), 0.027 * local, 0.024 * local, 0.01, pal.shoe, shoe)
 
 
 def draw_torso(cv: Canvas, ident: Identity, pal: Palette) -> None:
@@ -192,7 +198,7 @@ def draw_arm(cv: Canvas, ident: Identity, pose: Pose, pal: Palette, i: int) -> P
     return wrist
 
 
-def draw_head(cv: Canvas, ident: Identity, pal: Palette) -> None:
+def draw_head(cv: Canvas, ident: Identity, pal: Palette, local: float = 1.0) -> None:
     """Face, eyes, hair on top (long hair adds side locks), a hat leaving a band of hair."""
     face, hair = part("face", "face", "head"), part("hair", "hair", "head")
     head_c, head_rx, head_ry = (0.0, 0.068), 0.042, 0.058
@@ -211,36 +217,46 @@ def draw_head(cv: Canvas, ident: Identity, pal: Palette) -> None:
             cv.polygon(lock, pal.hair, hair)
     if ident.hat_colour is not None:
         hat = part("hat", "hat", "head")
-        cv.chord((0.0, 0.062), head_rx + 0.008, head_ry + 0.008, 215, 325, pal.hat, hat)
+        if local == 1.0:
+            cv.chord((0.0, 0.062), head_rx + 0.008, head_ry + 0.008, 215, 325, pal.hat, hat)
+        else:  # a crown standing on the brim, `local` times the cap's height
+            crown = 0.045 * local
+            cv.rounded((0.0, 0.030 - crown / 2), head_rx + 0.004, crown / 2, 0.004, pal.hat, hat)
         # The brim sits above the hair's lower edge, so a band of hair shows below the hat.
-        cv.rounded((0.0, 0.030), head_rx + 0.014, 0.006, 0.003, pal.hat, hat)
+        cv.rounded((0.0, 0.030), head_rx + 0.014, 0.006 * local, 0.003, pal.hat, hat)
 
 
-def draw_scarf(cv: Canvas, ident: Identity, pose: Pose, pal: Palette) -> None:
-    """A scarf round the neck, its loose end on the side away from the bag (per image)."""
+def draw_scarf(cv: Canvas, ident: Identity, pose: Pose, pal: Palette, local: float = 1.0) -> None:
+    """A scarf round the neck, its loose end on the side away from the bag (per image);
+    `local` scales the band's depth and the end's width."""
     if ident.scarf_colour is None:
         return
     scarf = part("scarf", "scarf", "torso")
-    cv.polygon([(-0.045, 0.112), (0.045, 0.112), (0.05, 0.15), (-0.05, 0.15)], pal.scarf, scarf)
-    tail = [(0.012, 0.14), (0.042, 0.14), (0.038, 0.27), (0.016, 0.27)]
+    low = 0.15 + 0.038 * (local - 1.0)
+    cv.polygon([(-0.045, 0.112), (0.045, 0.112), (0.05, low), (-0.05, low)], pal.scarf, scarf)
+    d = 0.015 * (local - 1.0)  # written so that scale 1 gives the old numbers exactly
+    tail = [(0.012 - d, 0.14), (0.042 + d, 0.14), (0.038 + d, 0.27), (0.016 - d, 0.27)]
     cv.polygon([(-pose.bag_side * x, y) for x, y in tail], pal.scarf, scarf)
 
 
-def draw_backpack(cv: Canvas, pal: Palette, side: int) -> None:
-    """A backpack's pack, behind the body and showing on `side`."""
-    cv.rounded((side * 0.088, 0.29), 0.036, 0.12, 0.012, pal.bag, _BAG)
+def draw_backpack(cv: Canvas, pal: Palette, side: int, local: float = 1.0) -> None:
+    """A backpack's pack, behind the body and showing on `side` (wider outwards by `local`)."""
+    rx = 0.036 * local
+    cv.rounded((side * (0.088 + 0.036 * (local - 1.0)), 0.29), rx, 0.12, 0.012, pal.bag, _BAG)
 
 
-def draw_backpack_straps(cv: Canvas, pal: Palette) -> None:
+def draw_backpack_straps(cv: Canvas, pal: Palette, local: float = 1.0) -> None:
     """A backpack's two straps, over the torso."""
+    w = 0.008 * local
     for side in SIDES:
-        cv.limb((side * 0.05, 0.125), (side * 0.056, 0.36), 0.008, 0.008, pal.bag, _BAG)
+        cv.limb((side * 0.05, 0.125), (side * 0.056, 0.36), w, w, pal.bag, _BAG)
 
 
-def draw_handbag(cv: Canvas, pal: Palette, wrist: Point, side: int) -> None:
-    """A handbag hanging by two straps from the hand at `wrist` on `side`."""
-    centre = (wrist[0] + side * 0.012, wrist[1] + 0.085)
+def draw_handbag(cv: Canvas, pal: Palette, wrist: Point, side: int, local: float = 1.0) -> None:
+    """A handbag hanging by two straps from the hand at `wrist` on `side`; `local` scales the
+    bag, its top staying where the straps end."""
+    centre = (wrist[0] + side * 0.012 * local, wrist[1] + 0.085 + 0.032 * (local - 1.0))
     for dx in (-0.02, 0.02):
         top = (wrist[0], wrist[1] + 0.012)
-        cv.line(top, (centre[0] + dx, centre[1] - 0.03), 0.006, pal.bag, _BAG)
-    cv.rounded(centre, 0.036, 0.032, 0.008, pal.bag, _BAG)
+        cv.line(top, (centre[0] + dx, centre[1] - 0.03 * local), 0.006, pal.bag, _BAG)
+    cv.rounded(centre, 0.036 * local, 0.032 * local, 0.008, pal.bag, _BAG)

@@ -83,6 +83,13 @@ class IdentityJob:
     """Images of this identity."""
     height: int
     width: int
+    local_scale: float = 1.0
+    """Scale of the parts that tell look-alikes apart (`body.draw_body`)."""
+    chroma: str = "4:2:0"
+    """JPEG chroma subsampling: "4:2:0" halves colour resolution, "4:4:4" keeps it."""
+
+
+CHROMA = ("4:2:0", "4:4:4")
 
 
 def write_identity(job: IdentityJob) -> int:
@@ -91,9 +98,9 @@ def write_identity(job: IdentityJob) -> int:
     for k in range(job.images):
         rel = _rel_path(job.split, job.index + 1, k)
         rng = image_rng(job.seed, job.index, k)
-        rendering = draw_figure(job.identity, rng, job.height, job.width)
+        rendering = draw_figure(job.identity, rng, job.height, job.width, job.local_scale)
         degrade(rendering.rgb, rng).save(
-            root / "imgs" / rel, "JPEG", quality=90, subsampling="4:2:0", optimize=False
+            root / "imgs" / rel, "JPEG", quality=90, subsampling=job.chroma, optimize=False
         )
         png = rel[: -len(".jpg")] + ".png"
         for name, labels in rendering.labels.items():
@@ -204,6 +211,25 @@ def _draw_identities(
     return identities, groups
 
 
+def identities_of(root: str | Path) -> list[Identity]:
+    """The identities of the dataset written under `root`, in id order (id = index + 1),
+    drawn again from its marker's parameters (generation is deterministic per seed)."""
+    params = json.loads((Path(root) / SYNTH_MARKER).read_text(encoding="utf-8"))
+    sizes = {"train": params["ids"] - params["val_ids"] - params["test_ids"]}
+    sizes.update(val=params["val_ids"], test=params["test_ids"])
+    splits = [s for s in _SPLITS for _ in range(sizes[s])]
+    identities, _ = _draw_identities(
+        params["ids"],
+        sizes,
+        splits,
+        params["seed"],
+        params.get("lookalike", 0),
+        params.get("lookalike_share", 0.5),
+        params.get("pool", "all"),
+    )
+    return identities
+
+
 def _marker(
     ids: int,
     images_per_id: int,
@@ -243,6 +269,8 @@ def generate(
     lookalike: int = 0,
     lookalike_share: float = 0.5,
     pool: str = "all",
+    local_scale: float = 1.0,
+    chroma: str = "4:2:0",
 ) -> dict[str, Any]:
     """Write the synthetic dataset under `out`; return counts per split and timing.
 
@@ -251,16 +279,27 @@ def generate(
     lists the groups (ids and attribute). 0 leaves every byte as without the option.
     `pool` ("pretrain" or "finetune") draws identities from one of two disjoint halves of the
     identity space (`attributes.in_pool`); "all", the default, from both.
+    `local_scale` > 1 draws shoes, bag, hat and scarf larger (about one 16-pixel patch each
+    at 2 and 192x64); `chroma` "4:4:4" keeps the JPEGs' full colour resolution. At their
+    defaults both leave every byte as before they existed.
 
     Files are written in place; the marker (`SYNTH_MARKER`) is removed first and written
     last, so an interrupted run is never taken for a complete one. Output is byte-identical
     for equal arguments whatever `workers` is.
     """
     start = time.perf_counter()
-    if images_per_id < 1 or height < 32 or width < 16 or workers < 1:
+    if (
+        images_per_id < 1
+        or height < 32
+        or width < 16
+        or workers < 1
+        or not 0.5 <= local_scale <= 4.0
+        or chroma not in CHROMA
+    ):
         raise ValueError(
             f"bad arguments: images_per_id={images_per_id} (>= 1), height={height} (>= 32), "
-            f"width={width} (>= 16), workers={workers} (>= 1)"
+            f"width={width} (>= 16), workers={workers} (>= 1), local_scale={local_scale} "
+            f"(0.5..4), chroma={chroma!r} ({' or '.join(CHROMA)})"
         )
     sizes = split_sizes(ids, val_ids, test_ids)
     root = Path(out)
@@ -271,7 +310,9 @@ def generate(
     )
     entries = _annotations(identities, splits, seed, images_per_id)
     jobs = [
-        IdentityJob(str(root), seed, i, ident, split, images_per_id, height, width)
+        IdentityJob(
+            str(root), seed, i, ident, split, images_per_id, height, width, local_scale, chroma
+        )
         for i, (ident, split) in enumerate(zip(identities, splits, strict=True))
     ]
     _run(jobs, workers, _Progress(ids, start, progress))
@@ -288,6 +329,10 @@ def generate(
     params = _marker(ids, images_per_id, seed, height, width, sizes, counts)
     if pool != "all":  # only then, as below: datasets without the options keep their bytes
         params["pool"] = pool
+    if local_scale != 1.0:
+        params["local_scale"] = local_scale
+    if chroma != "4:2:0":
+        params["chroma"] = chroma
     if lookalike:
         params.update(lookalike=lookalike, lookalike_share=lookalike_share, lookalike_groups=groups)
     # Last, atomically: its presence means every file above is complete.

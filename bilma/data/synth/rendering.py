@@ -103,7 +103,11 @@ def draw_palette(rng: np.random.Generator, ident: Identity) -> Palette:
 
 
 def draw_figure(
-    identity: Identity, rng: np.random.Generator, height: int = 384, width: int = 128
+    identity: Identity,
+    rng: np.random.Generator,
+    height: int = 384,
+    width: int = 128,
+    local_scale: float = 1.0,
 ) -> Rendering:
     """Draw one image of `identity`: the clean RGB (before noise/JPEG) and its parse maps.
 
@@ -111,12 +115,14 @@ def draw_figure(
     generator passes the same `rng` on to `degrade`, so re-rendering with
     ``image_rng(seed, index, k)`` reproduces a written image's parse maps exactly.
     Side +1 is the person's left, which is the image's right (figures face the camera).
+    `local_scale` enlarges shoes, bag, hat and scarf (`body.draw_body`); it draws nothing from
+    `rng`, so pose, colours and background are those of scale 1.
     """
     pose = draw_pose(rng, height, width)
     pal = draw_palette(rng, identity)
     bg = _background(rng, height, width, pose.ground_top)
     cv = Canvas(height, width, pose.cx, pose.top, pose.fh)
-    draw_body(cv, identity, pose, pal)
+    draw_body(cv, identity, pose, pal, local_scale)
     index = np.asarray(cv.index)
     rgb_lut, label_luts = cv.luts()
     rgb = np.where((index > 0)[..., None], rgb_lut[index], bg)
