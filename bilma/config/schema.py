@@ -76,9 +76,10 @@ class DataConfig:
         range=(0.5, 4.0),
         hash="nondefault",  # added after studies existed: their trial ids stay
     )
-    synth_chroma: Literal["4:2:0", "4:4:4"] = _f(
-        "4:2:0",
-        "JPEG chroma subsampling of synthetic images (4:4:4: full colour resolution)",
+    # A bool, not "4:4:4": YAML 1.1 reads an unquoted 4:4:4 as the sexagesimal number 14644.
+    synth_full_chroma: bool = _f(
+        False,
+        "synthetic JPEGs at full colour resolution (4:4:4) instead of 4:2:0",
         hash="nondefault",
     )
 

@@ -55,13 +55,17 @@ def ensure_synthetic(cfg: DataConfig) -> None:
             lookalike_share=cfg.synth_lookalike_share,
             pool=cfg.synth_pool,
             local_scale=cfg.synth_local_scale,
-            chroma=cfg.synth_chroma,
+            chroma=_chroma(cfg),
         )
     tok_dir = root / "tokenizer"
     if not (tok_dir / "vocab.json").exists():
         records = formats.read_annotations("synth", root)
         captions = [c for r in records if r.split == "train" for c in r.captions]
         train_tokenizer(captions, tok_dir)
+
+
+def _chroma(cfg: DataConfig) -> str:
+    return "4:4:4" if cfg.synth_full_chroma else "4:2:0"
 
 
 def _eval_sizes(cfg: DataConfig) -> dict[str, int]:
@@ -88,7 +92,7 @@ def synth_mismatch(cfg: DataConfig) -> str | None:
         "lookalike": cfg.synth_lookalike,
         "lookalike_share": cfg.synth_lookalike_share if cfg.synth_lookalike else None,
         "local_scale": cfg.synth_local_scale,
-        "chroma": cfg.synth_chroma,
+        "chroma": _chroma(cfg),
     }
     made = json.loads((root / synth.SYNTH_MARKER).read_text())
     # Written only when not the default (datasets made before an option keep their bytes).

@@ -128,7 +128,7 @@ def _synth_key(cfg: Config) -> tuple:
         d.synth_lookalike,
         d.synth_lookalike_share,
         d.synth_local_scale,
-        d.synth_chroma,
+        d.synth_full_chroma,
     )
 
 

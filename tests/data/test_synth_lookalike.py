@@ -121,12 +121,14 @@ def test_the_study_s_keys_are_checked_and_a_world_of_another_scale_is_refused(tm
 
     with pytest.raises(ConfigError, match=r"data.synth_eval_ids = 20 leaves no training"):
         load_config(None, ["data.synth_ids=40", "data.synth_eval_ids=20"])
-    with pytest.raises(ConfigError, match=r"loss.attribute_weight needs .* set it to 0 for cuhk-pedes"):
+    with pytest.raises(
+        ConfigError, match=r"loss.attribute_weight needs .* set it to 0 for cuhk-pedes"
+    ):
         load_config(None, ["data.dataset=cuhk-pedes", "loss.attribute_weight=1"])
     generate(tmp_path, ids=12, images_per_id=1, height=64, width=32, progress=False)
     base = [f"data.root={tmp_path}", "data.synth_ids=12", "data.synth_images_per_id=1",
             "data.image_size=[64,32]"]  # fmt: skip
     assert synth_mismatch(load_config(None, base).data) is None
-    other = load_config(None, [*base, "data.synth_local_scale=2.5", "data.synth_chroma=4:4:4"])
+    other = load_config(None, [*base, "data.synth_local_scale=2.5", "data.synth_full_chroma=true"])
     problem = synth_mismatch(other.data)
     assert "local_scale 1.0 (config: 2.5)" in problem and "chroma 4:2:0 (config: 4:4:4)" in problem
