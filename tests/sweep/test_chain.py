@@ -119,7 +119,8 @@ def test_missing_dataset_plans_no_parse_and_refuses(tmp_path, capsys):
 
 
 def test_maps_already_there_plan_no_chain(synth_small, tmp_path, capsys):
-    """With every map present (the synthetic set's own, as ATR-18), nothing is parsed."""
+    """With every map present (the synthetic set's own, as ATR-18), nothing is parsed unless
+    the preflight is skipped."""
     grid = semmim_grid(tmp_path, synth_small)
     tree = yaml.safe_load(grid.read_text())
     tree["set"]["data.parsing_root"] = str(synth_small / "parsing")
@@ -127,6 +128,11 @@ def test_maps_already_there_plan_no_chain(synth_small, tmp_path, capsys):
     parser = fake_parser(tmp_path / "parser")
     assert main(["--grid", str(grid), "--dry-run", "--parser", str(parser)]) == 0
     assert "chain:" not in capsys.readouterr().out
+    # --no-preflight (data only the compute nodes see): every SemMIM group is parsed first,
+    # the parse skipping what is there
+    assert main(["--grid", str(grid), "--dry-run", "--parser", str(parser), "--no-preflight"]) == 0
+    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("chain:")]
+    assert f"(cuhk-pedes atr18 -> {synth_small / 'parsing' / 'atr18'})" in line
 
 
 # ----------------------------------------------------------------------------- SLURM submission
