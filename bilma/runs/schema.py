@@ -83,7 +83,9 @@ STATUS_FIELDS = (
     "traceback",
     "stopped_epoch",
     "stop_reason",
+    "after_job",  # the job this trial's job waits on (SLURM afterok: its parse array), or null
 )
+STATUS_AFTER_JOB = "after_job"
 
 # result.json: test metrics of the selected checkpoint and how it was selected.
 RESULT_METRICS = ("R1", "R5", "R10", "mAP", "mINP")

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from bilma.config.load import add_override_args, merge_overrides
+from bilma.sweep import chain
 
 if TYPE_CHECKING:
     from bilma.sweep.backends.base import Backend
@@ -77,6 +78,7 @@ def build_parser(prog: str = "python sweeps/launch.py") -> argparse.ArgumentPars
     p.add_argument("--cpus-per-trial", type=float, default=None, help="ray (default 1 or profile)")
     p.add_argument("--gpus-per-trial", type=float, default=None, help="ray (default 0 or profile)")
     p.add_argument("-v", "--verbose", action="store_true")
+    chain.add_args(p)  # --parser, --parse-shards: SemMIM's parse maps first, in one command
     return p
 
 
@@ -134,6 +136,7 @@ def _run(args: argparse.Namespace) -> int:
     ran_by = [make(args) for name, make in BACKENDS.items() if name in recorded]
     for b in ran_by:
         b.reconcile(planned)
+    chain.reconcile(planned, args)  # trials cancelled with their failed parse array
     changed = changed_trials(planned)
     if changed and (args.status or args.dry_run) and args.changed is None:
         print(f"note: {len(changed)} finished trial(s) were trained with other values than "
@@ -146,12 +149,14 @@ def _run(args: argparse.Namespace) -> int:
         views = {b.name: b.status(planned) for b in ran_by}
         views = {name: view for name, view in views.items() if view}
         jobs = {path: job for view in views.values() for path, job in view.items()}
+        jobs.update(chain.job_notes(planned, jobs))
         print(report.status_table(planned, jobs, f"{'/'.join(views)} job"))
         return 0
     header = f"{grid.study}: {len(trials)} trials" + (
         f" ({dropped} duplicates merged)" if dropped else ""
     )
     problems = _preflight(args, planned)
+    steps, problems = chain.plan_steps(args, planned, problems)  # missing maps: parse first
     if args.dry_run:
         print(header + " (dry run: nothing runs, nothing is written)")
         print(report.plan_table(planned))
@@ -159,6 +164,8 @@ def _run(args: argparse.Namespace) -> int:
         extra = backend.dry_run(planned)
         if extra:
             print(extra)
+        if steps:
+            print(chain.describe(steps, args))
         if problems:
             print(f"\n{preflight_report(problems)}", file=sys.stderr)
             return 2
@@ -176,7 +183,7 @@ def _run(args: argparse.Namespace) -> int:
         print("nothing to submit: every trial is done" + (" or failed" if stuck else ""))
         return 1 if stuck else 0
     parent = prepare(grid, planned)
-    code = backend.submit(grid, planned, parent)
+    code = chain.submit(backend, grid, planned, parent, steps, args)  # parse steps first
     if not backend.waits:
         return code  # queued: the parent run stays open, --status follows the trials
     if code != 130:

@@ -101,6 +101,14 @@ def slurm_parameters(profile_name: str) -> tuple[dict[str, Any], Any]:
 
 
 def submit_slurm(args: argparse.Namespace, shards: list[dict[str, Any]]) -> int:
+    array = submit_slurm_array(args, shards)
+    print(f"follow: squeue -j {array}   |   logs: {jobs_folder(args)}/<job id>/")
+    print("the same command later parses only what is still missing")
+    return 0
+
+
+def submit_slurm_array(args: argparse.Namespace, shards: list[dict[str, Any]]) -> str:
+    """Submit the shards as one SLURM job array; its id (also `bilma.sweep.chain`'s)."""
     from bilma.sweep.backends.slurm import submit_array
 
     params, profile = slurm_parameters(args.profile)
@@ -115,9 +123,7 @@ def submit_slurm(args: argparse.Namespace, shards: list[dict[str, Any]]) -> int:
     )
     array = str(jobs[0].job_id).split("_")[0]
     print(f"submitted {len(jobs)} parse shards as job array {array} (profile {profile.name})")
-    print(f"follow: squeue -j {array}   |   logs: {jobs_folder(args)}/<job id>/")
-    print("the same command later parses only what is still missing")
-    return 0
+    return array
 
 
 def run_local(args: argparse.Namespace, shards: list[dict[str, Any]]) -> int:

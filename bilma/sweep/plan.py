@@ -32,7 +32,7 @@ from bilma.runs.launch import read_launch
 from bilma.runs.lock import claim, holder, is_locked, lock_path
 from bilma.runs.reading import UNREADABLE, read_result, read_status
 from bilma.runs.reuse import moved_data_root
-from bilma.runs.schema import TrialState
+from bilma.runs.schema import STATUS_AFTER_JOB, TrialState
 from bilma.runs.trial_dir import TrialConflictError, TrialDir
 from bilma.sweep.expand import Trial
 
@@ -306,12 +306,16 @@ def claimed(planned: list[Planned]) -> Iterator[list[Planned]]:
         yield [p for p in planned if p.action.runs()]
 
 
-def mark_submitted(d: TrialDir, backend: str, job_id: str, job_pid: int | None = None) -> None:
-    """Record the trial's job (pending until its trainer starts): inside `claimed`."""
+def mark_submitted(
+    d: TrialDir, backend: str, job_id: str, job_pid: int | None = None, after: str | None = None
+) -> None:
+    """Record the trial's job (pending until its trainer starts): inside `claimed`. `after`:
+    the job it waits on (`bilma.sweep.chain`); None clears an earlier launch's."""
     d.set_status(
         TrialState.PENDING,
         backend=backend,
         job_id=job_id,
         job_pid=job_pid,
         host=socket.gethostname(),
+        **{STATUS_AFTER_JOB: after},
     )

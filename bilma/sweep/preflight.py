@@ -32,6 +32,7 @@ from bilma.data.synth_cache import synth_mismatch
 from bilma.data.tokenizer import tokenizer_folder
 from bilma.errors import PreflightError, PretrainedNotFound
 
+PARSE_KEY = "mim.labels"  # the key of a missing-parse-maps problem (`bilma.sweep.chain` plans them)
 SAMPLE = 24  # images (and parse maps) looked at per dataset: the first, the last, evenly between
 DATASET_HELP = 'see README "Datasets" for where to obtain it and its layout'
 
@@ -78,9 +79,8 @@ def preflight(configs: Iterable[Config]) -> list[Problem]:
             add(("pretrained", cfg.model.pretrained), lambda c=cfg: _check_pretrained(c))
         tokenizer = (d.dataset, d.root, d.tokenizer, cfg.model.pretrained)
         add(("tokenizer", *tokenizer), lambda c=cfg: _check_tokenizer(c))
-        if cfg.mim.target == "semantic" and cfg.loss.mim_weight > 0 and d.dataset != "synth":
-            where = (d.dataset, d.root, d.parsing_root, cfg.mim.labels)
-            add(("parse", *where), lambda c=cfg: _check_parse_maps(c, read))
+        if needs_parse_maps(cfg):
+            add(("parse", *parse_group(cfg)), lambda c=cfg: _check_parse_maps(c, read))
     out = []
     for fn, n in checks.values():
         problem = fn()
@@ -251,6 +251,22 @@ def _check_tokenizer(cfg: Config) -> Problem | None:
     )
 
 
+def needs_parse_maps(cfg: Config) -> bool:
+    """SemMIM on a dataset that does not bring its own maps (the synthetic one does)."""
+    return cfg.mim.target == "semantic" and cfg.loss.mim_weight > 0 and cfg.data.dataset != "synth"
+
+
+def parse_group(cfg: Config) -> tuple[str, str, str | None, str]:
+    """What decides which parse maps a trial reads: dataset, root, parsing root, label set."""
+    d = cfg.data
+    return (d.dataset, d.root, d.parsing_root, cfg.mim.labels)
+
+
+def parse_maps_problem(cfg: Config) -> Problem | None:
+    """The missing-parse-maps problem of one trial's config (its dataset read afresh)."""
+    return _check_parse_maps(cfg, formats.read_annotations)
+
+
 def _check_parse_maps(cfg: Config, read: Callable[[str, Path], list[Record]]) -> Problem | None:
     d = cfg.data
     root = Path(d.root)
@@ -277,10 +293,11 @@ def _check_parse_maps(cfg: Config, read: Callable[[str, Path], list[Record]]) ->
     if d.parsing_root:
         command.append(f"--parsing-root {d.parsing_root}")
     return Problem(
-        "mim.labels",
+        PARSE_KEY,
         cfg.mim.labels,
         f"{len(missing)} of {len(sample)} training images looked at have no parse map "
-        f"(e.g. {first}); write them with `{' '.join(command)}` (or sweeps/parse.py over "
+        f"(e.g. {first}); add `--parser <parser folder>` to this launch to parse them first "
+        f"(a chained job), or write them with `{' '.join(command)}` (or sweeps/parse.py over "
         "shards), or set mim.target=pixel or mim.target=none",
     )
 

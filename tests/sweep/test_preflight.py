@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from support.data_fixtures import cuhk_entries, make_cuhk
 from support.paths import REPO
+from support.slurm import run_launch
 from support.tiny import SYNTH_OVERRIDES
 
 from bilma.config import load_config
@@ -29,14 +29,7 @@ def cfg(**overrides):
 
 
 def launcher(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(REPO / "sweeps" / "launch.py"), *args],
-        cwd=cwd,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_launch(*args, cwd=cwd, timeout=120)
 
 
 def clip_folder(tmp_path: Path) -> Path:

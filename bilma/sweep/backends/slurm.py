@@ -101,6 +101,8 @@ class SlurmBackend(Backend):
         self.profile = profile  # a name in cluster/profiles/, or a file
         self.submits = submits  # False for --status and --dry-run: no sbatch needed
         self.status_command = status_command
+        # trial directory -> the job array its job waits on (afterok): `bilma.sweep.chain`
+        self.after: dict[Path, str] = {}
 
     def check(self, grid: Grid, trials: list[Trial]) -> None:
         """The profile loads (ProfileError names the file and the profiles there are), and
@@ -123,13 +125,17 @@ class SlurmBackend(Backend):
                 )
                 return 0
             ids = []
-            for piece in split(to_run, max_array_size()):
-                jobs = _submit_trials(piece, profile)
-                ids.append(str(jobs[0].job_id).split("_")[0])
-                for p, job in zip(piece, jobs, strict=True):
-                    # the log path follows from the id
-                    mark_submitted(p.dir, self.name, str(job.job_id))
-                    print(f"  {job.job_id}  {p.name}  ({p.dir.trial_id})")
+            groups: dict[str | None, list[Planned]] = {}  # one array per job waited on
+            for p in to_run:
+                groups.setdefault(self.after.get(p.dir.path), []).append(p)
+            for after, group in groups.items():
+                for piece in split(group, max_array_size()):
+                    jobs = _submit_trials(piece, profile, after)
+                    ids.append(str(jobs[0].job_id).split("_")[0])
+                    for p, job in zip(piece, jobs, strict=True):
+                        # the log path follows from the id
+                        mark_submitted(p.dir, self.name, str(job.job_id), after=after)
+                        print(f"  {job.job_id}  {p.name}  ({p.dir.trial_id})")
         what = f"{len(ids)} job arrays {', '.join(ids)}"
         if len(ids) == 1:
             what = f"job {ids[0]}" if len(to_run) == 1 else f"job array {ids[0]}"
@@ -171,8 +177,16 @@ class SlurmBackend(Backend):
         return "\nsbatch script of the array:\n\n" + sbatch_script(planned, self.profile)
 
 
-def _submit_trials(piece: list[Planned], profile: Profile) -> list[submitit.Job]:
+def _submit_trials(
+    piece: list[Planned], profile: Profile, after: str | None = None
+) -> list[submitit.Job]:
     params = profile.submitit_parameters()
+    if after:  # start once every task of `after` succeeded; cancelled at once if one fails
+        params["dependency"] = f"afterok:{after}"
+        params["additional_parameters"] = {
+            **params.get("additional_parameters", {}),
+            "kill_on_invalid_dep": "yes",  # else pending forever: DependencyNeverSatisfied
+        }
     # One thread per CPU the job was given: torch would otherwise use every core of the node.
     params["setup"] = ["export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}", *params.get("setup", [])]
     return submit_array(
@@ -257,6 +271,13 @@ def job_states(job_ids: list[str]) -> dict[str, str]:
         )
     states.update(_query(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(arrays)]))
     return {j: states.get(j, "unknown") for j in job_ids}
+
+
+def array_states(array: str) -> dict[str, str]:
+    """SLURM's state of each task of job array `array` ('12_0' -> 'FAILED', ...)."""
+    if shutil.which("sacct") is None:
+        return {}
+    return _query(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", array])
 
 
 def _slurm_jobs(planned: list[Planned]) -> dict[Path, str]:

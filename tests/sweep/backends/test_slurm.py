@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -17,43 +16,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import slurm as slurm_support
 from support.paths import REPO
+from support.slurm import run_launch
 from support.tiny import tiny_overrides
 
 from bilma.config import parse_override
 
+cluster, jobs = slurm_support.cluster, slurm_support.jobs  # the fixtures
 pytestmark = pytest.mark.slurm
 DEADLINE = 900  # seconds for a trial to finish: generous, the machine may be busy
-
-
-def _cluster_problem() -> str | None:
-    if shutil.which("sinfo") is None:
-        return "no SLURM client here (start one with `cluster/dev-slurm.sh start`)"
-    out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
-    states = set(out.stdout.split())
-    if out.returncode != 0 or not states & {"idle", "mixed", "allocated", "completing"}:
-        return f"SLURM is not up (sinfo: {out.stdout.strip() or out.stderr.strip()}); run `cluster/dev-slurm.sh start`"
-    if subprocess.run(["sacct", "-n", "-X", "-j", "1"], capture_output=True).returncode != 0:
-        return "SLURM accounting (sacct) does not answer; submitit needs it"
-    return None
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    problem = _cluster_problem()
-    if problem:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"SLURM tests need the local cluster: {problem}")
-        pytest.skip(problem)
-
-
-@pytest.fixture
-def jobs():
-    """Job ids a test submitted; cancelled at the end, whatever happened."""
-    ids: list[str] = []
-    yield ids
-    if ids:
-        subprocess.run(["scancel", *ids], capture_output=True)
 
 
 def settings(root: Path, tmp_path: Path, *extra: str) -> list[str]:
@@ -90,14 +62,7 @@ def write_profile(tmp_path: Path, **keys) -> Path:
 
 def launch(*args: str, cwd: Path, ids: list[str] | None = None, timeout=300) -> str:
     """Run sweeps/launch.py to its end (a SLURM launch submits and exits); its output."""
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "sweeps" / "launch.py"), *args],
-        cwd=cwd,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    proc = run_launch(*args, cwd=cwd, timeout=timeout)
     out = proc.stdout + proc.stderr
     if ids is not None:
         ids += sorted(set(re.findall(r"^\s+(\d+)(?:_\d+)?\s", out, re.MULTILINE)))
