@@ -55,6 +55,7 @@ clip-synth-study: setup
 study: clip-synth-study
 	$(BIN)/python sweeps/launch.py --grid synth_study --max-parallel 2
 	$(BIN)/python analysis/lookalike_readout.py --study synth-study --baseline IRRA --control "IRRA + attribute loss (positive control)" --out tables
+	$(BIN)/python analysis/branch_probe.py --study synth-study --out tables
 
 # The first laptop study (2026-11-30, README): the branch ablation on the look-alike pairs world
 # (15 trials), the knobs (4), pretrained vs scratch (6), their tables and the branch probe.
