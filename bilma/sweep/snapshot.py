@@ -30,7 +30,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -280,6 +280,23 @@ def setup_lines(trial_dir: Path) -> list[str]:
         f'export PYTHONPATH={_quote(path)}"${{PYTHONPATH:+:$PYTHONPATH}}"',
         "export PYTHONSAFEPATH=1",
     ]
+
+
+@contextmanager
+def in_snapshot(path: Path | None) -> Iterator[None]:
+    """In `path` (nothing without one), back where it was after: around `ray.init`, which
+    puts the driver's current directory first on every worker's path, before PYTHONPATH
+    (from a checkout, its `bilma` would win). Tune moves each trial into its own folder, so
+    the workers' start folder is nothing else to them."""
+    if path is None:
+        yield
+        return
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 def _quote(path: Path) -> str:

@@ -287,9 +287,9 @@ def write_grid(path: Path, study: str, overrides: list[str], seeds=(1, 2)) -> Pa
     return path
 
 
-def launcher(checkout: Path, *args: str) -> subprocess.Popen:
+def launcher(checkout: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
     """`python -m bilma sweep ARGS` run from `checkout`, importing that checkout's bilma."""
-    env = dict(os.environ, PYTHONPATH=str(checkout), PYTHONUNBUFFERED="1")
+    env = dict(env or os.environ, PYTHONPATH=str(checkout), PYTHONUNBUFFERED="1")
     return subprocess.Popen(
         [sys.executable, "-m", "bilma", "sweep", *args],
         cwd=checkout,
@@ -306,8 +306,8 @@ def assert_ran_snapshot(trial: Path) -> str:
     code = read_launch(trial).code
     assert code, f"{trial}/launch.json names no snapshot"
     prov = json.loads((trial / "provenance.json").read_text())
-    assert prov["code_snapshot"] == code
-    assert prov["code_path"] == str(trial.parent / ".code" / code / "bilma")
+    assert prov.get("code_snapshot") == code, f"{trial.name} did not import its snapshot"
+    assert prov.get("code_path") == str(trial.parent / ".code" / code / "bilma")
     return code
 
 
@@ -327,7 +327,7 @@ def test_local_trials_run_the_launched_code_after_the_checkout_breaks(synth_smal
     break_checkout(checkout)  # before the second trial's job starts
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
-    trials = sorted(p for p in study.iterdir() if (p / "config.yaml").is_file())
+    trials = sorted(p.parent for p in study.glob("*/config.yaml"))
     assert len(trials) == 2
     codes = {assert_ran_snapshot(t) for t in trials}
     assert len(codes) == 1 and f"code: snapshot {(code := codes.pop())}" in out
@@ -340,6 +340,22 @@ def test_local_trials_run_the_launched_code_after_the_checkout_breaks(synth_smal
     ).stdout
     assert table.splitlines()[0].split()[-2:] == ["code", "log"], table
     assert table.count(f" {code[:8]} ") == 2, table
+
+
+@pytest.mark.slow
+def test_ray_workers_import_the_snapshot_not_the_checkout_they_start_in(synth_small, tmp_path):
+    """Launched from the checkout's root (Ray puts the driver's folder first on every
+    worker's path): the trial's trainer still imports the snapshot."""
+    pytest.importorskip("ray")
+    checkout = throwaway_checkout(tmp_path / "repo")
+    sets = tiny_overrides(synth_small, tmp_path / "runs", "train.epochs=1")
+    grid = write_grid(tmp_path / "g.yaml", "frozen-ray", sets, seeds=(1,))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = launcher(checkout, "--grid", str(grid), "--backend", "ray", env=env)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out
+    (trial,) = (p.parent for p in (tmp_path / "runs" / "frozen-ray").glob("*/config.yaml"))
+    assert_ran_snapshot(trial)
 
 
 # ----------------------------------------------------------------------------- real SLURM
@@ -382,8 +398,7 @@ def test_held_slurm_jobs_run_the_submitted_snapshot(synth_small, tmp_path):
         assert states.count("PENDING") == 2 and "Held" in states, states  # held, not started
         break_checkout(checkout)
         subprocess.run(["scontrol", "release", job], check=True)
-        trials = sorted(p for p in (tmp_path / "runs" / study).iterdir() if p.name[0] != ".")
-        trials = [t for t in trials if (t / "config.yaml").is_file()]
+        trials = sorted(p.parent for p in (tmp_path / "runs" / study).glob("*/config.yaml"))
         assert len(trials) == 2
         deadline = time.time() + 900
         while time.time() < deadline:

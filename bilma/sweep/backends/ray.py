@@ -47,7 +47,7 @@ from bilma.sweep.backends.ray_trainable import record_failed, record_stopped, ru
 from bilma.sweep.expand import Grid, GridError, Trial
 from bilma.sweep.plan import Planned
 from bilma.sweep.search import Scheduler, Search, SearchError, check_optuna
-from bilma.sweep.snapshot import job_env
+from bilma.sweep.snapshot import in_snapshot, job_env, trial_snapshot
 from bilma.tracking.mirror import MlflowMirror
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class RayOptions:
     verbose: bool = False
     # More environment for the workers: the launch's code snapshot first on their path.
     env: dict[str, str] = field(default_factory=dict)
+    code: Path | None = None  # that snapshot's folder
 
 
 # ----------------------------------------------------------------------------- checks
@@ -199,7 +200,8 @@ def ray_session(opts: RayOptions) -> Iterator[str]:
     env.update(opts.env)
     address = opts.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=opts.verbose)
+        with in_snapshot(opts.code):
+            ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=opts.verbose)
         try:
             yield f"the Ray cluster at {address}"
         finally:
@@ -209,13 +211,14 @@ def ray_session(opts: RayOptions) -> Iterator[str]:
     os.environ.update(env)  # the local workers inherit this process's environment
     tmp = tempfile.mkdtemp(prefix="bilma-ray-")  # short: Ray's socket paths must stay < 108
     cpus = opts.num_cpus or int(os.environ.get("BILMA_RAY_NUM_CPUS") or 0) or os.cpu_count() or 1
-    ray.init(
-        num_cpus=cpus,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        _temp_dir=tmp,
-        log_to_driver=opts.verbose,
-    )
+    with in_snapshot(opts.code):
+        ray.init(
+            num_cpus=cpus,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            _temp_dir=tmp,
+            log_to_driver=opts.verbose,
+        )
     try:
         yield f"a local Ray on 127.0.0.1 with {cpus} CPUs"
     finally:
@@ -285,8 +288,10 @@ class RayBackend(Backend):
         # Tune runs every trial of the grid: done and stopped ones only report (see above).
         trials = [p.trial for p in planned]
         to_run = [p for p in planned if p.action.runs()]
-        env = job_env(to_run[0].dir.path) if to_run else {}  # the launch's code snapshot
-        return run_ray(grid, trials, parent_run_id, replace(self.options(), env=env))
+        code = trial_snapshot(to_run[0].dir.path) if to_run else None  # the launch's
+        env = job_env(to_run[0].dir.path) if to_run else {}
+        opts = replace(self.options(), env=env, code=code)
+        return run_ray(grid, trials, parent_run_id, opts)
 
 
 def run_ray(
