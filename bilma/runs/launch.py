@@ -42,6 +42,7 @@ class Launch:
     parent_run_id: str | None = None
     tracking: dict[str, Any] = field(default_factory=dict)
     launched: float = 0.0
+    code: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in LAUNCH_FIELDS}
@@ -60,6 +61,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "parent_run_id": (str, type(None)),
     "tracking": (dict,),
     "launched": (int, float),
+    "code": (str, type(None)),
 }
 assert tuple(_TYPES) == LAUNCH_FIELDS
 

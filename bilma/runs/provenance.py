@@ -5,6 +5,7 @@ Nothing here fails: a field that cannot be learned (no git checkout, no SLURM) i
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
@@ -15,6 +16,8 @@ from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from bilma.runs.schema import CODE_MANIFEST
 
 
 def _git(folder: Path, *args: str) -> str | None:
@@ -39,6 +42,26 @@ def git_info(folder: str | Path | None = None) -> dict[str, Any]:
         return {"git_commit": None, "git_dirty": None}
     status = _git(folder, "status", "--porcelain")
     return {"git_commit": commit.strip(), "git_dirty": None if status is None else bool(status)}
+
+
+def code_info(package: str | Path | None = None) -> dict[str, Any]:
+    """The code snapshot this process imported (`bilma.sweep.snapshot`): its id, where it is,
+    and the commit, dirty flag and diff hash its manifest recorded when it was made (a
+    snapshot holds no git checkout). {} when the package is not a snapshot's."""
+    package = Path(package) if package is not None else Path(__file__).resolve().parents[1]
+    try:
+        manifest = json.loads((package.parent / CODE_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(manifest, dict):
+        return {}
+    return {
+        "code_snapshot": manifest.get("id"),
+        "code_path": str(package),
+        "git_commit": manifest.get("commit"),
+        "git_dirty": manifest.get("dirty"),
+        "git_diff_sha256": manifest.get("diff_sha256"),
+    }
 
 
 def slurm_job_id() -> str | None:
@@ -75,6 +98,7 @@ def collect_provenance() -> dict[str, Any]:
     """Where and with what this process runs: never fails, fields it cannot learn are None."""
     return {
         **git_info(),
+        **code_info(),  # a snapshot's commit and diff instead of none (it has no .git)
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
         "python": platform.python_version(),

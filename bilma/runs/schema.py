@@ -62,6 +62,10 @@ BEST_CKPT = "best.pt"  # the selected checkpoint
 BEST_CANDIDATE = "best.next.pt"  # a new best, renamed to best.pt once last.pt names its epoch
 LOCK_FILE = ".lock"  # flock held by the trainer while it trains (bilma.runs.lock)
 CLAIM_FILE = ".claim"  # flock held by a launcher while it re-reads and submits the trial
+# A study's frozen code (bilma.sweep.snapshot): runs/<study>/.code/<id>/bilma/..., and beside
+# the package the snapshot's manifest (commit, dirty, git diff, created), read by provenance.
+CODE_DIR = ".code"
+CODE_MANIFEST = "snapshot.json"
 
 # ----------------------------------------------------------------------------- fields
 
@@ -145,6 +149,7 @@ LAUNCH_FIELDS = (
     "parent_run_id",  # the sweep's MLflow parent run
     "tracking",  # {"enabled", "uri"}: the launching command's, which win over config.yaml's
     "launched",  # unix time
+    "code",  # the id of the code snapshot its jobs import (runs/<study>/.code/<id>); None: none
 )
 
 # ----------------------------------------------------------------------------- MLflow

@@ -73,6 +73,12 @@ def build_parser(prog: str = "python sweeps/launch.py") -> argparse.ArgumentPars
         action="store_true",
         help="skip the check of datasets, weights and parse maps (data only compute nodes see)",
     )
+    p.add_argument(
+        "--no-snapshot",
+        action="store_true",
+        help="jobs import the code on disk when they start, not a copy made at launch "
+        "(runs/<study>/.code/): for developing; an edit then reaches queued trials",
+    )
     add_override_args(p)  # every trial's: `k=v` or `--set k=v`
     p.add_argument("--ray-address", default=None, help="ray: a running cluster (or $RAY_ADDRESS)")
     p.add_argument("--cpus-per-trial", type=float, default=None, help="ray (default 1 or profile)")
@@ -182,7 +188,11 @@ def _run(args: argparse.Namespace) -> int:
         stuck = any(p.action in (Action.SKIP_FAILED, Action.SKIP_UNREADABLE) for p in planned)
         print("nothing to submit: every trial is done" + (" or failed" if stuck else ""))
         return 1 if stuck else 0
-    parent = prepare(grid, planned)
+    from bilma.sweep.snapshot import for_launch
+
+    # The code the launch's jobs import, whatever is edited on disk while they wait.
+    snap = for_launch(planned, enabled=backend.snapshots and not args.no_snapshot)
+    parent = prepare(grid, planned, code=snap.id if snap else None)
     code = chain.submit(backend, grid, planned, parent, steps, args)  # parse steps first
     if not backend.waits:
         return code  # queued: the parent run stays open, --status follows the trials

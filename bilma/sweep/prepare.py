@@ -24,9 +24,12 @@ from bilma.sweep.plan import Planned
 log = logging.getLogger(__name__)
 
 
-def prepare(grid: Grid, planned: list[Planned], tracking: bool = True) -> str | None:
-    """Shared data, the MLflow experiment and parent run, each trial's directory. Returns the
-    parent run id (None without MLflow)."""
+def prepare(
+    grid: Grid, planned: list[Planned], tracking: bool = True, code: str | None = None
+) -> str | None:
+    """Shared data, the MLflow experiment and parent run, each trial's directory (`code`: the
+    id of the code snapshot its jobs import, recorded in launch.json). Returns the parent run
+    id (None without MLflow)."""
     from bilma.data.synth_cache import ensure_synthetic
 
     to_run = [p for p in planned if p.action.runs()]
@@ -52,7 +55,8 @@ def prepare(grid: Grid, planned: list[Planned], tracking: bool = True) -> str | 
             "enabled": p.trial.config.tracking.enabled and tracking,
             "uri": p.trial.config.tracking.uri,
         }
-        write_launch(p.dir.path, p.trial.launch(str(grid.path), parent, settings))
+        launch = p.trial.launch(str(grid.path), parent, settings)
+        write_launch(p.dir.path, dataclasses.replace(launch, code=code))
     return parent
 
 

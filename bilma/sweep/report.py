@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bilma.runs.launch import read_launch
 from bilma.runs.reading import UNREADABLE, read_result, read_status
 from bilma.runs.schema import TrialState
 from bilma.sweep.plan import Action, Planned
+from bilma.sweep.snapshot import short
 
 NEW = "new"  # the state column of a trial with no status.json yet
 
@@ -65,6 +67,11 @@ def status_table(
     header = ["variant", "seed", "trial", "state", "attempts", "R1", "log"]
     if jobs:
         header.insert(4, job_column)
+    codes = [short(read_launch(p.dir.path).code) for p in planned]
+    if any(codes):  # the code snapshot each trial's jobs import (bilma.sweep.snapshot)
+        header.insert(-1, "code")
+        for row, code in zip(rows, codes, strict=True):
+            row.insert(-1, code)
     return _table(header, rows)
 
 

@@ -31,6 +31,9 @@ class Backend(Protocol):
     # Whether `submit` returns once the trials have ended (the launcher then closes the MLflow
     # parent run and prints the study's table), or once they are queued (SLURM).
     waits: bool = True
+    # Whether its trials' jobs import the launch's code snapshot (`bilma.sweep.snapshot`);
+    # False for one that runs them in the launcher's own process.
+    snapshots: bool = True
 
     def check(self, grid: Grid, trials: list[Trial]) -> None:
         """Raise a `bilma.errors.BilmaError` for whatever would refuse the launch (no SLURM,

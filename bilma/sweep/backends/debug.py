@@ -14,6 +14,7 @@ from bilma.sweep.plan import Action, Planned, claimed, mark_submitted
 
 class DebugBackend(Backend):
     name = "debug"
+    snapshots = False  # its trials run in the launcher's process, on the code it imported
 
     def check(self, grid: Grid, trials: list[Trial]) -> None:
         """Nothing refuses a debug launch up front."""

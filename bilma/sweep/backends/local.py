@@ -26,6 +26,7 @@ from bilma.sweep.expand import Grid, Trial
 from bilma.sweep.follow import Follower
 from bilma.sweep.job import TrialJob
 from bilma.sweep.plan import Action, Planned, claimed, mark_submitted, pid_alive
+from bilma.sweep.snapshot import job_environment
 from bilma.sweep.view import ProgressView
 
 log = logging.getLogger(__name__)
@@ -106,15 +107,16 @@ def _run(
                     # Each timeout requeues and resumes; only a trial that makes no progress
                     # at all would need more than 30 slots. `trap '' INT`: the job and the
                     # trainer inherit an ignored SIGINT.
-                    job = submit_local(
-                        p.dir.path / "logs",
-                        TrialJob(p.dir.path),
-                        threads,
-                        max_num_timeout=30,
-                        timeout_min=timeout_min,
-                        signal_delay_s=min(signal_delay_s, int(timeout_min * 30)),
-                        setup=["trap '' INT"],
-                    )
+                    with job_environment(p.dir.path):  # its code snapshot first on its path
+                        job = submit_local(
+                            p.dir.path / "logs",
+                            TrialJob(p.dir.path),
+                            threads,
+                            max_num_timeout=30,
+                            timeout_min=timeout_min,
+                            signal_delay_s=min(signal_delay_s, int(timeout_min * 30)),
+                            setup=["trap '' INT"],
+                        )
                     mark_submitted(p.dir, LocalBackend.name, job.job_id, int(job.job_id))
                 running[p.dir.path] = (p, job)
                 follower.wake()  # its status.json changed: show it at once

@@ -32,7 +32,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from bilma.sweep.backends.ray_trainable import record_failed, record_stopped, ru
 from bilma.sweep.expand import Grid, GridError, Trial
 from bilma.sweep.plan import Planned
 from bilma.sweep.search import Scheduler, Search, SearchError, check_optuna
+from bilma.sweep.snapshot import in_snapshot, job_env, trial_snapshot
 from bilma.tracking.mirror import MlflowMirror
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,9 @@ class RayOptions:
     gpus_per_trial: float = 0.0
     num_cpus: int | None = None  # local Ray only (default: every core)
     verbose: bool = False
+    # More environment for the workers: the launch's code snapshot first on their path.
+    env: dict[str, str] = field(default_factory=dict)
+    code: Path | None = None  # that snapshot's folder
 
 
 # ----------------------------------------------------------------------------- checks
@@ -187,15 +191,17 @@ def ray_session(opts: RayOptions) -> Iterator[str]:
     """Connect to a running Ray, or start a local one on 127.0.0.1 (shut down at the end)."""
     import ray
 
-    # Workers import the installed bilma, like the driver: nothing of a checkout goes on
-    # their path (a worker importing another copy of the code would train something else).
+    # Workers import the launch's code snapshot (opts.env) or else the installed bilma, like
+    # the driver: no other checkout goes on their path (another copy trains something else).
     env = {}
     for key in ("HF_HUB_OFFLINE", "MLFLOW_TRACKING_URI"):
         if os.environ.get(key):
             env[key] = os.environ[key]
+    env.update(opts.env)
     address = opts.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=opts.verbose)
+        with in_snapshot(opts.code):
+            ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=opts.verbose)
         try:
             yield f"the Ray cluster at {address}"
         finally:
@@ -205,13 +211,14 @@ def ray_session(opts: RayOptions) -> Iterator[str]:
     os.environ.update(env)  # the local workers inherit this process's environment
     tmp = tempfile.mkdtemp(prefix="bilma-ray-")  # short: Ray's socket paths must stay < 108
     cpus = opts.num_cpus or int(os.environ.get("BILMA_RAY_NUM_CPUS") or 0) or os.cpu_count() or 1
-    ray.init(
-        num_cpus=cpus,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        _temp_dir=tmp,
-        log_to_driver=opts.verbose,
-    )
+    with in_snapshot(opts.code):
+        ray.init(
+            num_cpus=cpus,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            _temp_dir=tmp,
+            log_to_driver=opts.verbose,
+        )
     try:
         yield f"a local Ray on 127.0.0.1 with {cpus} CPUs"
     finally:
@@ -280,7 +287,11 @@ class RayBackend(Backend):
     def submit(self, grid: Grid, planned: list[Planned], parent_run_id: str | None) -> int:
         # Tune runs every trial of the grid: done and stopped ones only report (see above).
         trials = [p.trial for p in planned]
-        return run_ray(grid, trials, parent_run_id, self.options())
+        to_run = [p for p in planned if p.action.runs()]
+        code = trial_snapshot(to_run[0].dir.path) if to_run else None  # the launch's
+        env = job_env(to_run[0].dir.path) if to_run else {}
+        opts = replace(self.options(), env=env, code=code)
+        return run_ray(grid, trials, parent_run_id, opts)
 
 
 def run_ray(

@@ -27,6 +27,7 @@ from bilma.sweep.backends.profiles import Profile, ProfileError, load_profile, r
 from bilma.sweep.expand import Grid, Trial
 from bilma.sweep.job import TrialJob
 from bilma.sweep.plan import Action, Planned, claimed, mark_submitted
+from bilma.sweep.snapshot import setup_lines
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
 
@@ -189,6 +190,8 @@ def _submit_trials(
         }
     # One thread per CPU the job was given: torch would otherwise use every core of the node.
     params["setup"] = ["export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}", *params.get("setup", [])]
+    # The launch's code snapshot first on the path: every task and requeue imports it.
+    params["setup"] += setup_lines(piece[0].dir.path)
     return submit_array(
         _folder(piece),
         profile,

@@ -7,38 +7,16 @@ that copy, so no process is started.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from types import SimpleNamespace
 
 import submitit
+from support.executors import RecordingExecutor as _RecordingExecutor
 
 from bilma.runs.trial_dir import TrialDir
 from bilma.sweep.backends import local as launcher
 from bilma.sweep.plan import Action, Planned
 
 SUBMIT = Action.SUBMIT
-
-
-class _RecordingExecutor:
-    """Stands in for submitit.LocalExecutor: keeps the environment seen at submit time."""
-
-    seen: list[dict[str, str]] = []
-
-    def __init__(self, folder: Path, max_num_timeout: int) -> None:
-        self.folder = folder
-
-    def update_parameters(self, **params) -> None:
-        self.params = params
-
-    def submit(self, fn) -> SimpleNamespace:
-        _RecordingExecutor.seen.append(dict(os.environ))
-        # A job that has already ended, with a pid no process has (above PID_MAX_LIMIT).
-        return SimpleNamespace(
-            job_id=str(2**22 + 1),
-            done=lambda: True,
-            state="FAILED",
-            paths=SimpleNamespace(stderr=self.folder / "job.err"),
-        )
 
 
 def test_local_jobs_get_their_threads_and_none_of_the_launchers_job(tmp_path, monkeypatch, capsys):
