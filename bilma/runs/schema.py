@@ -83,6 +83,7 @@ STATUS_FIELDS = (
     "traceback",
     "stopped_epoch",
     "stop_reason",
+    "reused_from",  # the study whose finished trial of the same id this one reuses
 )
 
 # result.json: test metrics of the selected checkpoint and how it was selected.
@@ -106,6 +107,7 @@ RESULT_FIELDS = (
     "train_seconds",
     "chance_R1",  # Rank-1 of a random ranking of the test gallery (100 / identities)
     "finished",
+    "reused_from",  # set when the result is another study's, not trained here (bilma.runs.reuse)
 )
 # progress.json: rewritten by the running trainer every few seconds (no fsync: a view for the
 # launcher's progress display, never read to resume).
@@ -165,7 +167,11 @@ TAG_BEST_TRIAL_ID = "best_trial_id"
 # "model training" kind (the runs table); without the tag it may open the GenAI traces page.
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
-TAG_NOTE = "mlflow.note.content"  # an experiment's (or run's) description, Markdown
+TAG_NOTE = "mlflow.note.content"
+# A trial reused from another study's finished trial of the same id (bilma.runs.reuse): its
+# run carries the study it was trained in.
+REUSED_FROM = "reused_from"  # also the field of status.json and result.json
+TAG_REUSED_FROM = REUSED_FROM  # an experiment's (or run's) description, Markdown
 
 # The MLflow run status that shows each state.
 MLFLOW_STATUS = {

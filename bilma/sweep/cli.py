@@ -68,6 +68,11 @@ def build_parser(prog: str = "python sweeps/launch.py") -> argparse.ArgumentPars
         help="keep finished trials trained with other values instead of training the plan's",
     )
     p.add_argument(
+        "--no-reuse",
+        action="store_true",
+        help="train trials that another study under the same runs folder has finished",
+    )
+    p.add_argument(
         "--no-preflight",
         action="store_true",
         help="skip the check of datasets, weights and parse maps (data only compute nodes see)",
@@ -120,6 +125,7 @@ def _run(args: argparse.Namespace) -> int:
     from bilma.sweep.preflight import raise_problems
     from bilma.sweep.preflight import report as preflight_report
     from bilma.sweep.prepare import finish_parent, prepare, rename_skipped
+    from bilma.sweep.reuse import apply_reuse, mirror_reused, plan_reuse
 
     grid = load_grid(args.grid, args.overrides)
     trials, dropped = expand_report(grid)  # validates every trial before anything runs
@@ -142,6 +148,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  {line}", file=sys.stderr)
     elif changed:
         resolve_changed(changed, args.changed)
+    plan_reuse(planned, enabled=not args.no_reuse)  # trials another study finished or runs
     if args.status:
         views = {b.name: b.status(planned) for b in ran_by}
         views = {name: view for name, view in views.items() if view}
@@ -171,11 +178,16 @@ def _run(args: argparse.Namespace) -> int:
     check_trial_configs(planned)
     for line in rename_skipped(grid, planned):
         print(line)
+    reused = apply_reuse(grid, planned)
     if not any(p.action.runs() or p.action is Action.SKIP_RUNNING for p in planned):
+        mirror_reused(grid, reused, None)
         stuck = any(p.action in (Action.SKIP_FAILED, Action.SKIP_UNREADABLE) for p in planned)
-        print("nothing to submit: every trial is done" + (" or failed" if stuck else ""))
+        elsewhere = any(p.action is Action.SKIP_ELSEWHERE for p in planned)
+        print("nothing to submit: every trial is done" + (" or failed" if stuck else "")
+              + (" or runs in another study" if elsewhere else ""))  # fmt: skip
         return 1 if stuck else 0
     parent = prepare(grid, planned)
+    mirror_reused(grid, reused, parent)
     code = backend.submit(grid, planned, parent)
     if not backend.waits:
         return code  # queued: the parent run stays open, --status follows the trials

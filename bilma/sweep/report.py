@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bilma.runs.reading import UNREADABLE, read_result, read_status
-from bilma.runs.schema import TrialState
+from bilma.runs.schema import REUSED_FROM, TrialState
 from bilma.sweep.plan import Action, Planned
 
 NEW = "new"  # the state column of a trial with no status.json yet
@@ -48,6 +48,8 @@ def status_table(
             state = TrialState.RUNNING
         if problem or state == UNREADABLE:  # the reason instead of a state
             state = problem or status["error"]
+        elif status.get(REUSED_FROM):  # bilma.sweep.reuse: trained in that study
+            state = f"{state} (reused from {status[REUSED_FROM]})"
         r1 = f"{result['metrics']['R1']:.2f}" if result else ""
         rows.append(
             [
