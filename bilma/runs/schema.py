@@ -62,6 +62,9 @@ BEST_CKPT = "best.pt"  # the selected checkpoint
 BEST_CANDIDATE = "best.next.pt"  # a new best, renamed to best.pt once last.pt names its epoch
 LOCK_FILE = ".lock"  # flock held by the trainer while it trains (bilma.runs.lock)
 CLAIM_FILE = ".claim"  # flock held by a launcher while it re-reads and submits the trial
+# In a study's folder (runs/<study>/), not a trial's: the launch's webhook, trials and the
+# events sent (bilma.sweep.notify).
+NOTIFY_FILE = "notify.json"
 
 # ----------------------------------------------------------------------------- fields
 

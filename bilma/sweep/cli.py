@@ -73,6 +73,13 @@ def build_parser(prog: str = "python sweeps/launch.py") -> argparse.ArgumentPars
         help="train trials that another study under the same runs folder has finished",
     )
     p.add_argument(
+        "--notify",
+        metavar="URL",
+        default=os.environ.get("BILMA_NOTIFY_URL") or None,
+        help="webhook: a JSON POST at the study's first failure and at its end "
+        "(default: $BILMA_NOTIFY_URL)",
+    )
+    p.add_argument(
         "--no-preflight",
         action="store_true",
         help="skip the check of datasets, weights and parse maps (data only compute nodes see)",
@@ -110,7 +117,7 @@ def main(argv: list[str] | None = None, prog: str = "python sweeps/launch.py") -
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bilma.sweep import report
+    from bilma.sweep import notify, report
     from bilma.sweep.expand import expand_report, load_grid
     from bilma.sweep.plan import (
         Action,
@@ -127,6 +134,8 @@ def _run(args: argparse.Namespace) -> int:
     from bilma.sweep.prepare import finish_parent, prepare, rename_skipped
     from bilma.sweep.reuse import apply_reuse, mirror_reused, plan_reuse
 
+    if args.notify:
+        notify.check_url(args.notify)  # a bad URL: one error line before anything runs
     grid = load_grid(args.grid, args.overrides)
     trials, dropped = expand_report(grid)  # validates every trial before anything runs
     backend = BACKENDS[args.backend](args)
@@ -188,9 +197,15 @@ def _run(args: argparse.Namespace) -> int:
         return 1 if stuck else 0
     parent = prepare(grid, planned)
     mirror_reused(grid, reused, parent)
+    study_dir = planned[0].dir.path.parent
+    follows = [
+        p.dir.trial_id for p in planned if p.action.runs() or p.action is Action.SKIP_RUNNING
+    ]
+    notify.arm(args.notify, study_dir, str(grid.path), follows)  # bilma.sweep.notify
     code = backend.submit(grid, planned, parent)
     if not backend.waits:
         return code  # queued: the parent run stays open, --status follows the trials
+    notify.check(study_dir)  # what the jobs could not send (a killed job, Ray's trials)
     if code != 130:
         finish_parent(trials[0].config, parent, failed=code != 0)
     print(report.status_table(plan(trials)))
