@@ -123,14 +123,17 @@ def _due(study_dir: Path, ended: str | None) -> list[tuple[str, dict[str, Any]]]
 
 
 def _state(d: TrialDir, own: bool) -> tuple[TrialState | None, bool]:
-    """(the trial's state, whether its process or job still runs); a trial's own job, which
-    calls this at its end, is not counted as running."""
+    """(the trial's state, whether it goes on): an interrupted trial whose job still runs is
+    being requeued, unless that job is the caller's own, which calls this at its end. Done,
+    failed and stopped are ended whatever job recorded them (trials packed in one job share
+    it: `trials_per_job`)."""
     from bilma.sweep.plan import is_running
 
     result, _ = read_result(d)
     status = read_status(d)
     state = TrialState.DONE if result is not None else TrialState.parse(status.get("state"))
-    return state, not own and state is not TrialState.DONE and is_running(d, status)
+    goes_on = state is TrialState.INTERRUPTED and not own and is_running(d, status)
+    return state, goes_on
 
 
 def _describe(d: TrialDir) -> dict[str, Any]:

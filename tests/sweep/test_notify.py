@@ -155,6 +155,14 @@ def test_a_running_trial_holds_the_end_back_but_its_own_job_does_not(tmp_path, h
     assert notify.check(t0.path.parent, ended="t0") == ["end"]
 
 
+def test_a_failed_trial_whose_job_goes_on_does_not_hold_the_end_back(tmp_path, hook):
+    # trials_per_job: a failed trial's job runs the next trial of its pack
+    t0, t1 = study(tmp_path, hook.url, n=2)
+    t0.set_status("failed", pid=os.getpid(), error="bug")
+    t1.set_status("done")
+    assert notify.check(t0.path.parent, ended="t1") == ["failure", "end"]
+
+
 def test_no_url_removes_the_study_setting_and_sends_nothing(tmp_path, hook):
     (t0,) = study(tmp_path, hook.url, n=1)
     notify.arm(None, t0.path.parent, "g", ["t0"])
