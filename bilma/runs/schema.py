@@ -66,6 +66,9 @@ CLAIM_FILE = ".claim"  # flock held by a launcher while it re-reads and submits 
 # the package the snapshot's manifest (commit, dirty, git diff, created), read by provenance.
 CODE_DIR = ".code"
 CODE_MANIFEST = "snapshot.json"
+# In a study's folder (runs/<study>/), not a trial's: the launch's webhook, trials and the
+# events sent (bilma.sweep.notify).
+NOTIFY_FILE = "notify.json"
 
 # ----------------------------------------------------------------------------- fields
 
@@ -88,6 +91,7 @@ STATUS_FIELDS = (
     "stopped_epoch",
     "stop_reason",
     "after_job",  # the job this trial's job waits on (SLURM afterok: its parse array), or null
+    "reused_from",  # the study whose finished trial of the same id this one reuses
 )
 STATUS_AFTER_JOB = "after_job"
 
@@ -119,6 +123,7 @@ RESULT_FIELDS = (
     "train_seconds",
     "chance_R1",  # Rank-1 of a random ranking of the test gallery (100 / identities)
     "finished",
+    "reused_from",  # set when the result is another study's, not trained here (bilma.runs.reuse)
 )
 # progress.json: rewritten by the running trainer every few seconds (no fsync: a view for the
 # launcher's progress display, never read to resume).
@@ -179,7 +184,11 @@ TAG_BEST_TRIAL_ID = "best_trial_id"
 # "model training" kind (the runs table); without the tag it may open the GenAI traces page.
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND_TRAINING = "custom_model_development"
-TAG_NOTE = "mlflow.note.content"  # an experiment's (or run's) description, Markdown
+TAG_NOTE = "mlflow.note.content"
+# A trial reused from another study's finished trial of the same id (bilma.runs.reuse): its
+# run carries the study it was trained in.
+REUSED_FROM = "reused_from"  # also the field of status.json and result.json
+TAG_REUSED_FROM = REUSED_FROM  # an experiment's (or run's) description, Markdown
 
 # The MLflow run status that shows each state.
 MLFLOW_STATUS = {

@@ -69,6 +69,18 @@ def build_parser(prog: str = "python sweeps/launch.py") -> argparse.ArgumentPars
         help="keep finished trials trained with other values instead of training the plan's",
     )
     p.add_argument(
+        "--no-reuse",
+        action="store_true",
+        help="train trials that another study under the same runs folder has finished",
+    )
+    p.add_argument(
+        "--notify",
+        metavar="URL",
+        default=os.environ.get("BILMA_NOTIFY_URL") or None,
+        help="webhook: a JSON POST at the study's first failure and at its end "
+        "(default: $BILMA_NOTIFY_URL)",
+    )
+    p.add_argument(
         "--no-preflight",
         action="store_true",
         help="skip the check of datasets, weights and parse maps (data only compute nodes see)",
@@ -113,7 +125,7 @@ def main(argv: list[str] | None = None, prog: str = "python sweeps/launch.py") -
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bilma.sweep import report
+    from bilma.sweep import notify, report
     from bilma.sweep.expand import expand_report, load_grid
     from bilma.sweep.plan import (
         Action,
@@ -128,7 +140,10 @@ def _run(args: argparse.Namespace) -> int:
     from bilma.sweep.preflight import raise_problems
     from bilma.sweep.preflight import report as preflight_report
     from bilma.sweep.prepare import finish_parent, prepare, rename_skipped
+    from bilma.sweep.reuse import apply_reuse, mirror_reused, plan_reuse
 
+    if args.notify:
+        notify.check_url(args.notify)  # a bad URL: one error line before anything runs
     grid = load_grid(args.grid, args.overrides)
     trials, dropped = expand_report(grid)  # validates every trial before anything runs
     backend = BACKENDS[args.backend](args)
@@ -151,6 +166,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  {line}", file=sys.stderr)
     elif changed:
         resolve_changed(changed, args.changed)
+    plan_reuse(planned, enabled=not args.no_reuse)  # trials another study finished or runs
     if args.status:
         views = {b.name: b.status(planned) for b in ran_by}
         views = {name: view for name, view in views.items() if view}
@@ -184,18 +200,29 @@ def _run(args: argparse.Namespace) -> int:
     check_trial_configs(planned)
     for line in rename_skipped(grid, planned):
         print(line)
+    reused = apply_reuse(grid, planned)
     if not any(p.action.runs() or p.action is Action.SKIP_RUNNING for p in planned):
+        mirror_reused(grid, reused, None)
         stuck = any(p.action in (Action.SKIP_FAILED, Action.SKIP_UNREADABLE) for p in planned)
-        print("nothing to submit: every trial is done" + (" or failed" if stuck else ""))
+        elsewhere = any(p.action is Action.SKIP_ELSEWHERE for p in planned)
+        print("nothing to submit: every trial is done" + (" or failed" if stuck else "")
+              + (" or runs in another study" if elsewhere else ""))  # fmt: skip
         return 1 if stuck else 0
     from bilma.sweep.snapshot import for_launch
 
     # The code the launch's jobs import, whatever is edited on disk while they wait.
     snap = for_launch(planned, enabled=backend.snapshots and not args.no_snapshot)
     parent = prepare(grid, planned, code=snap.id if snap else None)
+    mirror_reused(grid, reused, parent)
+    study_dir = planned[0].dir.path.parent
+    follows = [
+        p.dir.trial_id for p in planned if p.action.runs() or p.action is Action.SKIP_RUNNING
+    ]
+    notify.arm(args.notify, study_dir, str(grid.path), follows)  # bilma.sweep.notify
     code = chain.submit(backend, grid, planned, parent, steps, args)  # parse steps first
     if not backend.waits:
         return code  # queued: the parent run stays open, --status follows the trials
+    notify.check(study_dir)  # what the jobs could not send (a killed job, Ray's trials)
     if code != 130:
         finish_parent(trials[0].config, parent, failed=code != 0)
     print(report.status_table(plan(trials)))

@@ -40,13 +40,20 @@ class TrialJob(submitit.helpers.Checkpointable):
         trial = TrialDir(Path(self.trial_dir))
         launch = trial.read_launch()
         cfg = with_tracking(trial.read_config(), launch)
+        requeued = False
         try:
             return train(cfg, parent_run_id=launch.parent_run_id)
         except Interrupted as e:
             if e.signum == signal.SIGUSR2 and _submitit_handles(signal.SIGUSR2):
                 # submitit's handler: checkpoint (this object) and requeue, then exit.
+                requeued = True
                 signal.raise_signal(signal.SIGUSR2)
             raise TrialInterrupted(str(e)) from None
+        finally:
+            if not requeued:  # the trial ended here: the study's webhook, if one is set
+                from bilma.sweep.notify import check
+
+                check(trial.path.parent, ended=trial.trial_id)
 
 
 def _submitit_handles(signum: int) -> bool:

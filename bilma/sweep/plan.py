@@ -47,6 +47,10 @@ class Action(str, Enum):
     SKIP_RUNNING = "running"  # its trainer or job is alive: follow it
     SKIP_FAILED = "failed"  # failed: left alone without --retry-failed
     SKIP_UNREADABLE = UNREADABLE  # its status.json or result.json cannot be read
+    # Another study holds the same trial id (bilma.sweep.reuse): done there, so recorded here
+    # without training; or running there now, so not started a second time.
+    REUSE = "reuse"
+    SKIP_ELSEWHERE = "running in another study"
 
     def __str__(self) -> str:
         return self.value
@@ -65,6 +69,7 @@ class Planned:
     action: Action
     note: str = ""
     backend: str | None = None  # the backend that submitted it last (status.json), if any
+    source: TrialDir | None = None  # REUSE, SKIP_ELSEWHERE: the other study's directory
 
     def __post_init__(self) -> None:
         self.action = Action(self.action)
@@ -168,7 +173,9 @@ def summary(planned: list[Planned]) -> str:
         parts.append(f"{c[Action.SKIP_FAILED]} failed (use --retry-failed)")
     if c[Action.SKIP_UNREADABLE]:
         parts.append(f"{c[Action.SKIP_UNREADABLE]} unreadable (left alone)")
-    return ", ".join(parts)
+    from bilma.sweep.reuse import reuse_summary
+
+    return ", ".join(parts + reuse_summary(planned))
 
 
 def data_root_warnings(planned: list[Planned]) -> list[str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from bilma.runs.launch import read_launch
 from bilma.runs.reading import UNREADABLE, read_result, read_status
-from bilma.runs.schema import TrialState
+from bilma.runs.schema import REUSED_FROM, TrialState
 from bilma.sweep.plan import Action, Planned
 from bilma.sweep.snapshot import short
 
@@ -50,6 +50,8 @@ def status_table(
             state = TrialState.RUNNING
         if problem or state == UNREADABLE:  # the reason instead of a state
             state = problem or status["error"]
+        elif status.get(REUSED_FROM):  # bilma.sweep.reuse: trained in that study
+            state = f"{state} (reused from {status[REUSED_FROM]})"
         r1 = f"{result['metrics']['R1']:.2f}" if result else ""
         rows.append(
             [

@@ -12,7 +12,8 @@ while training and again (idempotently) from `python -m bilma sync` (`bilma.trac
   `bilma.tracking.parent`), mlflow.runName "s<seed> <variant>" (`run_label`: the seed first,
   so the runs table shows it), mlflow.parentRunId under a sweep; selection_split /
   selection_metric / selection_epoch once done; stopped_early=true for a trial stopped early
-  on purpose (`TrialState.STOPPED`); state_updated (status.json "updated" of the state shown:
+  on purpose (`TrialState.STOPPED`); reused_from=<study> for a trial another study trained
+  (`bilma.runs.reuse`); state_updated (status.json "updated" of the state shown:
   `sync` from another copy of the trial never replaces a newer state);
 - params: the flattened resolved config (strings as they are, everything else as JSON:
   `true`, `null`, `[384, 128]`, so `yaml.safe_load(param)` gives the value back);
@@ -44,6 +45,7 @@ from bilma.fileio import atomic_write_json
 from bilma.runs import schema
 from bilma.runs.lock import live_state
 from bilma.runs.provenance import git_info, slurm_job_id
+from bilma.runs.reuse import reused_from
 from bilma.runs.schema import MLFLOW_STATUS, RECORD_FIELDS, TrialState
 from bilma.runs.trial_dir import TrialDir, read_json
 from bilma.tracking.store import ensure_experiment, mlflow_client, resolve_uri
@@ -448,6 +450,8 @@ class MlflowMirror:
             schema.TAG_RUN_NAME: run_name(cfg, launch.variant),
         }
         tags[schema.TAG_SLURM_JOB_ID] = job or ""
+        if study := reused_from(self.trial):  # trained in that study (bilma.runs.reuse)
+            tags[schema.TAG_REUSED_FROM] = study
         if parent:
             tags[schema.TAG_PARENT_RUN] = parent
         return tags

@@ -36,6 +36,47 @@ def tiny_overrides(root, runs, *extra: str) -> list[str]:
     ]
 
 
+# IRRA against BiLMa: the two variants of the launcher's tests.
+TWO_VARIANTS = {
+    "IRRA": {"loss.mlm_weight": 1.0, "loss.mim_weight": 0},
+    "BiLMa": {"loss.mlm_weight": 1.0, "loss.mim_weight": 1.0},
+}
+
+
+def tiny_grid(
+    tmp_path, root, seeds: list[int], variants: dict | None = None, study: str = "launch-test",
+    name: str = "g.yaml",
+):  # fmt: skip
+    """A grid file of tiny 1-epoch trials (2 steps) under tmp_path/runs, mirrored to the
+    SQLite store tmp_path/mlflow.db; its path."""
+    import yaml
+
+    from bilma.config import parse_override
+    from support.paths import REPO
+
+    overrides = tiny_overrides(
+        root,
+        tmp_path / "runs",
+        "train.epochs=1",
+        "train.max_steps_per_epoch=2",
+        "tracking.enabled=true",
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+    )
+    settings = dict(parse_override(o) for o in overrides)
+    settings["data.root"] = str(root)
+    settings["paths.runs"] = str(tmp_path / "runs")
+    grid = {
+        "study": study,
+        "base": str(REPO / "configs" / "synth_tiny.yaml"),
+        "seeds": seeds,
+        "set": settings,
+        "variants": variants or TWO_VARIANTS,
+    }
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    return path
+
+
 def random_batch(
     n: int = 4,
     size: tuple[int, int] = (128, 64),

@@ -10,41 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from support.paths import REPO
-from support.tiny import tiny_overrides
-
-from bilma.config import parse_override
+from support.tiny import tiny_grid
 
 
 def write_grid(
     tmp_path: Path, root: Path, seeds: list[int], variants: dict | None = None, name="g.yaml"
 ) -> Path:
-    overrides = tiny_overrides(
-        root,
-        tmp_path / "runs",
-        "train.epochs=1",
-        "train.max_steps_per_epoch=2",
-        "tracking.enabled=true",
-        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-    )
-    settings = dict(parse_override(o) for o in overrides)
-    settings["data.root"] = str(root)
-    settings["paths.runs"] = str(tmp_path / "runs")
-    grid = {
-        "study": "launch-test",
-        "base": str(REPO / "configs" / "synth_tiny.yaml"),
-        "seeds": seeds,
-        "set": settings,
-        "variants": variants
-        or {
-            "IRRA": {"loss.mlm_weight": 1.0, "loss.mim_weight": 0},
-            "BiLMa": {"loss.mlm_weight": 1.0, "loss.mim_weight": 1.0},
-        },
-    }
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(grid, sort_keys=False))
-    return path
+    return tiny_grid(tmp_path, root, seeds, variants, name=name)
 
 
 def launch(*args: str, cwd: Path, env_set: dict | None = None, **kw) -> subprocess.Popen:

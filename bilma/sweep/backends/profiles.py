@@ -42,6 +42,7 @@ class Profile:
     array_parallelism: int = 16
     signal_delay_s: int = 120
     max_requeues: int = 30  # requeues after time limits (or preemptions) before giving up
+    trials_per_job: int = 1  # trials run one after another in one job (bilma.sweep.pack)
     gres: str | None = None
     constraint: str | None = None
     exclusive: bool = False
@@ -95,6 +96,7 @@ _INT_MIN = {
     "array_parallelism": 1,
     "signal_delay_s": 0,
     "max_requeues": 0,
+    "trials_per_job": 1,
 }
 _STR = ("partition", "account", "qos", "gres", "constraint")
 _LISTS = ("sbatch_extra", "setup")

@@ -26,6 +26,7 @@ from bilma.sweep.backends.base import Backend
 from bilma.sweep.backends.profiles import Profile, ProfileError, load_profile, render_sbatch
 from bilma.sweep.expand import Grid, Trial
 from bilma.sweep.job import TrialJob
+from bilma.sweep.pack import TrialPack, pack
 from bilma.sweep.plan import Action, Planned, claimed, mark_submitted
 from bilma.sweep.snapshot import setup_lines
 
@@ -79,8 +80,10 @@ def sbatch_script(planned: list[Planned], profile_name: str) -> str:
         command,
         _folder(to_run),
         _job_name(to_run[0].trial.study),
-        len(arrays[0]),
+        len(pack(arrays[0], profile.trials_per_job)),  # array tasks
     )
+    if profile.trials_per_job > 1:
+        script += f"\n# {profile.trials_per_job} trials per array task, one after another\n"
     if len(arrays) > 1:
         script += (
             f"\n# ... and {len(arrays) - 1} more array(s): {len(to_run)} trials, "
@@ -143,7 +146,9 @@ class SlurmBackend(Backend):
         print(
             f"submitted {len(to_run)} trials as {what} (profile {profile.name}: "
             f"{profile.tasks} task(s) per trial, at most {profile.array_parallelism} at once "
-            "per array)"
+            "per array"
+            + (f", {profile.trials_per_job} trials per job" if profile.trials_per_job > 1 else "")
+            + ")"
         )
         status_command = self.status_command or (
             f"python sweeps/launch.py --grid {grid.path} --status"
@@ -181,6 +186,8 @@ class SlurmBackend(Backend):
 def _submit_trials(
     piece: list[Planned], profile: Profile, after: str | None = None
 ) -> list[submitit.Job]:
+    """One job per trial, or per group of `trials_per_job` (bilma.sweep.pack): the job of
+    each trial of `piece`, in its order; `after`: a job they wait on (afterok)."""
     params = profile.submitit_parameters()
     if after:  # start once every task of `after` succeeded; cancelled at once if one fails
         params["dependency"] = f"afterok:{after}"
@@ -192,14 +199,20 @@ def _submit_trials(
     params["setup"] = ["export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}", *params.get("setup", [])]
     # The launch's code snapshot first on the path: every task and requeue imports it.
     params["setup"] += setup_lines(piece[0].dir.path)
-    return submit_array(
+    groups = pack(piece, profile.trials_per_job)
+    fns = [
+        TrialJob(g[0].dir.path) if len(g) == 1 else TrialPack([p.dir.path for p in g])
+        for g in groups
+    ]
+    jobs = submit_array(
         _folder(piece),
         profile,
         _job_name(piece[0].trial.study),
         params,
-        [TrialJob(p.dir.path) for p in piece],
+        fns,
         "the trials are prepared and the same command submits them",
     )
+    return [job for job, g in zip(jobs, groups, strict=True) for _ in g]
 
 
 def submit_array(

@@ -373,3 +373,36 @@ def test_ablation_grid_without_its_dataset_queues_nothing(cluster, tmp_path):
     after = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
     assert set(after.split()) <= set(before.split())  # no new job
     assert os.listdir(tmp_path) == []  # no runs/, no job folder, no mlflow.db
+
+
+def test_trials_per_job_packs_trials_and_requeues_each_where_it_was(
+    cluster, jobs, synth_small, tmp_path
+):
+    """trials_per_job: 2 -> three trials in two array tasks, one after another in the first;
+    a 1-minute limit requeues the first job during its long trial, which resumes from its
+    checkpoint; the short trial that finished before is not run again (bilma.sweep.pack)."""
+    work = settings(synth_small, tmp_path, "train.max_steps_per_epoch=2")
+    short = {"train.epochs": 1}
+    variants = {"a": short, "b": {"train.epochs": 300, "eval.every": 100}, "c": {"train.epochs": 2}}
+    grid = write_grid(tmp_path, work, study="packed", variants=variants)
+    profile = write_profile(tmp_path, time_min=1, signal_delay_s=10, trials_per_job=2)
+    args = ["--grid", str(grid), "--backend", "slurm", "--profile", str(profile)]
+    out = launch(*args, cwd=tmp_path, ids=jobs)
+    assert re.search(r"submitted 3 trials as job array \d+ \(.*2 trials per job\)", out), out
+    by_variant = {json.loads((t / "launch.json").read_text())["variant_base"]: t
+                  for t in trial_dirs(tmp_path, "packed")}  # fmt: skip
+    a, b, c = by_variant["a"], by_variant["b"], by_variant["c"]
+    assert status(a)["job_id"] == status(b)["job_id"] == f"{jobs[0]}_0"
+    assert status(c)["job_id"] == f"{jobs[0]}_1"
+    first = wait_result(a)
+    attempts_a = status(a)["attempts"]
+    assert wait_result(c)["metrics"]
+    wait_result(b, timeout=2 * DEADLINE)
+    log = logs(b)
+    assert status(b)["attempts"] >= 2 and "resuming from" in log, log
+    assert log.count(f"== trial {b.name}") >= 2  # the requeued pack started again at b
+    assert json.loads((a / "result.json").read_text()) == first  # a never ran again
+    assert status(a)["attempts"] == attempts_a and status(a)["state"] == "done"
+    wait_for("the array to leave the queue", lambda: not queued(jobs))
+    table = launch("--grid", str(grid), "--status", cwd=tmp_path)
+    assert table.count(" done ") == 3, table
