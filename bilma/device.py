@@ -5,7 +5,10 @@ Below both the trainer and the evaluation, so neither imports the other for thes
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import socket
 import subprocess
 from dataclasses import dataclass
 
@@ -13,6 +16,8 @@ import torch
 import torch.distributed as dist
 
 from bilma.config import Config
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,7 +34,12 @@ class Dist:
 
 
 def _slurm_master(nodelist: str) -> str:
-    """First host of a SLURM node list ('gpu[01-04],cpu7' -> 'gpu01')."""
+    """The address of the first host of a SLURM node list ('gpu[01-04],cpu7' -> 'gpu01'):
+    the rendezvous of the job's processes (MASTER_ADDR)."""
+    return _node_address(_first_host(nodelist))
+
+
+def _first_host(nodelist: str) -> str:
     try:
         out = subprocess.run(
             ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=10
@@ -45,6 +55,31 @@ def _slurm_master(nodelist: str) -> str:
     return head
 
 
+def _node_address(node: str) -> str:
+    """`node` when its name resolves; else its NodeAddr in SLURM (`scontrol show node`).
+
+    A node's name need not be a DNS name: slurm.conf may map it to an address (NodeAddr=),
+    as the local two-node cluster does (n1 and n2 at 127.0.0.1). Every rank would otherwise
+    fail in init_process_group on a name that nothing resolves.
+    """
+    try:
+        socket.gethostbyname(node)
+        return node
+    except OSError:  # socket.gaierror: the name does not resolve
+        pass
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "node", node], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return node
+    m = re.search(r"\bNodeAddr=(\S+)", out.stdout) if out.returncode == 0 else None
+    if not m or m.group(1) in ("(null)", node):
+        return node
+    log.info("node %s does not resolve: rendezvous at its NodeAddr %s", node, m.group(1))
+    return m.group(1)
+
+
 def init_distributed() -> Dist:
     """From torchrun's variables, or SLURM's when srun started one process per task."""
     env = os.environ
@@ -56,6 +91,15 @@ def init_distributed() -> Dist:
         )
         env.setdefault("MASTER_ADDR", _slurm_master(env.get("SLURM_JOB_NODELIST", "127.0.0.1")))
         env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+        # one line in each task's log: where a multi-node job's processes ran and met
+        log.info(
+            "SLURM task %d of %d on node %s: rendezvous at %s:%s",
+            d.rank,
+            d.world,
+            env.get("SLURMD_NODENAME", "?"),
+            env["MASTER_ADDR"],
+            env["MASTER_PORT"],
+        )
     else:
         return Dist()
     if d.world > 1 and not dist.is_initialized():

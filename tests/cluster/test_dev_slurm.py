@@ -33,6 +33,9 @@ def test_status_and_idempotent_start():
     assert {line.split()[0]: line for line in after.stdout.splitlines() if "pid" in line} == pids
 
 
-def test_usage():
-    out = subprocess.run(["bash", str(SCRIPT), "restart"], capture_output=True, text=True)
-    assert out.returncode == 2 and "usage:" in out.stderr
+@pytest.mark.parametrize(
+    "args", [["restart"], ["status", "--nodes", "3"], ["start", "--nodes"], ["start", "--purge"]]
+)
+def test_usage(args):
+    out = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True)
+    assert out.returncode == 2 and "usage:" in out.stderr and "--nodes 1|2" in out.stderr

@@ -46,12 +46,15 @@ def jobs():
         subprocess.run(["scancel", *ids], capture_output=True)
 
 
-def run_launch(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python sweeps/launch.py ARGS` in `cwd`, to its end (a SLURM launch submits and exits)."""
+def run_launch(
+    *args: str, cwd: Path, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`python sweeps/launch.py ARGS` in `cwd`, to its end (a SLURM launch submits and exits);
+    `env`: variables added to this process's (SLURM_CONF: another cluster)."""
     return subprocess.run(
         [sys.executable, str(REPO / "sweeps" / "launch.py"), *args],
         cwd=cwd,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
         capture_output=True,
         text=True,
         timeout=timeout,
