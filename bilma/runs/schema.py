@@ -60,6 +60,7 @@ CKPT_DIR = "ckpt"
 LAST_CKPT = "last.pt"  # every epoch (and on a stop signal): what a resume starts from
 BEST_CKPT = "best.pt"  # the selected checkpoint
 BEST_CANDIDATE = "best.next.pt"  # a new best, renamed to best.pt once last.pt names its epoch
+EPOCH_CKPT_PREFIX = "epoch_"  # ckpt/epoch_0010.pt: train.keep_checkpoints=every:N snapshots
 LOCK_FILE = ".lock"  # flock held by the trainer while it trains (bilma.runs.lock)
 CLAIM_FILE = ".claim"  # flock held by a launcher while it re-reads and submits the trial
 
@@ -91,6 +92,16 @@ RESULT_METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 # of the look-alike and of the ordinary queries, and the percent of look-alike Rank-1
 # mistakes that land on a group-mate.
 GROUP_METRICS = ("lookalike_R1", "lookalike_mAP", "ordinary_R1", "ordinary_mAP", "twin_errors")
+# result.json and the trial's MLflow metrics: what the trial used, summed over its attempts
+# (bilma.training.usage says how each is measured). None where not measured.
+USAGE_FIELDS = (
+    "gpu_hours",  # GPUs x wall hours of training and evaluation
+    "cpu_hours",  # cores x wall hours
+    "peak_gpu_mem_gb",  # None on a CPU
+    "peak_host_mem_gb",
+    "samples_per_s",  # mean training throughput
+    "train_samples",
+)
 RESULT_FIELDS = (
     "trial_id",
     "study",
@@ -106,6 +117,7 @@ RESULT_FIELDS = (
     "train_seconds",
     "chance_R1",  # Rank-1 of a random ranking of the test gallery (100 / identities)
     "finished",
+    *USAGE_FIELDS,
 )
 # progress.json: rewritten by the running trainer every few seconds (no fsync: a view for the
 # launcher's progress display, never read to resume).
