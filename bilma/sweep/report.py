@@ -6,6 +6,7 @@ from pathlib import Path
 
 from bilma.runs.reading import UNREADABLE, read_result, read_status
 from bilma.runs.schema import TrialState
+from bilma.sweep.estimate import totals_line
 from bilma.sweep.plan import Action, Planned
 
 NEW = "new"  # the state column of a trial with no status.json yet
@@ -40,9 +41,11 @@ def status_table(
     (trial directory -> the backend's view of its job: `Backend.status`), that view next to
     the directory's, in a column `job_column`."""
     rows = []
+    results = []  # for the study's totals of GPU- and CPU-hours
     for p in planned:
         status = read_status(p.dir)
         result, problem = read_result(p.dir)
+        results.append(result)
         state = TrialState.DONE if result else status.get("state", NEW)
         if p.action is Action.SKIP_RUNNING and state != TrialState.PENDING:
             state = TrialState.RUNNING
@@ -65,7 +68,8 @@ def status_table(
     header = ["variant", "seed", "trial", "state", "attempts", "R1", "log"]
     if jobs:
         header.insert(4, job_column)
-    return _table(header, rows)
+    used = totals_line(results)  # bilma/sweep/estimate.py
+    return _table(header, rows) + (f"\n{used}" if used else "")
 
 
 def plan_table(planned: list[Planned]) -> str:
