@@ -73,7 +73,10 @@ def test_the_wheel_holds_bilma_and_real_copies_of_its_files(built):
     wheel = built[0]
     pyproject = (REPO / "pyproject.toml").read_text()
     version = re.search(r'^version = "([^"]+)"$', pyproject, re.MULTILINE)[1]
-    expected = {"bilma/resources/published.yaml": REPO / "analysis" / "published.yaml"}
+    expected = {
+        "bilma/resources/published.yaml": REPO / "analysis" / "published.yaml",
+        "bilma/resources/usage.yaml": REPO / "bilma" / "resources" / "usage.yaml",
+    }
     for folder, pattern, shipped_as in [
         ("sweeps/grids", "*.yaml", "bilma/resources/grids"),
         ("cluster/profiles", "*.yaml", "bilma/resources/profiles"),

@@ -205,6 +205,12 @@ class TrainConfig:
         range=(0.0, None),
         hash=False,
     )
+    keep_checkpoints: str = _f(
+        "last_and_best",
+        "checkpoints a trial keeps: last_and_best; best (last.pt deleted once the trial is "
+        "done); every:N (also ckpt/epoch_<E>.pt every N epochs) (bilma/runs/retention.py)",
+        hash=False,
+    )
 
 
 @dataclass

@@ -60,6 +60,7 @@ CKPT_DIR = "ckpt"
 LAST_CKPT = "last.pt"  # every epoch (and on a stop signal): what a resume starts from
 BEST_CKPT = "best.pt"  # the selected checkpoint
 BEST_CANDIDATE = "best.next.pt"  # a new best, renamed to best.pt once last.pt names its epoch
+EPOCH_CKPT_PREFIX = "epoch_"  # ckpt/epoch_0010.pt: train.keep_checkpoints=every:N snapshots
 LOCK_FILE = ".lock"  # flock held by the trainer while it trains (bilma.runs.lock)
 CLAIM_FILE = ".claim"  # flock held by a launcher while it re-reads and submits the trial
 # A study's frozen code (bilma.sweep.snapshot): runs/<study>/.code/<id>/bilma/..., and beside
@@ -108,6 +109,16 @@ GROUP_METRICS = (
     "twin_errors",
     "group_R1",
 )
+# result.json and the trial's MLflow metrics: what the trial used, summed over its attempts
+# (bilma.training.usage says how each is measured). None where not measured.
+USAGE_FIELDS = (
+    "gpu_hours",  # GPUs x wall hours of training and evaluation
+    "cpu_hours",  # cores x wall hours
+    "peak_gpu_mem_gb",  # None on a CPU
+    "peak_host_mem_gb",
+    "samples_per_s",  # mean training throughput
+    "train_samples",
+)
 RESULT_FIELDS = (
     "trial_id",
     "study",
@@ -124,6 +135,7 @@ RESULT_FIELDS = (
     "chance_R1",  # Rank-1 of a random ranking of the test gallery (100 / identities)
     "finished",
     "reused_from",  # set when the result is another study's, not trained here (bilma.runs.reuse)
+    *USAGE_FIELDS,
 )
 # progress.json: rewritten by the running trainer every few seconds (no fsync: a view for the
 # launcher's progress display, never read to resume).

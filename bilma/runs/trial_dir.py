@@ -365,9 +365,11 @@ def make_result(
     seconds: float,
     launch: Launch | None = None,
     chance_R1: float | None = None,
+    usage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A result.json dict (schema in the module docstring): identity fields from cfg, the
-    sweep's (variant name, grid point) from the trial's launch.json."""
+    sweep's (variant name, grid point) from the trial's launch.json, and `usage`
+    (`bilma.training.usage.result_fields`; None each when not measured)."""
     launch = launch or Launch()
     missing = [k for k in RESULT_METRICS if k not in test_metrics]
     if missing:
@@ -397,4 +399,5 @@ def make_result(
         "train_seconds": float(seconds),
         "chance_R1": None if chance_R1 is None else float(chance_R1),
         "finished": now_iso(),
+        **{k: (usage or {}).get(k) for k in schema.USAGE_FIELDS},
     }

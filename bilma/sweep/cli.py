@@ -91,6 +91,11 @@ def build_parser(prog: str = "python sweeps/launch.py") -> argparse.ArgumentPars
         help="jobs import the code on disk when they start, not a copy made at launch "
         "(runs/<study>/.code/): for developing; an edit then reaches queued trials",
     )
+    p.add_argument(
+        "--no-disk-check",
+        action="store_true",
+        help="skip the preflight's check that the checkpoints fit in paths.runs' free space",
+    )
     add_override_args(p)  # every trial's: `k=v` or `--set k=v`
     p.add_argument("--ray-address", default=None, help="ray: a running cluster (or $RAY_ADDRESS)")
     p.add_argument("--cpus-per-trial", type=float, default=None, help="ray (default 1 or profile)")
@@ -183,6 +188,9 @@ def _run(args: argparse.Namespace) -> int:
         print(header + " (dry run: nothing runs, nothing is written)")
         print(report.plan_table(planned))
         print(summary(planned))
+        from bilma.sweep.estimate import estimate_lines  # GPU-hours and checkpoint disk
+
+        print("\n".join(estimate_lines(p.trial.config for p in planned if p.action.runs())))
         extra = backend.dry_run(planned)
         if extra:
             print(extra)
@@ -250,7 +258,8 @@ def _preflight(args: argparse.Namespace, planned: list) -> list:
     if args.no_preflight:
         print(skipped_note(), file=sys.stderr)
         return []
-    return preflight(p.trial.config for p in planned if p.action.runs())
+    configs = (p.trial.config for p in planned if p.action.runs())
+    return preflight(configs, disk_check=not args.no_disk_check)
 
 
 # ----------------------------------------------------------------------------- backends

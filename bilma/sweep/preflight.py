@@ -51,8 +51,9 @@ class Problem:
         return f"{self.key}={self.value} ({n}): {self.message}"
 
 
-def preflight(configs: Iterable[Config]) -> list[Problem]:
-    """The problems of the trials' inputs, each distinct check run once, in a stable order."""
+def preflight(configs: Iterable[Config], disk_check: bool = True) -> list[Problem]:
+    """The problems of the trials' inputs, each distinct check run once, in a stable order;
+    with `disk_check`, also checkpoints that would not fit in paths.runs' free space."""
     checks: dict[tuple, tuple[Callable[[], Problem | None], int]] = {}
     annotations: dict[tuple[str, str], list[Record]] = {}
 
@@ -67,9 +68,11 @@ def preflight(configs: Iterable[Config]) -> list[Problem]:
         fn, n = checks.get(key, (check, 0))
         checks[key] = (fn, n + 1)
 
+    by_runs: dict[str, list[Config]] = {}  # the disk check's trials, per runs root
     for cfg in configs:
         d = cfg.data
         add(("runs", cfg.paths.runs), lambda c=cfg: unwritable("paths.runs", c.paths.runs))
+        by_runs.setdefault(cfg.paths.runs, []).append(cfg)
         if d.dataset == "synth":  # generated (and its caches written) under data.root
             add(("synth-root", d.root, *_synth_key(cfg)), lambda c=cfg: _check_synth_root(c))
         add(("data", d.dataset, d.root, *_synth_key(cfg)), lambda c=cfg: _check_data(c, read))
@@ -86,6 +89,12 @@ def preflight(configs: Iterable[Config]) -> list[Problem]:
         problem = fn()
         if problem is not None:
             out.append(Problem(problem.key, problem.value, problem.message, n))
+    if disk_check:
+        from bilma.sweep.estimate import disk_problem  # bilma/sweep/estimate.py
+
+        for runs, cfgs in by_runs.items():
+            if (message := disk_problem(runs, cfgs)) is not None:
+                out.append(Problem("paths.runs", runs, message, len(cfgs)))
     return _once(out)
 
 

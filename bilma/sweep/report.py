@@ -7,6 +7,7 @@ from pathlib import Path
 from bilma.runs.launch import read_launch
 from bilma.runs.reading import UNREADABLE, read_result, read_status
 from bilma.runs.schema import REUSED_FROM, TrialState
+from bilma.sweep.estimate import totals_line
 from bilma.sweep.plan import Action, Planned
 from bilma.sweep.snapshot import short
 
@@ -42,9 +43,11 @@ def status_table(
     (trial directory -> the backend's view of its job: `Backend.status`), that view next to
     the directory's, in a column `job_column`."""
     rows = []
+    results = []  # for the study's totals of GPU- and CPU-hours
     for p in planned:
         status = read_status(p.dir)
         result, problem = read_result(p.dir)
+        results.append(result)
         state = TrialState.DONE if result else status.get("state", NEW)
         if p.action is Action.SKIP_RUNNING and state != TrialState.PENDING:
             state = TrialState.RUNNING
@@ -74,7 +77,8 @@ def status_table(
         header.insert(-1, "code")
         for row, code in zip(rows, codes, strict=True):
             row.insert(-1, code)
-    return _table(header, rows)
+    used = totals_line(results)  # bilma/sweep/estimate.py
+    return _table(header, rows) + (f"\n{used}" if used else "")
 
 
 def plan_table(planned: list[Planned]) -> str:

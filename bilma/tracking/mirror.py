@@ -20,7 +20,7 @@ while training and again (idempotently) from `python -m bilma sync` (`bilma.trac
 - metrics: each metrics.jsonl record as "<split>/<name>" at step = epoch (never the global
   step: the chart view draws curves over epochs) with the record's time, one point per (key,
   step) (a resumed epoch is not logged again); final metrics "test/R1".. (and
-  "train_seconds") from result.json at step = epochs;
+  "train_seconds", "gpu_hours", "cpu_hours", ...: `USAGE_FIELDS`) from result.json at step = epochs;
 - config.yaml as an artifact;
 - run status from the trial state (`MLFLOW_STATUS`): done FINISHED, failed FAILED,
   interrupted and stopped KILLED, running RUNNING, pending SCHEDULED.
@@ -46,7 +46,7 @@ from bilma.runs import schema
 from bilma.runs.lock import live_state
 from bilma.runs.provenance import git_info, slurm_job_id
 from bilma.runs.reuse import reused_from
-from bilma.runs.schema import MLFLOW_STATUS, RECORD_FIELDS, TrialState
+from bilma.runs.schema import MLFLOW_STATUS, RECORD_FIELDS, USAGE_FIELDS, TrialState
 from bilma.runs.trial_dir import TrialDir, read_json
 from bilma.tracking.store import ensure_experiment, mlflow_client, resolve_uri
 
@@ -108,12 +108,13 @@ def record_metrics(record: dict[str, Any]) -> dict[str, float]:
 
 def final_metrics(result: dict[str, Any]) -> dict[str, float]:
     """result.json -> the run's final metrics: "test/R1".., "test/chance_R1" (the test
-    gallery's chance level) and "train_seconds"."""
+    gallery's chance level), "train_seconds" and the usage fields ("gpu_hours", ...)."""
     out = {f"test/{k}": float(v) for k, v in result.get("metrics", {}).items() if _is_number(v)}
     if _is_number(result.get("chance_R1")):
         out["test/chance_R1"] = float(result["chance_R1"])
-    if _is_number(result.get("train_seconds")):
-        out["train_seconds"] = float(result["train_seconds"])
+    for key in ("train_seconds", *USAGE_FIELDS):  # what the trial used (GPU-hours, ...)
+        if _is_number(result.get(key)):
+            out[key] = float(result[key])
     return out
 
 

@@ -20,9 +20,12 @@ from typing import Any
 from urllib.parse import quote
 
 from bilma.errors import AnalysisError, first_line
+from bilma.runs.schema import USAGE_FIELDS
 from bilma.tracking.store import DEFAULT_URI, TrackingError, check_store, resolve_uri, sqlite_path
 
 log = logging.getLogger(__name__)
+
+USED = USAGE_FIELDS[:2]  # gpu_hours, cpu_hours: the tables' study totals
 
 
 @dataclass
@@ -35,7 +38,7 @@ class RunRow:
     start_ms: int | None
     tags: dict[str, str]
     params: dict[str, str]  # only those asked for
-    metrics: dict[str, float]  # latest value of each test/* metric
+    metrics: dict[str, float]  # latest value of each test/* metric, and of USED
     curves: dict[str, list[tuple[int, int, float]]] = field(
         default_factory=dict
     )  # key -> (step, ms, value)
@@ -147,7 +150,7 @@ def _read_client(
             for run in page:
                 info, data = run.info, run.data
                 wanted = {k: v for k, v in data.params.items() if k in params}
-                test = {k: v for k, v in data.metrics.items() if k.startswith("test/")}
+                test = {k: v for k, v in data.metrics.items() if k.startswith("test/") or k in USED}
                 rows.append(
                     RunRow(name, info.run_id, info.status, info.start_time, data.tags, wanted, test)
                 )
@@ -211,8 +214,8 @@ def _sqlite_study(
             rows[rid].params[key] = value
     for rid, key, value, is_nan in con.execute(
         f"SELECT run_uuid, key, value, is_nan FROM latest_metrics "
-        f"WHERE key LIKE 'test/%' AND {in_exp}",
-        (exp_id,),
+        f"WHERE (key LIKE 'test/%' OR key IN ({','.join('?' * len(USED))})) AND {in_exp}",
+        (*USED, exp_id),
     ):
         if rid in rows:
             rows[rid].metrics[key] = math.nan if is_nan else float(value)

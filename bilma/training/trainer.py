@@ -62,6 +62,7 @@ from bilma.evaluation.metrics import format_metrics
 from bilma.evaluation.retrieval import evaluate, split_chance_r1
 from bilma.fileio import remove_stale_tmp
 from bilma.model.bilma import build_model, caption_length, mlm_capacity, trim_batch
+from bilma.runs import retention
 from bilma.runs.lock import acquire_trial_lock, release_trial_lock
 from bilma.runs.reuse import data_root_warning
 from bilma.runs.schema import TrialState
@@ -72,6 +73,7 @@ from bilma.training.progress import LossMeter, Progress
 from bilma.training.seed import mim_generator, seed_everything
 from bilma.training.signals import StopFlag
 from bilma.training.sinks import FanOutSink, MlflowSink, TrialSink
+from bilma.training.usage import UsageMeter, result_fields
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,7 @@ class State:
     # running loss sums of the epoch in progress, so a resumed epoch reports the same means
     loss_sums: dict[str, float] = field(default_factory=dict)
     loss_count: int = 0
+    usage: dict[str, Any] = field(default_factory=dict)  # UsageMeter.total() at the last commit
 
 
 def train(
@@ -231,6 +234,7 @@ class Trainer:
         self.saver = checkpoint.BackgroundSaver()
         self._best_due = False  # a new best epoch whose best.pt candidate is not written yet
         self._saved_at = time.monotonic()  # of the last last.pt (train.checkpoint_every_minutes)
+        self.usage = UsageMeter(device, d.world)  # GPU-hours etc., from this attempt's start
 
     # -- setup
     def setup(self) -> None:
@@ -290,6 +294,7 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         checkpoint.set_rng_state(ckpt["rng"])
         self.state = State(**ckpt["state"])
+        self.usage.carry(self.state.usage)  # the attempts before this one
 
     def _damaged(self, path: Path, reason: str) -> DataError:
         """The error for a last.pt that cannot be resumed from (a truncated copy, a disk
@@ -583,6 +588,7 @@ class Trainer:
             writes.append((trial.best_candidate, {**candidate, "model": weights}))
             self._best_due = False
         if commit:
+            state.usage = self.usage.total()
             last = checkpoint.payload(
                 self.model,
                 self.cfg,
@@ -598,7 +604,13 @@ class Trainer:
         if writes:
             # best.pt is replaced only after last.pt names its epoch (or at the next start)
             promote = partial(checkpoint.promote_best, trial.best_candidate, trial.best_ckpt)
-            self.saver.submit(writes, then=promote if commit else None)
+            then = None
+            if commit:  # and, with train.keep_checkpoints=every:N, an epoch's snapshot
+                keep = self.cfg.train.keep_checkpoints
+                then = retention.after_commit(
+                    keep, trial.last_ckpt, state.epoch, state.step_in_epoch, promote
+                )
+            self.saver.submit(writes, then=then)
 
     # -- the end
     def close(self) -> None:
@@ -637,9 +649,15 @@ class Trainer:
             state.train_seconds,
             launch=self.trial.read_launch(),  # the sweep's row and grid point, if any
             chance_R1=split_chance_r1(self.data, "test"),
+            usage=result_fields(
+                self.usage.total(),
+                state.train_seconds,
+                state.global_step * cfg.train.batch_size * self.d.world,
+            ),
         )
         self.sinks.log_result(result)
         self.sinks.close(TrialState.DONE)
+        retention.apply(trial.path, cfg.train.keep_checkpoints)  # done: never resumed again
         log.info(
             "done: test %s (checkpoint of epoch %d, selected by %s %s)",
             format_metrics(test),

@@ -112,6 +112,8 @@ def test_table_states_selection_runs_and_left_out_trials(tables):
     md = tables[0].stdout
     assert "Checkpoint selection: R1 on the val split (synthetic)." in md
     assert "Aggregates 9 finished runs" in md
+    # the study's totals, from the runs' gpu_hours and cpu_hours metrics (CPU trials)
+    assert re.search(r"^used: 0 GPU-hours, [\d.,]+ CPU-hours \(9 trials\)$", md, re.M)
     # the chance level, read back from MLflow (test/chance_R1): the 3 test identities
     assert "Chance R1: 33.33" in md
     assert "Not averaged in (1):" in md
@@ -130,6 +132,8 @@ def test_same_table_from_trial_directories(smoke_sweep, tables, tmp_path):
         for field in ("mean", "std", "n", "delta", "p"):
             assert from_dirs[key][field] == row[field], (key, field)
     assert proc.stdout.count("|") == tables[0].stdout.count("|")
+    used = [ln for ln in proc.stdout.splitlines() if ln.startswith("used: ")]
+    assert used == [ln for ln in tables[0].stdout.splitlines() if ln.startswith("used: ")]
 
 
 def test_latex_is_well_formed(smoke_sweep, tables):

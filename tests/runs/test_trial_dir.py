@@ -19,7 +19,7 @@ from support.tracking import (  # noqa: F401 (fixtures are used by name)
 from bilma.config import trial_id
 from bilma.fileio import atomic_torch_save, atomic_write_json, atomic_write_text
 from bilma.runs.launch import Launch, read_launch, write_launch
-from bilma.runs.schema import LAUNCH_FIELDS, LAUNCH_FILE
+from bilma.runs.schema import LAUNCH_FIELDS, LAUNCH_FILE, USAGE_FIELDS
 from bilma.runs.trial_dir import (
     RESULT_METRICS,
     TrialConflictError,
@@ -145,7 +145,9 @@ def test_result_exists_only_after_write_result(tmp_path: Path) -> None:
         "train_seconds",
         "chance_R1",
         "finished",
+        *USAGE_FIELDS,  # None: make_result was given no usage
     }
+    assert all(result[k] is None for k in USAGE_FIELDS)
     assert result["trial_id"] == trial.trial_id
     assert (result["study"], result["variant"], result["seed"]) == ("s", "+SemMIM", 3)
     assert result["dataset"] == "synth" and set(result["metrics"]) == set(RESULT_METRICS)

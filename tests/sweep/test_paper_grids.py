@@ -53,6 +53,8 @@ def test_paper_grids_dry_run(tmp_path, monkeypatch, capsys) -> None:
         assert launch(["--grid", grid, "--dry-run", "--no-preflight"]) == 0
         out = capsys.readouterr().out
         assert re.search(rf"\b{n} to start\b", out), out[-300:]
+        # the GPU-hours and checkpoint disk, from the recorded figures (no data here)
+        assert re.search(r"^estimate: \d+ vitb16 \+MIM trials x ~[\d.]+ GPU-h = ", out, re.M)
     assert list(tmp_path.iterdir()) == []
 
 
