@@ -92,6 +92,7 @@ class TrialRecord:
     # The flattened config as MLflow params write it ({"optim.lr": "0.0001"}): from config.yaml,
     # or (MLflow) only for the runs that share a row and a seed with another configuration.
     config: dict[str, str] = field(default_factory=dict)
+    cause: str | None = None  # why a trial that did not finish ended (bilma.runs.causes)
 
     @property
     def curve_key(self) -> str:
@@ -210,6 +211,7 @@ def _record(row: RunRow) -> TrialRecord | None:
         chance_r1=_number(chance),
         started=(row.start_ms or 0) / 1000.0,
         run_id=row.run_id,
+        cause=tags.get(schema.TAG_FAILURE_CAUSE),
     )
 
 
@@ -364,6 +366,7 @@ def _from_dir(path: Path) -> TrialRecord:
         started=_number(status.get("started")) or _number(status.get("updated")) or 0.0,
         path=path,
         config={k: param_value(v) for k, v in flatten(cfg).items()},
+        cause=None if result is not None else status.get("cause"),
     )
     if rec.finished:
         split = rec.selection_split or "val"

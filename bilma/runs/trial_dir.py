@@ -41,6 +41,7 @@ from bilma.fileio import (
     replace_json,
 )
 from bilma.runs import schema
+from bilma.runs.causes import end_fields
 from bilma.runs.launch import Launch, read_launch
 from bilma.runs.provenance import collect_provenance, now_iso, slurm_env
 from bilma.runs.schema import (  # noqa: F401  (importable from here too)
@@ -213,6 +214,14 @@ class TrialDir:
             started=time.time(),
         )
         return attempts
+
+    def end_attempt(
+        self, state: TrialState | str, cause: str | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """Record how the current attempt ended: its state, "cause" (a schema.CAUSES value, or
+        None) and a record in "attempt_log" (bilma.runs.causes.end_fields), with `fields`."""
+        ended = end_fields(self.status(), str(TrialState(state)), cause, fields.get("error"))
+        return self.set_status(state, **fields, **ended)
 
     def is_done(self) -> bool:
         return self.result_path.exists()

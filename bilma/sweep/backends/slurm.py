@@ -15,7 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from bilma.sweep.backends.profiles import Profile, ProfileError, load_profile, r
 from bilma.sweep.expand import Grid, Trial
 from bilma.sweep.job import TrialJob
 from bilma.sweep.plan import Action, Planned, claimed, mark_submitted
+from bilma.sweep.retry import RetryPolicy, by_delay, settle_slurm
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
 
@@ -96,11 +97,16 @@ class SlurmBackend(Backend):
     waits = False  # submits and exits
 
     def __init__(
-        self, profile: str = "default", submits: bool = True, status_command: str | None = None
+        self,
+        profile: str = "default",
+        submits: bool = True,
+        status_command: str | None = None,
+        retry_failed: bool | Collection[str] = False,
     ):
         self.profile = profile  # a name in cluster/profiles/, or a file
         self.submits = submits  # False for --status and --dry-run: no sbatch needed
         self.status_command = status_command
+        self.retry_failed = retry_failed  # --retry-failed: True, or the causes to rerun
 
     def check(self, grid: Grid, trials: list[Trial]) -> None:
         """The profile loads (ProfileError names the file and the profiles there are), and
@@ -123,8 +129,9 @@ class SlurmBackend(Backend):
                 )
                 return 0
             ids = []
-            for piece in split(to_run, max_array_size()):
-                jobs = _submit_trials(piece, profile)
+            pieces = [(d, x) for d, g in by_delay(to_run) for x in split(g, max_array_size())]
+            for delay, piece in pieces:  # an automatic retry waits for its backoff (--begin)
+                jobs = _submit_trials(piece, profile, delay)
                 ids.append(str(jobs[0].job_id).split("_")[0])
                 for p, job in zip(piece, jobs, strict=True):
                     # the log path follows from the id
@@ -153,26 +160,29 @@ class SlurmBackend(Backend):
         return {path: f"{job} {states.get(job, 'unknown')}" for path, job in jobs.items()}
 
     def reconcile(self, planned: list[Planned]) -> None:
-        """A trial whose SLURM job was cancelled (scancel) is interrupted, not failed: its
-        trainer may have died of the cancellation (SIGTERM reaches every process of the
-        job), but a relaunch should resume it without --retry-failed."""
-        failed = [p for p in planned if p.action is Action.SKIP_FAILED]
-        jobs = _slurm_jobs(failed)
+        """The cause of each trial whose SLURM job ended (bilma.sweep.retry.settle_slurm): a
+        node failure or preemption is retried automatically (the profile's
+        max_transient_retries), a time limit or scancel resumes (its trainer may have died of
+        the cancellation: SIGTERM reaches every process of the job), an out-of-memory kill or
+        a bug fails. A launch records the causes in status.json; --status and --dry-run write
+        nothing."""
+        ended = [p for p in planned if p.action not in (Action.SKIP_DONE, Action.SKIP_RUNNING)]
+        jobs = _slurm_jobs(ended)
         if not jobs:
             return
         states = job_states(sorted(set(jobs.values())))
-        for p in failed:
-            job = jobs.get(p.dir.path)
-            if job and states.get(job, "").startswith("CANCELLED"):
-                p.action = Action.RESUME if p.dir.last_ckpt.exists() else Action.SUBMIT
-                p.note = f"SLURM job {job} was cancelled"
+        policy = RetryPolicy.of(load_profile(self.profile))
+        settle_slurm(planned, jobs, states, policy, self.retry_failed, write=self.submits)
 
     def dry_run(self, planned: list[Planned]) -> str:
         return "\nsbatch script of the array:\n\n" + sbatch_script(planned, self.profile)
 
 
-def _submit_trials(piece: list[Planned], profile: Profile) -> list[submitit.Job]:
+def _submit_trials(piece: list[Planned], profile: Profile, delay_s: int = 0) -> list[submitit.Job]:
     params = profile.submitit_parameters()
+    if delay_s:
+        extra = params.setdefault("additional_parameters", {})
+        extra["begin"] = f"now+{delay_s}"
     # One thread per CPU the job was given: torch would otherwise use every core of the node.
     params["setup"] = ["export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}", *params.get("setup", [])]
     return submit_array(
