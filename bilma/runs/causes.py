@@ -14,6 +14,9 @@ No torch import here: the launcher reads causes too, and exceptions are told by 
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import time
 from collections.abc import Collection, Iterator
 from typing import Any
@@ -30,6 +33,7 @@ from bilma.runs.schema import (
     CAUSE_PREEMPTION,
     CAUSE_TIME_LIMIT,
     CAUSES,
+    INTERRUPTING_CAUSES,
     TRANSIENT_CAUSES,
 )
 
@@ -145,6 +149,41 @@ def settled_cause(recorded: str | None, slurm_state: str) -> str | None:
     if name == "FAILED":
         return recorded or CAUSE_BUG
     return recorded
+
+
+def requeued_run_state(env: dict[str, str] | None = None) -> str:
+    """SLURM's state of this job's previous run, when this process runs in a job SLURM
+    requeued by itself (SLURM_RESTART_COUNT > 0: a node failure or a preemption with
+    JobRequeue=1): `sacct -D` lists each run of the job, this one last. '' when not requeued
+    or unknown."""
+    env = dict(os.environ) if env is None else env
+    if int(env.get("SLURM_RESTART_COUNT") or 0) < 1 or shutil.which("sacct") is None:
+        return ""
+    job = env.get("SLURM_JOB_ID", "")
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    try:
+        out = subprocess.run(
+            ["sacct", "-D", "-X", "-n", "-P", "-o", "State", "-j", job],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    runs = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    return runs[-2] if out.returncode == 0 and len(runs) >= 2 else ""
+
+
+def unfinished_attempt(status: dict[str, Any]) -> dict[str, Any]:
+    """The status.json fields that record an attempt that died without a word (status.json
+    still says running when the next attempt starts, which holds the trial's lock): its cause
+    from SLURM when SLURM requeued the job by itself (`requeued_run_state`), else None."""
+    cause = cause_of_slurm_state(requeued_run_state())
+    state = "interrupted" if cause in (*TRANSIENT_CAUSES, *INTERRUPTING_CAUSES) else "failed"
+    fields = end_fields(status, state, cause, source="slurm" if cause else "trainer")
+    fields.pop("cause")  # the new attempt runs: status.json's "cause" is an ended one's
+    return fields
 
 
 def is_transient(cause: str | None) -> bool:

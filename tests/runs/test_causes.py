@@ -4,6 +4,7 @@ status.json (the trainer's, for a data error and for a bug), and the --retry-fai
 from __future__ import annotations
 
 import shutil
+from types import SimpleNamespace
 
 import pytest
 from support.tiny import tiny_overrides
@@ -259,3 +260,54 @@ def test_trainer_records_a_bug(synth_small, tmp_path, monkeypatch):
     assert st["state"] == "failed" and st["cause"] == "bug"
     assert st["error"] == "ZeroDivisionError: a bug in a loss"
     assert [r["cause"] for r in st["attempt_log"]] == ["bug"]
+
+
+# ----------------------------------------------------------------------------- requeued by SLURM
+
+
+def _fake_sacct(monkeypatch, runs: list[str]) -> list[list[str]]:
+    """sacct -D answering `runs` (one State per run of the job, this one last)."""
+    calls: list[list[str]] = []
+
+    def run(cmd, **kw):
+        calls.append(cmd)
+        return SimpleNamespace(returncode=0, stdout="".join(f"{r}\n" for r in runs))
+
+    monkeypatch.setattr(causes.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(causes.subprocess, "run", run)
+    return calls
+
+
+def test_requeued_run_state_asks_sacct_for_the_previous_run(monkeypatch):
+    calls = _fake_sacct(monkeypatch, ["NODE_FAIL", "RUNNING"])
+    env = {"SLURM_RESTART_COUNT": "1", "SLURM_JOB_ID": "41", "SLURM_ARRAY_JOB_ID": "40"}
+    assert causes.requeued_run_state({**env, "SLURM_ARRAY_TASK_ID": "1"}) == "NODE_FAIL"
+    assert calls[-1][-2:] == ["-j", "40_1"] and "-D" in calls[-1]
+    assert causes.requeued_run_state(env) == "NODE_FAIL" and calls[-1][-1] == "41"
+    n = len(calls)
+    assert causes.requeued_run_state({"SLURM_JOB_ID": "41"}) == ""  # not requeued: no sacct
+    assert causes.requeued_run_state({}) == "" and len(calls) == n
+
+
+def test_an_attempt_that_died_without_a_word_gets_its_record(tmp_path, monkeypatch):
+    """SLURM requeued the job by itself after a node failure: the next attempt finds
+    status.json still running and records the killed attempt with SLURM's cause."""
+    _fake_sacct(monkeypatch, ["NODE_FAIL", "RUNNING"])
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    monkeypatch.setenv("SLURM_JOB_ID", "41")
+    trial = TrialDir(tmp_path / "t")
+    trial.path.mkdir()
+    trial.set_status("pending", job_id="41")
+    trial.start_attempt()  # the first run: nothing before it
+    assert "attempt_log" not in trial.status()
+    st_attempts = trial.start_attempt()  # the requeued run
+    st = trial.status()
+    assert st_attempts == 2 and st["state"] == "running"
+    (rec,) = st["attempt_log"]
+    assert (rec["attempt"], rec["job_id"], rec["state"]) == (1, "41", "interrupted")
+    assert (rec["cause"], rec["source"]) == ("node_failure", "slurm")
+    # outside a requeued job the cause is unknown, but the attempt is still recorded
+    monkeypatch.delenv("SLURM_RESTART_COUNT")
+    trial.start_attempt()
+    last = trial.status()["attempt_log"][-1]
+    assert (last["attempt"], last["cause"], last["state"]) == (2, None, "failed")
