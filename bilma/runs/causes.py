@@ -175,13 +175,27 @@ def requeued_run_state(env: dict[str, str] | None = None) -> str:
     return runs[-2] if out.returncode == 0 and len(runs) >= 2 else ""
 
 
-def unfinished_attempt(status: dict[str, Any]) -> dict[str, Any]:
-    """The status.json fields that record an attempt that died without a word (status.json
-    still says running when the next attempt starts, which holds the trial's lock): its cause
-    from SLURM when SLURM requeued the job by itself (`requeued_run_state`), else None."""
+def previous_attempt(status: dict[str, Any]) -> dict[str, Any]:
+    """The status.json fields that complete the record of the previous attempt, as the next
+    one starts (holding the trial's lock): an attempt that died without a word (status.json
+    still says running) gets a record, and its cause from SLURM when SLURM requeued the job by
+    itself (`requeued_run_state`: NODE_FAIL, PREEMPTED), as does one that saved on the signal
+    of such a kill without knowing why. {} when there is nothing to add."""
+    state, attempts = status.get("state"), int(status.get("attempts") or 0)
+    log = status.get("attempt_log") or []
+    last = log[-1] if log and isinstance(log[-1], dict) else {}
+    died = state == "running" and attempts >= 1
+    unexplained = (
+        state == "interrupted" and last.get("attempt") == attempts and last.get("cause") is None
+    )
+    if not (died or unexplained):
+        return {}
     cause = cause_of_slurm_state(requeued_run_state())
-    state = "interrupted" if cause in (*TRANSIENT_CAUSES, *INTERRUPTING_CAUSES) else "failed"
-    fields = end_fields(status, state, cause, source="slurm" if cause else "trainer")
+    if unexplained and cause is None:
+        return {}
+    ended = "interrupted" if cause in (*TRANSIENT_CAUSES, *INTERRUPTING_CAUSES) else "failed"
+    fields = end_fields(status, last.get("state", ended) if unexplained else ended, cause)
+    fields["attempt_log"][-1]["source"] = "slurm" if cause else "trainer"
     fields.pop("cause")  # the new attempt runs: status.json's "cause" is an ended one's
     return fields
 

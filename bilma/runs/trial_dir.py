@@ -41,7 +41,7 @@ from bilma.fileio import (
     replace_json,
 )
 from bilma.runs import schema
-from bilma.runs.causes import end_fields, unfinished_attempt
+from bilma.runs.causes import end_fields, previous_attempt
 from bilma.runs.launch import Launch, read_launch
 from bilma.runs.provenance import collect_provenance, now_iso, slurm_env
 from bilma.runs.schema import (  # noqa: F401  (importable from here too)
@@ -206,10 +206,9 @@ class TrialDir:
         """Count one more attempt (first run, resume, requeue) and mark the trial running."""
         status = self.status()
         attempts = int(status.get("attempts", 0)) + 1
-        died = TrialState.parse(status.get("state")) is TrialState.RUNNING and attempts > 1
         self.set_status(
             TrialState.RUNNING,
-            **(unfinished_attempt(status) if died else {}),  # its record, SLURM's cause
+            **previous_attempt(status),  # killed without a word: its record, SLURM's cause
             attempts=attempts,
             host=socket.gethostname(),
             pid=os.getpid(),

@@ -311,3 +311,26 @@ def test_an_attempt_that_died_without_a_word_gets_its_record(tmp_path, monkeypat
     trial.start_attempt()
     last = trial.status()["attempt_log"][-1]
     assert (last["attempt"], last["cause"], last["state"]) == (2, None, "failed")
+
+
+def test_an_attempt_that_saved_on_the_kill_gets_slurms_cause(tmp_path, monkeypatch):
+    """The node failure's kill reached the trainer as SIGTERM: it saved and recorded an
+    interruption without a cause; the requeued run fills in SLURM's."""
+    _fake_sacct(monkeypatch, ["NODE_FAIL", "RUNNING"])
+    trial = TrialDir(tmp_path / "t")
+    trial.path.mkdir()
+    trial.set_status("pending", job_id="41")
+    trial.start_attempt()
+    trial.end_attempt("interrupted", error="SIGTERM received: saved epoch 2")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    monkeypatch.setenv("SLURM_JOB_ID", "41")
+    trial.start_attempt()
+    (rec,) = trial.status()["attempt_log"]
+    assert (rec["state"], rec["cause"], rec["source"]) == ("interrupted", "node_failure", "slurm")
+    assert rec["error"] == "SIGTERM received: saved epoch 2"
+    # submitit's own requeue after a time limit: sacct says REQUEUED, nothing to add
+    _fake_sacct(monkeypatch, ["REQUEUED", "RUNNING"])
+    trial.end_attempt("interrupted", error="SIGUSR2 received")
+    before = trial.status()["attempt_log"]
+    trial.start_attempt()
+    assert trial.status()["attempt_log"] == before

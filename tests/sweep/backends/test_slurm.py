@@ -476,17 +476,18 @@ def _running_jobs() -> set[str]:
     return set(out.stdout.split())
 
 
-def _fail_the_node(ours: str) -> None:
+def _fail_the_node(ours: set[str], ends: str) -> None:
     """A real node failure of the single node: drained (no new job starts), once no job but
     `ours` runs there (other users' jobs would die too: wait up to 3 min for them), set DOWN,
-    which kills `ours` (SLURM records NODE_FAIL), then resumed."""
+    which kills `ours` (SLURM records NODE_FAIL: `ends`, a job it does not requeue, shows it
+    as its last state), then resumed."""
     node = _node()
     scontrol = ["scontrol", "update", f"NodeName={node}"]
     subprocess.run([*scontrol, "State=DRAIN", "Reason=bilma-test-node-failure"], check=True)
     try:
-        wait_for("no other job on the node", lambda: _running_jobs() <= {ours}, 180)
+        wait_for("no other job on the node", lambda: _running_jobs() <= ours, 180)
         subprocess.run([*scontrol, "State=DOWN", "Reason=bilma-test-node-failure"], check=True)
-        wait_for("sacct NODE_FAIL", lambda: sacct_state(ours) == "NODE_FAIL", 120)
+        wait_for("sacct NODE_FAIL", lambda: sacct_state(ends) == "NODE_FAIL", 120)
     finally:
         # a DOWN node comes back by itself here (ReturnToService=2) once slurmd registers;
         # RESUME for the case it did not (an error when it already has: ignored)
@@ -504,12 +505,12 @@ def _fail_the_node(ours: str) -> None:
 
 
 def test_node_failure_is_retried_and_a_bug_is_not(cluster, jobs, synth_small, tmp_path):
-    """The node fails under a trial (a real NODE_FAIL: the node set DOWN): the next launch
-    resubmits it by itself (no --retry-failed) after the profile's backoff, and it finishes,
-    recording node_failure for its first attempt. A trial ending in a bug is recorded as one
-    and not retried."""
-    # --no-requeue: SLURM itself would otherwise requeue a batch job whose node failed (this
-    # cluster's JobRequeue=1); many clusters turn that off, and the launcher's retry is tested
+    """The node fails under two trials (a real NODE_FAIL: the node set DOWN). One submitted
+    with --no-requeue (clusters with JobRequeue=0): the next launch resubmits it by itself (no
+    --retry-failed) after the profile's backoff, and it finishes. The other: SLURM requeues it
+    by itself (JobRequeue=1, this cluster's), and its next run records why the first ended.
+    Both record node_failure for their first attempt. A trial ending in a bug is recorded as
+    one and not retried."""
     work = settings(synth_small, tmp_path, "train.epochs=150", "eval.every=50")
     grid = write_grid(tmp_path, work, study="nodefail")
     plant = tmp_path / "plant"
@@ -523,14 +524,19 @@ def test_node_failure_is_retried_and_a_bug_is_not(cluster, jobs, synth_small, tm
     args = ["--grid", str(grid), "--backend", "slurm", "--profile", str(profile)]
     bug_grid = write_grid(tmp_path, work[:-2] + ["train.epochs=2"], study="bugtrial")
     bug_args = ["--grid", str(bug_grid), "--backend", "slurm", "--profile", str(buggy)]
+    requeued_grid = write_grid(tmp_path, work, study="requeued")
+    requeued_args = ["--grid", str(requeued_grid), "--backend", "slurm", "--profile"]
     launch(*bug_args, cwd=tmp_path, ids=jobs)
     launch(*args, cwd=tmp_path, ids=jobs)
+    launch(*requeued_args, "local-slurm", cwd=tmp_path, ids=jobs)
 
     (trial,) = trial_dirs(tmp_path, "nodefail")
-    wait_for("the first epoch", lambda: (trial / "ckpt" / "last.pt").exists())
-    job = status(trial)["job_id"]
-    assert not (trial / "result.json").exists(), "the trial ended before the node failed"
-    _fail_the_node(job)
+    (requeued,) = trial_dirs(tmp_path, "requeued")
+    for t in (trial, requeued):
+        wait_for("the first epoch", lambda t=t: (t / "ckpt" / "last.pt").exists())
+        assert not (t / "result.json").exists(), "the trial ended before the node failed"
+    job, requeued_job = status(trial)["job_id"], status(requeued)["job_id"]
+    _fail_the_node({job, requeued_job}, ends=job)
     wait_for("the job to leave the queue", lambda: not queued([job]), 120)
 
     table = launch(*args[:2], "--status", cwd=tmp_path)
@@ -552,6 +558,17 @@ def test_node_failure_is_retried_and_a_bug_is_not(cluster, jobs, synth_small, tm
     assert first["retried"] is True
     assert (last["job_id"], last["state"], last["cause"]) == (new_job, "done", None)
     assert "resuming from" in logs(trial)
+
+    wait_result(requeued, timeout=2 * DEADLINE)
+    st = status(requeued)
+    assert st["state"] == "done" and st["attempts"] == 2 and "auto_retries" not in st
+    first, last = st["attempt_log"]
+    assert (first["job_id"], first["cause"], first["source"]) == (
+        requeued_job,
+        "node_failure",
+        "slurm",
+    )
+    assert (last["job_id"], last["state"]) == (requeued_job, "done")  # the same job, rerun
 
     (bug,) = trial_dirs(tmp_path, "bugtrial")
     wait_for("the bug", lambda: status(bug).get("state") == "failed", DEADLINE)
