@@ -93,6 +93,7 @@ class TrialRecord:
     # or (MLflow) only for the runs that share a row and a seed with another configuration.
     config: dict[str, str] = field(default_factory=dict)
     usage: dict[str, float] = field(default_factory=dict)  # gpu_hours, cpu_hours (USAGE_FIELDS)
+    cause: str | None = None  # why a trial that did not finish ended (bilma.runs.causes)
 
     @property
     def curve_key(self) -> str:
@@ -212,6 +213,7 @@ def _record(row: RunRow) -> TrialRecord | None:
         started=(row.start_ms or 0) / 1000.0,
         run_id=row.run_id,
         usage={k: float(metrics[k]) for k in schema.USAGE_FIELDS if k in metrics},
+        cause=tags.get(schema.TAG_FAILURE_CAUSE),
     )
 
 
@@ -367,6 +369,7 @@ def _from_dir(path: Path) -> TrialRecord:
         path=path,
         config={k: param_value(v) for k, v in flatten(cfg).items()},
         usage={k: x for k in schema.USAGE_FIELDS if (x := _number(src.get(k))) is not None},
+        cause=None if result is not None else status.get("cause"),
     )
     if rec.finished:
         split = rec.selection_split or "val"

@@ -83,7 +83,8 @@ def fmt_chance(x: float) -> str:
 def _trial_line(r) -> str:
     where = f", {dataset_name(r.dataset)}" if r.dataset else ""
     state = "early-stopped" if r.state == STOPPED else r.state
-    return f"{r.variant or r.variant_base} seed={r.seed}{where} ({r.trial_id}): {state}"
+    cause = f" ({r.cause})" if r.cause and not r.finished else ""  # why it ended
+    return f"{r.variant or r.variant_base} seed={r.seed}{where} ({r.trial_id}): {state}{cause}"
 
 
 def notes(t: StudyTable) -> list[str]:

@@ -93,6 +93,56 @@ STATUS_FIELDS = (
     "stop_reason",
     "after_job",  # the job this trial's job waits on (SLURM afterok: its parse array), or null
     "reused_from",  # the study whose finished trial of the same id this one reuses
+    "cause",  # why the last attempt ended, when it did not finish (a CAUSES value)
+    "attempt_log",  # one ATTEMPT_FIELDS record per ended attempt, oldest first
+    "auto_retries",  # automatic retries after transient causes so far (bilma.sweep.retry)
+    "retry_after",  # unix time before which an automatic retry does not start (backoff)
+)
+
+# ----------------------------------------------------------------------------- causes
+
+# Why an attempt ended without finishing (status.json "cause", an attempt_log record's
+# "cause", the MLflow tag TAG_FAILURE_CAUSE), from the exception the trainer caught or from
+# SLURM's job state when the process died without a word (bilma.runs.causes).
+CAUSE_OUT_OF_MEMORY = "out_of_memory"  # CUDA or host (MemoryError, SLURM's OUT_OF_MEMORY)
+CAUSE_NODE_FAILURE = "node_failure"  # SLURM's NODE_FAIL or BOOT_FAIL
+CAUSE_PREEMPTION = "preemption"  # SLURM's PREEMPTED (past the requeues, or without a signal)
+CAUSE_TIME_LIMIT = "time_limit"  # SLURM's TIMEOUT or DEADLINE
+CAUSE_CANCELLED = "cancelled"  # scancel
+CAUSE_COMMUNICATION_TIMEOUT = "communication_timeout"  # NCCL or gloo: a collective timed out
+CAUSE_DATA_ERROR = "data_error"  # a bilma.errors.DataError: a dataset file to fix
+CAUSE_CONFIG_ERROR = "config_error"  # a bilma.errors.ConfigError: a config to fix
+CAUSE_BUG = "bug"  # any other exception
+CAUSES = (
+    CAUSE_OUT_OF_MEMORY,
+    CAUSE_NODE_FAILURE,
+    CAUSE_PREEMPTION,
+    CAUSE_TIME_LIMIT,
+    CAUSE_CANCELLED,
+    CAUSE_COMMUNICATION_TIMEOUT,
+    CAUSE_DATA_ERROR,
+    CAUSE_CONFIG_ERROR,
+    CAUSE_BUG,
+)
+# Causes that running the same trial again may well not meet: retried automatically a bounded
+# number of times with backoff (profile keys max_transient_retries, retry_backoff_s). The
+# others (a bug, bad data or config, out of memory) fail the same way again: never retried
+# without --retry-failed.
+TRANSIENT_CAUSES = (CAUSE_NODE_FAILURE, CAUSE_PREEMPTION, CAUSE_COMMUNICATION_TIMEOUT)
+# Causes that interrupt rather than fail a trial (a time limit, scancel): a relaunch resumes
+# it, as after a stop signal, without counting a retry.
+INTERRUPTING_CAUSES = (CAUSE_TIME_LIMIT, CAUSE_CANCELLED)
+
+# One record of status.json's "attempt_log".
+ATTEMPT_FIELDS = (
+    "attempt",  # status.json's "attempts" when it ended
+    "state",  # the TrialState it ended in
+    "cause",  # a CAUSES value, or None (done, or interrupted for an unknown reason)
+    "error",  # the first line of the exception, if any
+    "job_id",  # the backend's job, if any
+    "ended",  # unix time (when it was recorded, for an attempt that died without a word)
+    "source",  # who recorded the cause: "trainer" (the exception) or "slurm" (the job state)
+    "retried",  # True: a launcher retried it automatically (a transient cause)
 )
 STATUS_AFTER_JOB = "after_job"
 
@@ -185,6 +235,7 @@ TAG_KIND = "kind"  # "trial" or "sweep" (a parent run)
 TAG_SWEEP = "sweep"  # a parent run's grid name
 TAG_STOPPED_EARLY = "stopped_early"
 TAG_STATE_UPDATED = "state_updated"
+TAG_FAILURE_CAUSE = "failure_cause"  # a CAUSES value: why the run's last attempt ended
 GRID_TAG_PREFIX = "grid."
 TAG_PARENT_RUN = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"

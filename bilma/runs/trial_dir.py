@@ -41,6 +41,7 @@ from bilma.fileio import (
     replace_json,
 )
 from bilma.runs import schema
+from bilma.runs.causes import end_fields, previous_attempt
 from bilma.runs.launch import Launch, read_launch
 from bilma.runs.provenance import collect_provenance, now_iso, slurm_env
 from bilma.runs.schema import (  # noqa: F401  (importable from here too)
@@ -203,9 +204,11 @@ class TrialDir:
 
     def start_attempt(self) -> int:
         """Count one more attempt (first run, resume, requeue) and mark the trial running."""
-        attempts = int(self.status().get("attempts", 0)) + 1
+        status = self.status()
+        attempts = int(status.get("attempts", 0)) + 1
         self.set_status(
             TrialState.RUNNING,
+            **previous_attempt(status),  # killed without a word: its record, SLURM's cause
             attempts=attempts,
             host=socket.gethostname(),
             pid=os.getpid(),
@@ -213,6 +216,14 @@ class TrialDir:
             started=time.time(),
         )
         return attempts
+
+    def end_attempt(
+        self, state: TrialState | str, cause: str | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """Record how the current attempt ended: its state, "cause" (a schema.CAUSES value, or
+        None) and a record in "attempt_log" (bilma.runs.causes.end_fields), with `fields`."""
+        ended = end_fields(self.status(), str(TrialState(state)), cause, fields.get("error"))
+        return self.set_status(state, **fields, **ended)
 
     def is_done(self) -> bool:
         return self.result_path.exists()

@@ -52,7 +52,16 @@ def build_parser(prog: str = "python sweeps/launch.py") -> argparse.ArgumentPars
     )
     p.add_argument("--dry-run", action="store_true", help="show what would run; write nothing")
     p.add_argument("--status", action="store_true", help="table of the study's trials")
-    p.add_argument("--retry-failed", action="store_true", help="run failed trials again")
+    p.add_argument(
+        "--retry-failed",
+        nargs="?",
+        const=True,
+        default=False,
+        action=_RetryFailed,
+        metavar="CAUSES",
+        help="run failed trials again: all, or those whose last attempt ended of one of the "
+        "comma-separated CAUSES (out_of_memory,node_failure,...)",
+    )
     changed = p.add_mutually_exclusive_group()
     changed.add_argument(
         "--rerun-changed",
@@ -103,6 +112,24 @@ def build_parser(prog: str = "python sweeps/launch.py") -> argparse.ArgumentPars
     p.add_argument("-v", "--verbose", action="store_true")
     chain.add_args(p)  # --parser, --parse-shards: SemMIM's parse maps first, in one command
     return p
+
+
+class _RetryFailed(argparse.Action):
+    """--retry-failed [CAUSES]: True (every failed trial) or the set of causes
+    (bilma.runs.causes.parse_causes); a KEY=VALUE after it is an override, not causes."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from bilma.runs.causes import parse_causes
+
+        if isinstance(values, str) and "=" in values:
+            namespace.set_overrides = [*namespace.set_overrides, values]
+            values = True
+        if isinstance(values, str):
+            try:
+                values = parse_causes(values)
+            except ValueError as e:
+                parser.error(f"argument {option_string}: {e}")
+        setattr(namespace, self.dest, values)
 
 
 def _positive(kind: type):
@@ -273,14 +300,19 @@ def _submits(args: argparse.Namespace) -> bool:
 
 def _local(args: argparse.Namespace) -> Backend:
     from bilma.sweep.backends.local import LocalBackend
+    from bilma.sweep.backends.profiles import load_profile
+    from bilma.sweep.retry import RetryPolicy
 
-    return LocalBackend(args.max_parallel, args.timeout_min)
+    # --profile's max_transient_retries and retry_backoff_s: trials that end of a transient
+    # cause run again in the launcher
+    retry = RetryPolicy.of(load_profile(args.profile)) if _submits(args) else None
+    return LocalBackend(args.max_parallel, args.timeout_min, retry)
 
 
 def _slurm(args: argparse.Namespace) -> Backend:
     from bilma.sweep.backends.slurm import SlurmBackend
 
-    return SlurmBackend(args.profile, _submits(args), _status_command(args))
+    return SlurmBackend(args.profile, _submits(args), _status_command(args), args.retry_failed)
 
 
 def _ray(args: argparse.Namespace) -> Backend:

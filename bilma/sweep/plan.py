@@ -17,7 +17,7 @@ import shutil
 import socket
 import subprocess
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -28,6 +28,7 @@ from bilma.config import canonical, differences, flatten
 from bilma.config.yamlfile import safe_load_unique
 from bilma.errors import ChangedTrials
 from bilma.fileio import pid_alive  # noqa: F401  (the local backend's too)
+from bilma.runs.causes import wants_retry
 from bilma.runs.launch import read_launch
 from bilma.runs.lock import claim, holder, is_locked, lock_path
 from bilma.runs.reading import UNREADABLE, read_result, read_status
@@ -117,7 +118,7 @@ def is_running(d: TrialDir, status: dict[str, Any]) -> bool:
 
 
 def classify(
-    d: TrialDir, retry_failed: bool, status: dict[str, Any] | None = None
+    d: TrialDir, retry_failed: bool | Collection[str], status: dict[str, Any] | None = None
 ) -> tuple[Action, str]:
     """(action, note) for one trial directory; `status`: its status.json as the caller has
     just read it (read here if not given)."""
@@ -137,7 +138,7 @@ def classify(
     if state in (TrialState.RUNNING, TrialState.PENDING) and is_alive(status):
         return Action.SKIP_RUNNING, f"pid {status.get('pid') or status.get('job_pid')}"
     if state is TrialState.FAILED:
-        if retry_failed:
+        if wants_retry(status, retry_failed):  # --retry-failed, all or of the causes named
             return Action.RETRY, status.get("error", "")
         return Action.SKIP_FAILED, status.get("error", "")
     if d.last_ckpt.exists():
@@ -150,7 +151,7 @@ def _ckpt_epoch(d: TrialDir) -> str:
     return str(recs[-1]["epoch"]) if recs else "?"
 
 
-def plan(trials: list[Trial], retry_failed: bool = False) -> list[Planned]:
+def plan(trials: list[Trial], retry_failed: bool | Collection[str] = False) -> list[Planned]:
     out = []
     for t in trials:
         d = trial_dir(t)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bilma.runs.causes import cause_of_slurm_state, settled_cause
 from bilma.runs.launch import read_launch
 from bilma.runs.reading import UNREADABLE, read_result, read_status
 from bilma.runs.schema import REUSED_FROM, TrialState
@@ -36,10 +37,26 @@ def log_path(p: Planned, status: dict | None = None) -> str:
     return str(p.dir.path)
 
 
+def shown_cause(status: dict, job: str = "") -> str:
+    """The cause of a trial's last attempt: status.json's, or what SLURM's state of its ended
+    job says (`job`: the backend's view, '12_3 NODE_FAIL') while status.json has not been
+    told (a --status before the launch that records it)."""
+    state = TrialState.parse(status.get("state"))
+    _, _, slurm = job.partition(" ")
+    if state in (TrialState.RUNNING, TrialState.PENDING):  # a job that died without a word
+        return settled_cause(None, slurm) or ""
+    if state is TrialState.FAILED:
+        return settled_cause(status.get("cause"), slurm) or ""
+    if state is TrialState.INTERRUPTED:
+        return cause_of_slurm_state(slurm) or status.get("cause") or ""
+    return ""
+
+
 def status_table(
     planned: list[Planned], jobs: dict[Path, str] | None = None, job_column: str = "job"
 ) -> str:
-    """Variant, seed, trial id, state, attempts, test R1 and where the log is; with `jobs`
+    """Variant, seed, trial id, state, why its last attempt ended (`shown_cause`), attempts,
+    test R1 and where the log is; with `jobs`
     (trial directory -> the backend's view of its job: `Backend.status`), that view next to
     the directory's, in a column `job_column`."""
     rows = []
@@ -56,12 +73,14 @@ def status_table(
         elif status.get(REUSED_FROM):  # bilma.sweep.reuse: trained in that study
             state = f"{state} (reused from {status[REUSED_FROM]})"
         r1 = f"{result['metrics']['R1']:.2f}" if result else ""
+        cause = "" if result else shown_cause(status, (jobs or {}).get(p.dir.path, ""))
         rows.append(
             [
                 p.trial.variant,
                 str(p.trial.seed),
                 p.dir.trial_id,
                 str(state),
+                cause,
                 str(status.get("attempts", 0)),
                 r1,
                 log_path(p, status),
@@ -69,7 +88,7 @@ def status_table(
         )
         if jobs:
             rows[-1].insert(4, jobs.get(p.dir.path, ""))
-    header = ["variant", "seed", "trial", "state", "attempts", "R1", "log"]
+    header = ["variant", "seed", "trial", "state", "cause", "attempts", "R1", "log"]
     if jobs:
         header.insert(4, job_column)
     codes = [short(read_launch(p.dir.path).code) for p in planned]

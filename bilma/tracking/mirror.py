@@ -13,7 +13,8 @@ while training and again (idempotently) from `python -m bilma sync` (`bilma.trac
   so the runs table shows it), mlflow.parentRunId under a sweep; selection_split /
   selection_metric / selection_epoch once done; stopped_early=true for a trial stopped early
   on purpose (`TrialState.STOPPED`); reused_from=<study> for a trial another study trained
-  (`bilma.runs.reuse`); state_updated (status.json "updated" of the state shown:
+  (`bilma.runs.reuse`); failure_cause (status.json "cause": why the last attempt ended,
+  `bilma.runs.causes`); state_updated (status.json "updated" of the state shown:
   `sync` from another copy of the trial never replaces a newer state);
 - params: the flattened resolved config (strings as they are, everything else as JSON:
   `true`, `null`, `[384, 128]`, so `yaml.safe_load(param)` gives the value back);
@@ -67,6 +68,12 @@ STOPPED_TAGS = {schema.TAG_STOPPED_EARLY: "true"}
 READ_ONLY_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
 # MLflow's log_batch limits (per request).
 _MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100
+
+
+def cause_tags(status: dict[str, Any]) -> dict[str, str]:
+    """The failure_cause tag of a trial whose status.json names why its last attempt ended."""
+    cause = status.get("cause")
+    return {schema.TAG_FAILURE_CAUSE: str(cause)} if cause else {}
 
 
 def param_value(value: Any) -> str:
@@ -237,7 +244,7 @@ class MlflowMirror:
         try:
             from mlflow.entities import RunTag
 
-            tags = {**(tags or {}), **self._state_time_tag()}
+            tags = {**(tags or {}), **self._state_time_tag(), **cause_tags(self._status())}
             self._log_batch(tags=[RunTag(k, str(v)) for k, v in tags.items()])
             if result is None:
                 result = self.trial.read_result()
@@ -279,6 +286,8 @@ class MlflowMirror:
         state = live_state(self.trial.path, TrialState.parse(state))
         if state is TrialState.STOPPED:
             self._add_tags(STOPPED_TAGS, run)
+        if state is not TrialState.DONE:
+            self._add_tags(cause_tags(self._status()), run)
         status = MLFLOW_STATUS.get(state)
         if status and status != run.info.status and self._newer_than(run):
             if status in TERMINAL:

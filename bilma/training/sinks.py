@@ -46,7 +46,7 @@ class TrialSink:
         self.trial.write_result(result)
 
     def close(self, state: TrialState, **fields: Any) -> None:
-        self.trial.set_status(state, **fields)
+        self.trial.end_attempt(state, **fields)
 
 
 class MlflowSink:

@@ -63,6 +63,7 @@ from bilma.evaluation.retrieval import evaluate, split_chance_r1
 from bilma.fileio import remove_stale_tmp
 from bilma.model.bilma import build_model, caption_length, mlm_capacity, trim_batch
 from bilma.runs import retention
+from bilma.runs.causes import cause_of_exception
 from bilma.runs.lock import acquire_trial_lock, release_trial_lock
 from bilma.runs.reuse import data_root_warning
 from bilma.runs.schema import TrialState
@@ -199,6 +200,7 @@ def _train(
             TrialState.FAILED,
             error=f"{type(e).__name__}: {e}".splitlines()[0],
             traceback=traceback.format_exc(),
+            cause=cause_of_exception(e),  # out of memory, data, config, NCCL timeout, bug
         )
         raise
     finally:

@@ -131,3 +131,25 @@ def test_other_files_of_the_run_record_cost_only_themselves(tmp_path, capsys, ca
     if name != "launch.json":  # the fields of launch.json that are of no use are left out
         assert str(bad.path / name) in err, err
     assert "Traceback" not in err
+
+
+def test_a_failed_trial_is_listed_with_its_cause(tmp_path, capsys):
+    from support.analysis import trial_on_disk
+
+    from bilma.analysis.make_tables import main as make_tables
+
+    trial_on_disk(tmp_path / "runs", "causes", "IRRA", 1, 40.0)
+    oom = trial_on_disk(tmp_path / "runs", "causes", "IRRA", 2, 50.0)
+    oom.result_path.unlink()  # it never finished: its second attempt ran out of memory
+    oom.end_attempt("failed", cause="out_of_memory", error="OutOfMemoryError: CUDA")
+    old = trial_on_disk(tmp_path / "runs", "causes", "IRRA", 3, 50.0)
+    old.result_path.unlink()
+    old.set_status("failed", error="RuntimeError: x")  # a status.json from before causes
+    loaded = runs.load_dirs(tmp_path / "runs")["causes"]
+    (rec_oom,) = [r for r in loaded if r.trial_id == oom.trial_id]
+    assert rec_oom.cause == "out_of_memory" and rec_oom.state == "failed"
+    assert make_tables(["--runs", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "Not averaged in (2):" in out
+    assert f"({oom.trial_id}): failed (out_of_memory)" in out
+    assert f"({old.trial_id}): failed\n" in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -111,13 +112,49 @@ def test_failing_trial_is_reported_and_others_finish(synth_small, tmp_path):
     proc = launch("--grid", str(grid), "--max-parallel", "2", "--no-preflight", cwd=tmp_path)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 1, out
-    assert "FAILED broken seed=1" in out and "data_captions.json" in out and "log: " in out
+    assert "FAILED broken seed=1 (data_error)" in out and "data_captions.json" in out
+    assert "log: " in out and "retrying" not in out  # a data error is never retried by itself
     assert "1 done, 0 running, 1 failed" in out
     assert len(results(tmp_path)) == 1
-    # a relaunch leaves the failed trial alone unless asked
-    again = launch("--grid", str(grid), "--dry-run", cwd=tmp_path)
-    out, _ = again.communicate(timeout=300)
-    assert "1 failed (use --retry-failed)" in out
+    # a relaunch leaves the failed trial alone unless asked, for its cause or for all
+    for flags, planned in (
+        ([], "1 failed (use --retry-failed)"),
+        (["--retry-failed", "bug,out_of_memory"], "1 failed (use --retry-failed)"),
+        (["--retry-failed", "data_error"], "1 to start (1 retried)"),
+        (["--retry-failed"], "1 to start (1 retried)"),
+    ):
+        again = launch("--grid", str(grid), "--dry-run", *flags, cwd=tmp_path)
+        out, _ = again.communicate(timeout=300)
+        assert planned in out, (flags, out)
+    status = launch("--grid", str(grid), "--status", cwd=tmp_path)
+    out, _ = status.communicate(timeout=300)
+    assert re.search(r"broken\s+1\s+\w+\s+failed\s+data_error\s+1\s", out), out
+
+
+def test_retry_failed_takes_a_cause_filter(capsys):
+    from bilma.sweep.cli import build_parser
+
+    def parse(*args):
+        return build_parser().parse_args(["--grid", "g", *args])
+
+    assert parse().retry_failed is False
+    assert parse("--retry-failed").retry_failed is True
+    assert parse("--retry-failed", "--dry-run").retry_failed is True
+    got = parse("--retry-failed", "out_of_memory,node_failure")
+    assert got.retry_failed == {"out_of_memory", "node_failure"}
+    # an override right after the flag is an override, not causes
+    got = parse("--retry-failed", "train.epochs=3", "seed=1")
+    assert got.retry_failed is True and got.set_overrides == ["train.epochs=3"]
+    assert got.overrides == ["seed=1"]
+    with pytest.raises(SystemExit) as info:
+        parse("--retry-failed", "oom,bug")
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith(
+        "error: argument --retry-failed: unknown cause 'oom'; valid causes: out_of_memory, "
+        "node_failure, preemption, time_limit, cancelled, communication_timeout, data_error, "
+        "config_error, bug (comma-separated)"
+    ), err
 
 
 def test_typo_is_refused_before_anything_runs(tmp_path):

@@ -187,3 +187,20 @@ def test_a_resumed_mirror_never_logs_a_step_twice(tmp_path: Path, store: str) ->
     second.log_record({"epoch": 3, "split": "val", "time": 4.0, "R1": 30.0})
     second.log_record({"epoch": 3, "split": "val", "time": 5.0, "R1": 30.0})
     assert history(store, run_id, "val/R1") == [(1, 10.0), (2, 20.0), (3, 30.0)]
+
+
+def test_a_failed_run_is_tagged_with_its_cause_live_and_by_sync(tmp_path: Path, store: str) -> None:
+    cfg = make_cfg(tmp_path, store, study="cause")
+    trial = TrialDir.for_config(cfg)
+    trial.init(cfg)
+    trial.start_attempt()
+    mirror = MlflowMirror(trial, cfg)
+    run_id = mirror.start()
+    trial.end_attempt("failed", cause="out_of_memory", error="OutOfMemoryError: CUDA")
+    mirror.finish("FAILED")  # the trainer: status.json first, then MLflow
+    run = client(store).get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags["failure_cause"] == "out_of_memory"
+    # the launcher learns later from SLURM that the node failed: a sync shows it
+    trial.end_attempt("failed", cause="node_failure")
+    MlflowMirror(trial, cfg).sync()
+    assert client(store).get_run(run_id).data.tags["failure_cause"] == "node_failure"

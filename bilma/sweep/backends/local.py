@@ -26,6 +26,7 @@ from bilma.sweep.expand import Grid, Trial
 from bilma.sweep.follow import Follower
 from bilma.sweep.job import TrialJob
 from bilma.sweep.plan import Action, Planned, claimed, mark_submitted, pid_alive
+from bilma.sweep.retry import RetryPolicy, next_ready, retry_local
 from bilma.sweep.snapshot import job_environment
 from bilma.sweep.view import ProgressView
 
@@ -38,15 +39,21 @@ STOP_WAIT_S = 120  # after Ctrl-C, how long the running trials get to save and s
 class LocalBackend(Backend):
     name = "local"
 
-    def __init__(self, max_parallel: int | None = None, timeout_min: float = 7 * 24 * 60):
+    def __init__(
+        self,
+        max_parallel: int | None = None,
+        timeout_min: float = 7 * 24 * 60,
+        retry: RetryPolicy | None = None,
+    ):
         self.max_parallel = max_parallel or max(1, (os.cpu_count() or 1) // 2)
         self.timeout_min = timeout_min
+        self.retry = retry or RetryPolicy()  # transient causes: rerun in this launcher
 
     def check(self, grid: Grid, trials: list[Trial]) -> None:
         """Nothing refuses a local launch up front."""
 
     def submit(self, grid: Grid, planned: list[Planned], parent_run_id: str | None) -> int:
-        return run_local(planned, self.max_parallel, self.timeout_min)
+        return run_local(planned, self.max_parallel, self.timeout_min, retry=self.retry)
 
 
 def submit_local(
@@ -71,11 +78,13 @@ def run_local(
     max_parallel: int,
     timeout_min: float,
     signal_delay_s: int = 60,
+    retry: RetryPolicy | None = None,
 ) -> int:
     """Run the trials to run as local submitit jobs, at most `max_parallel` at once (trials
-    started by an earlier launch count), and follow every trial until none is alive."""
+    started by an earlier launch count), and follow every trial until none is alive; a trial
+    that ends of a transient cause runs again after its backoff (`retry`)."""
     queue = [p for p in planned if p.action.runs()]
-    return _run(planned, queue, max_parallel, timeout_min, signal_delay_s)
+    return _run(planned, queue, max_parallel, timeout_min, signal_delay_s, retry)
 
 
 def follow_only(planned: list[Planned]) -> int:
@@ -90,16 +99,20 @@ def _run(
     max_parallel: int,
     timeout_min: float,
     signal_delay_s: int,
+    retry: RetryPolicy | None = None,
 ) -> int:
     watch = [p for p in planned if p.action is Action.SKIP_RUNNING]  # an earlier launch's
     threads = max(1, (os.cpu_count() or 1) // max_parallel)
     running: dict[Path, tuple[Planned, Any]] = {}
+    not_before: dict[Path, float] = {}  # an automatic retry's start, after its backoff
     follower = Follower(planned)
     view = ProgressView(follower)
     try:
         while queue or running or follower.any_alive(watch):
-            while queue and len(running) + follower.alive_count(watch) < max_parallel:
-                p = queue.pop(0)
+            while (p := next_ready(queue, not_before)) is not None and len(
+                running
+            ) + follower.alive_count(watch) < max_parallel:
+                queue.remove(p)
                 with claimed([p]) as still_to_run:
                     if not still_to_run:  # another launcher started it, or it ended meanwhile
                         watch += [p] if p.action is Action.SKIP_RUNNING else []
@@ -127,6 +140,10 @@ def _run(
                     follower.wake()
                     if _report_end(p, job):
                         watch.append(p)
+                    elif retry is not None and (again := retry_local(p, retry)) is not None:
+                        not_before[key] = time.time() + again[0]  # starts after its backoff
+                        queue.append(p)
+                        print(again[1], flush=True)
             view.tick()
             time.sleep(TICK_S)
     except KeyboardInterrupt:
@@ -187,8 +204,9 @@ def _report_end(p: Planned, job: Any) -> bool:
         error = f"job {job.job_id} ended without a result ({job.state})"
         status = p.dir.set_status(TrialState.FAILED, error=error)
     state = str(status.get("state", TrialState.FAILED)).upper()
+    cause = f" ({status['cause']})" if status.get("cause") else ""
     print(
-        f"  {state} {p.name}: {status.get('error', '')}\n    log: {job.paths.stderr}",
+        f"  {state} {p.name}{cause}: {status.get('error', '')}\n    log: {job.paths.stderr}",
         flush=True,
     )
     return False

@@ -2,7 +2,8 @@
 
 A profile says where and how each trial runs: partition, account, time, CPUs, memory, GPUs,
 nodes and tasks (one process per GPU for DDP), gres/constraint, exclusive nodes, extra
-`#SBATCH` lines, and how many times a trial may be requeued after hitting its time limit.
+`#SBATCH` lines, how many times a trial may be requeued after hitting its time limit, and how
+many times (and after how long) a trial that ended of a transient cause is retried.
 Every key is checked on load; a typo gets one line naming the file, the line and the nearest
 valid key.
 
@@ -43,6 +44,11 @@ class Profile:
     signal_delay_s: int = 120
     max_requeues: int = 30  # requeues after time limits (or preemptions) before giving up
     trials_per_job: int = 1  # trials run one after another in one job (bilma.sweep.pack)
+    # Automatic retries of a trial whose attempt ended of a transient cause (node failure,
+    # preemption past max_requeues, a NCCL timeout: bilma.sweep.retry), the n-th after
+    # retry_backoff_s * 2**(n-1) seconds; other causes never retry without --retry-failed.
+    max_transient_retries: int = 2
+    retry_backoff_s: int = 60
     gres: str | None = None
     constraint: str | None = None
     exclusive: bool = False
@@ -97,6 +103,8 @@ _INT_MIN = {
     "signal_delay_s": 0,
     "max_requeues": 0,
     "trials_per_job": 1,
+    "max_transient_retries": 0,
+    "retry_backoff_s": 0,
 }
 _STR = ("partition", "account", "qos", "gres", "constraint")
 _LISTS = ("sbatch_extra", "setup")

@@ -15,7 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from bilma.sweep.expand import Grid, Trial
 from bilma.sweep.job import TrialJob
 from bilma.sweep.pack import TrialPack, pack
 from bilma.sweep.plan import Action, Planned, claimed, mark_submitted
+from bilma.sweep.retry import RetryPolicy, by_delay, settle_slurm
 from bilma.sweep.snapshot import setup_lines
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
@@ -100,13 +101,18 @@ class SlurmBackend(Backend):
     waits = False  # submits and exits
 
     def __init__(
-        self, profile: str = "default", submits: bool = True, status_command: str | None = None
+        self,
+        profile: str = "default",
+        submits: bool = True,
+        status_command: str | None = None,
+        retry_failed: bool | Collection[str] = False,
     ):
         self.profile = profile  # a name in cluster/profiles/, or a file
         self.submits = submits  # False for --status and --dry-run: no sbatch needed
         self.status_command = status_command
         # trial directory -> the job array its job waits on (afterok): `bilma.sweep.chain`
         self.after: dict[Path, str] = {}
+        self.retry_failed = retry_failed  # --retry-failed: True, or the causes to rerun
 
     def check(self, grid: Grid, trials: list[Trial]) -> None:
         """The profile loads (ProfileError names the file and the profiles there are), and
@@ -129,12 +135,14 @@ class SlurmBackend(Backend):
                 )
                 return 0
             ids = []
-            groups: dict[str | None, list[Planned]] = {}  # one array per job waited on
-            for p in to_run:
-                groups.setdefault(self.after.get(p.dir.path), []).append(p)
-            for after, group in groups.items():
+            # one array per job waited on (bilma.sweep.chain) and per retry backoff (--begin)
+            groups: dict[tuple[str | None, int], list[Planned]] = {}
+            for delay, group in by_delay(to_run):
+                for p in group:
+                    groups.setdefault((self.after.get(p.dir.path), delay), []).append(p)
+            for (after, delay), group in groups.items():
                 for piece in split(group, max_array_size()):
-                    jobs = _submit_trials(piece, profile, after)
+                    jobs = _submit_trials(piece, profile, after, delay)
                     ids.append(str(jobs[0].job_id).split("_")[0])
                     for p, job in zip(piece, jobs, strict=True):
                         # the log path follows from the id
@@ -165,29 +173,30 @@ class SlurmBackend(Backend):
         return {path: f"{job} {states.get(job, 'unknown')}" for path, job in jobs.items()}
 
     def reconcile(self, planned: list[Planned]) -> None:
-        """A trial whose SLURM job was cancelled (scancel) is interrupted, not failed: its
-        trainer may have died of the cancellation (SIGTERM reaches every process of the
-        job), but a relaunch should resume it without --retry-failed."""
-        failed = [p for p in planned if p.action is Action.SKIP_FAILED]
-        jobs = _slurm_jobs(failed)
+        """The cause of each trial whose SLURM job ended (bilma.sweep.retry.settle_slurm): a
+        node failure or preemption is retried automatically (the profile's
+        max_transient_retries), a time limit or scancel resumes (its trainer may have died of
+        the cancellation: SIGTERM reaches every process of the job), an out-of-memory kill or
+        a bug fails. A launch records the causes in status.json; --status and --dry-run write
+        nothing."""
+        ended = [p for p in planned if p.action not in (Action.SKIP_DONE, Action.SKIP_RUNNING)]
+        jobs = _slurm_jobs(ended)
         if not jobs:
             return
         states = job_states(sorted(set(jobs.values())))
-        for p in failed:
-            job = jobs.get(p.dir.path)
-            if job and states.get(job, "").startswith("CANCELLED"):
-                p.action = Action.RESUME if p.dir.last_ckpt.exists() else Action.SUBMIT
-                p.note = f"SLURM job {job} was cancelled"
+        policy = RetryPolicy.of(load_profile(self.profile))
+        settle_slurm(planned, jobs, states, policy, self.retry_failed, write=self.submits)
 
     def dry_run(self, planned: list[Planned]) -> str:
         return "\nsbatch script of the array:\n\n" + sbatch_script(planned, self.profile)
 
 
 def _submit_trials(
-    piece: list[Planned], profile: Profile, after: str | None = None
+    piece: list[Planned], profile: Profile, after: str | None = None, delay_s: int = 0
 ) -> list[submitit.Job]:
     """One job per trial, or per group of `trials_per_job` (bilma.sweep.pack): the job of
-    each trial of `piece`, in its order; `after`: a job they wait on (afterok)."""
+    each trial of `piece`, in its order; `after`: a job they wait on (afterok); `delay_s`: an
+    automatic retry's backoff (sbatch --begin)."""
     params = profile.submitit_parameters()
     if after:  # start once every task of `after` succeeded; cancelled at once if one fails
         params["dependency"] = f"afterok:{after}"
@@ -195,6 +204,9 @@ def _submit_trials(
             **params.get("additional_parameters", {}),
             "kill_on_invalid_dep": "yes",  # else pending forever: DependencyNeverSatisfied
         }
+    if delay_s:
+        extra = params.setdefault("additional_parameters", {})
+        extra["begin"] = f"now+{delay_s}"
     # One thread per CPU the job was given: torch would otherwise use every core of the node.
     params["setup"] = ["export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}", *params.get("setup", [])]
     # The launch's code snapshot first on the path: every task and requeue imports it.

@@ -68,6 +68,8 @@ time_min: 240
 array_parallelism: 8
 signal_delay_s: 300
 max_requeues: 5
+max_transient_retries: 1
+retry_backoff_s: 30
 gres: "gpu:a100:4"
 constraint: "a100|h100"
 exclusive: true
@@ -77,6 +79,7 @@ setup: ["module load cuda/12.4"]
     )
     prof = load_profile(path)
     assert prof.name == "mine" and prof.tasks == 8 and prof.max_requeues == 5
+    assert (prof.max_transient_retries, prof.retry_backoff_s) == (1, 30)  # the launcher's keys
     assert prof.submitit_parameters() == {
         "time": 240,
         "nodes": 2,
@@ -118,6 +121,12 @@ def test_gpus_per_task(tmp_path):
         ("time_min: '60'\n", "time_min = '60' must be a positive integer"),
         ("gpus_per_node: -1\n", "gpus_per_node = -1 must be a non-negative integer"),
         ("max_requeues: true\n", "max_requeues = True must be a non-negative integer"),
+        (
+            "max_transient_retries: -1\n",
+            "max_transient_retries = -1 must be a non-negative integer",
+        ),
+        ("retry_backoff_s: 1.5\n", "retry_backoff_s = 1.5 must be a non-negative integer"),
+        ("max_transient_retry: 2\n", "did you mean 'max_transient_retries'?"),
         ("exclusive: yes please\n", "exclusive = 'yes please' must be true or false"),
         ("partition: 3\n", "partition = 3 must be a string"),
         ("setup: module load cuda\n", "setup must be a list of strings"),

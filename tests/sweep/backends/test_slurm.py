@@ -60,13 +60,16 @@ def write_profile(tmp_path: Path, **keys) -> Path:
     return path
 
 
-def launch(*args: str, cwd: Path, ids: list[str] | None = None, timeout=300) -> str:
-    """Run sweeps/launch.py to its end (a SLURM launch submits and exits); its output."""
+def launch(
+    *args: str, cwd: Path, ids: list[str] | None = None, timeout=300, expect: int = 0
+) -> str:
+    """Run sweeps/launch.py to its end (a SLURM launch submits and exits); its output (its
+    exit code must be `expect`)."""
     proc = run_launch(*args, cwd=cwd, timeout=timeout)
     out = proc.stdout + proc.stderr
     if ids is not None:
         ids += sorted(set(re.findall(r"^\s+(\d+)(?:_\d+)?\s", out, re.MULTILINE)))
-    assert proc.returncode == 0, out
+    assert proc.returncode == expect, out
     return out
 
 
@@ -406,3 +409,182 @@ def test_trials_per_job_packs_trials_and_requeues_each_where_it_was(
     wait_for("the array to leave the queue", lambda: not queued(jobs))
     table = launch("--grid", str(grid), "--status", cwd=tmp_path)
     assert table.count(" done ") == 3, table
+
+
+# ----------------------------------------------------------------------------- causes
+
+# Imported by every Python process of a job whose PYTHONPATH starts with its folder: makes
+# the trainer's fit raise a bug (no test seam in the trainer; the job runs the real code).
+_PLANT_BUG = """
+import importlib.abc, importlib.util, sys
+
+class _PlantBug(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "bilma.training.trainer":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+
+            def fit(self):
+                raise ZeroDivisionError("a bug planted by the test")
+
+            module.Trainer.fit = fit
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, _PlantBug())
+"""
+
+
+def _sacct_times(job: str, *fields: str) -> list:
+    """The job's times (sacct's Submit, Eligible, Start, ...) as datetimes."""
+    from datetime import datetime
+
+    def get():
+        out = subprocess.run(
+            ["sacct", "-n", "-P", "-X", "-o", f"JobID,{','.join(fields)}", "-j", job.split("_")[0]],
+            capture_output=True,
+            text=True,
+        )
+        for line in out.stdout.splitlines():
+            jid, *times = line.split("|")
+            if jid == job and all(t[:1].isdigit() for t in times):
+                return [datetime.fromisoformat(t) for t in times]
+        return None
+
+    return wait_for(f"sacct's times of {job}", get, 60)
+
+
+def _node() -> str:
+    out = subprocess.run(["sinfo", "-h", "-o", "%N"], capture_output=True, text=True)
+    return out.stdout.split()[0]
+
+
+def _running_jobs() -> set[str]:
+    out = subprocess.run(
+        ["squeue", "-h", "-r", "-t", "RUNNING,COMPLETING", "-o", "%i"],
+        capture_output=True,
+        text=True,
+    )
+    return set(out.stdout.split())
+
+
+def _fail_the_node(ours: set[str], ends: str) -> None:
+    """A real node failure of the single node: drained (no new job starts), once no job but
+    `ours` runs there (other users' jobs would die too: wait up to 3 min for them), set DOWN,
+    which kills `ours` (SLURM records NODE_FAIL: `ends`, a job it does not requeue, shows it
+    as its last state), then resumed."""
+    node = _node()
+    scontrol = ["scontrol", "update", f"NodeName={node}"]
+    subprocess.run([*scontrol, "State=DRAIN", "Reason=bilma-test-node-failure"], check=True)
+    try:
+        wait_for("no other job on the node", lambda: _running_jobs() <= ours, 180)
+        subprocess.run([*scontrol, "State=DOWN", "Reason=bilma-test-node-failure"], check=True)
+        wait_for("sacct NODE_FAIL", lambda: sacct_state(ends) == "NODE_FAIL", 120)
+    finally:
+        # a DOWN node comes back by itself here (ReturnToService=2) once slurmd registers;
+        # RESUME for the case it did not (an error when it already has: ignored)
+        subprocess.run([*scontrol, "State=RESUME"], capture_output=True)
+        wait_for(
+            "the node back",
+            lambda: (
+                subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+                .stdout.strip()
+                .rstrip("*")
+                in ("idle", "mixed", "allocated")
+            ),
+            120,
+        )
+
+
+def test_node_failure_is_retried_and_a_bug_is_not(cluster, jobs, synth_small, tmp_path):
+    """The node fails under two trials (a real NODE_FAIL: the node set DOWN). One submitted
+    with --no-requeue (clusters with JobRequeue=0): the next launch resubmits it by itself (no
+    --retry-failed) after the profile's backoff, and it finishes. The other: SLURM requeues it
+    by itself (JobRequeue=1, this cluster's), and its next run records why the first ended.
+    Both record node_failure for their first attempt. A trial ending in a bug is recorded as
+    one and not retried."""
+    work = settings(synth_small, tmp_path, "train.epochs=150", "eval.every=50")
+    grid = write_grid(tmp_path, work, study="nodefail")
+    plant = tmp_path / "plant"
+    plant.mkdir()
+    (plant / "sitecustomize.py").write_text(_PLANT_BUG)
+    buggy = write_profile(tmp_path, setup=[f"export PYTHONPATH={plant}:$PYTHONPATH"])
+    buggy = buggy.rename(tmp_path / "buggy.yaml")
+    profile = write_profile(
+        tmp_path, sbatch_extra=["--no-requeue"], max_transient_retries=2, retry_backoff_s=30
+    )
+    args = ["--grid", str(grid), "--backend", "slurm", "--profile", str(profile)]
+    bug_grid = write_grid(tmp_path, work[:-2] + ["train.epochs=2"], study="bugtrial")
+    bug_args = ["--grid", str(bug_grid), "--backend", "slurm", "--profile", str(buggy)]
+    requeued_grid = write_grid(tmp_path, work, study="requeued")
+    requeued_args = ["--grid", str(requeued_grid), "--backend", "slurm", "--profile"]
+    launch(*bug_args, cwd=tmp_path, ids=jobs)
+    launch(*args, cwd=tmp_path, ids=jobs)
+    launch(*requeued_args, "local-slurm", cwd=tmp_path, ids=jobs)
+
+    (trial,) = trial_dirs(tmp_path, "nodefail")
+    (requeued,) = trial_dirs(tmp_path, "requeued")
+    for t in (trial, requeued):
+        wait_for("the first epoch", lambda t=t: (t / "ckpt" / "last.pt").exists())
+        assert not (t / "result.json").exists(), "the trial ended before the node failed"
+    job, requeued_job = status(trial)["job_id"], status(requeued)["job_id"]
+    _fail_the_node({job, requeued_job}, ends=job)
+    wait_for("the job to leave the queue", lambda: not queued([job]), 120)
+
+    table = launch(*args[:2], "--status", cwd=tmp_path)
+    assert f"{job} NODE_FAIL" in table and "node_failure" in table, table
+    again = launch(*args, cwd=tmp_path, ids=jobs)
+    assert "1 to start (1 retried)" in again, again
+    new_job = status(trial)["job_id"]
+    assert new_job != job
+    # the backoff: 30 s from the launch's decision (before it prepared and submitted: a few
+    # seconds on a busy machine), then SLURM may start it (sbatch --begin), not before
+    submit, eligible = _sacct_times(new_job, "Submit", "Eligible")
+    assert 10 <= (eligible - submit).total_seconds() <= 31, (submit, eligible)
+    result = wait_result(trial, timeout=2 * DEADLINE)
+    assert result["epochs"] == 150
+    st = status(trial)
+    assert st["state"] == "done" and st["auto_retries"] == 1 and st["attempts"] == 2
+    first, last = st["attempt_log"]
+    assert (first["job_id"], first["cause"], first["source"]) == (job, "node_failure", "slurm")
+    assert first["retried"] is True
+    assert (last["job_id"], last["state"], last["cause"]) == (new_job, "done", None)
+    assert "resuming from" in logs(trial)
+
+    wait_result(requeued, timeout=2 * DEADLINE)
+    st = status(requeued)
+    assert st["state"] == "done" and st["attempts"] == 2 and "auto_retries" not in st
+    first, last = st["attempt_log"]
+    assert (first["job_id"], first["cause"], first["source"]) == (
+        requeued_job,
+        "node_failure",
+        "slurm",
+    )
+    assert (last["job_id"], last["state"]) == (requeued_job, "done")  # the same job, rerun
+
+    (bug,) = trial_dirs(tmp_path, "bugtrial")
+    wait_for("the bug", lambda: status(bug).get("state") == "failed", DEADLINE)
+    bug_job = status(bug)["job_id"]
+    wait_for("the buggy job to end", lambda: not queued([bug_job]), 120)
+    st = status(bug)
+    assert st["cause"] == "bug" and st["error"] == "ZeroDivisionError: a bug planted by the test"
+    bug_table = launch(*bug_args[:2], "--status", cwd=tmp_path)
+    assert re.search(rf"failed\s+{bug_job} FAILED\s+bug\s+1\s", bug_table), bug_table
+    again = launch(*bug_args, cwd=tmp_path, ids=jobs, expect=1)  # every trial done or failed
+    assert "1 failed (use --retry-failed)" in again and "nothing to submit" in again, again
+    assert status(bug)["job_id"] == bug_job and status(bug)["attempts"] == 1
+    # the filter: a retry of other causes leaves it alone too
+    dry = launch(
+        *bug_args, "--retry-failed", "node_failure,out_of_memory", "--dry-run", cwd=tmp_path
+    )
+    assert "1 failed (use --retry-failed)" in dry, dry
+    dry = launch(*bug_args, "--retry-failed", "bug", "--dry-run", cwd=tmp_path)
+    assert "1 to start (1 retried)" in dry, dry
+    runs = {r.data.tags["trial_id"]: r for r in mlflow_children(tmp_path, "bugtrial")}
+    assert runs[bug.name].data.tags["failure_cause"] == "bug"
