@@ -113,7 +113,7 @@ def _study(study: str, records, args: argparse.Namespace) -> dict:
     for w in table.warnings:
         print(f"warning: {study}: {w}", file=sys.stderr)
     md = tables.markdown(table)
-    from bilma.sweep.estimate import totals_line  # the study's GPU- and CPU-hours
+    from bilma.runs.totals import totals_line  # the study's GPU- and CPU-hours
 
     if used := totals_line(r.usage for r in records):
         md += f"\n{used}\n"

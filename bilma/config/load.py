@@ -171,7 +171,7 @@ def _check_cross(cfg: Config, where: str) -> None:
     if (problem := name_problem(cfg.tracking.study)) is not None:
         # It names the folder runs/<study>/: '../x' or '/abs' would write outside paths.runs.
         raise ConfigError(f"{where}: tracking.study = {shown(cfg.tracking.study)} {problem}")
-    from bilma.runs.retention import problem as retention_problem  # bilma.runs imports config
+    from bilma.config.keep import problem as retention_problem
 
     if (problem := retention_problem(cfg.train.keep_checkpoints)) is not None:
         raise ConfigError(f"{where}: {problem}")

@@ -35,6 +35,7 @@ from bilma.runs.schema import (
     CAUSES,
     INTERRUPTING_CAUSES,
     TRANSIENT_CAUSES,
+    TrialState,
 )
 
 # Words of an exception's message that tell an out-of-memory error (CUDA's caching allocator,
@@ -184,9 +185,11 @@ def previous_attempt(status: dict[str, Any]) -> dict[str, Any]:
     state, attempts = status.get("state"), int(status.get("attempts") or 0)
     log = status.get("attempt_log") or []
     last = log[-1] if log and isinstance(log[-1], dict) else {}
-    died = state == "running" and attempts >= 1
+    died = state == TrialState.RUNNING and attempts >= 1
     unexplained = (
-        state == "interrupted" and last.get("attempt") == attempts and last.get("cause") is None
+        state == TrialState.INTERRUPTED
+        and last.get("attempt") == attempts
+        and last.get("cause") is None
     )
     if not (died or unexplained):
         return {}

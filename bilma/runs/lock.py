@@ -55,6 +55,14 @@ def holder(trial_dir: str | Path) -> str:
         return "unknown process"
 
 
+def local_holder_pid(trial_dir: str | Path) -> int | None:
+    """The pid of the lock's recorded holder when it is a process of this machine, else None."""
+    parts = holder(trial_dir).split()
+    if len(parts) < 4 or parts[0] != "pid" or parts[2] != "on" or not parts[1].isdigit():
+        return None
+    return int(parts[1]) if parts[3] == socket.gethostname() else None
+
+
 def holder_alive(trial_dir: str | Path) -> bool:
     """False only when the recorded holder is a dead process of this machine."""
     parts = holder(trial_dir).split()

@@ -19,7 +19,6 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from bilma.fileio import fsync_dir
@@ -27,36 +26,9 @@ from bilma.runs import schema
 
 log = logging.getLogger(__name__)
 
-DEFAULT = "last_and_best"
-FORMAT = "last_and_best, best or every:N (N >= 1 epochs)"
-
-
-@dataclass(frozen=True)
-class Policy:
-    keep_last: bool  # after the trial is done
-    every: int | None = None  # epoch snapshots every N epochs
-
-
-def parse(value: str) -> Policy:
-    """The policy of a `train.keep_checkpoints` value; ValueError naming the formats."""
-    text = str(value).strip()
-    if text == "last_and_best":
-        return Policy(keep_last=True)
-    if text == "best":
-        return Policy(keep_last=False)
-    kind, _, n = text.partition(":")
-    if kind == "every" and n.strip().isdigit() and int(n) >= 1:
-        return Policy(keep_last=True, every=int(n))
-    raise ValueError(f"train.keep_checkpoints = {value!r}: expected {FORMAT}, e.g. every:10")
-
-
-def problem(value: str) -> str | None:
-    """The config error of a bad value (for bilma.config's validation), or None."""
-    try:
-        parse(value)
-    except ValueError as e:
-        return str(e)
-    return None
+# The values and their parsing live with the config, which validates them (bilma.config
+# sits below bilma.runs); importable from here too.
+from bilma.config.keep import DEFAULT, FORMAT, Policy, parse, problem  # noqa: E402, F401
 
 
 def snapshot_path(ckpt_dir: Path, epoch: int) -> Path:

@@ -27,6 +27,7 @@ import yaml
 from bilma import resources
 from bilma.config import Config
 from bilma.runs import retention, schema
+from bilma.runs.totals import _h, _positive, totals_line  # noqa: F401  (importable here too)
 from bilma.runs.trial_dir import find_trials
 
 GB = 1e9
@@ -105,10 +106,6 @@ def finished_trials(runs_root: str | Path) -> list[Finished]:
 
 
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def _positive(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
 
 
 def _size(path: Path) -> int | None:
@@ -393,10 +390,6 @@ def _existing(path: Path) -> Path:
     return next(p for p in (path, *path.parents) if p.exists())
 
 
-def _h(hours: float) -> str:
-    return f"{hours:.2g}" if hours < 10 else f"{hours:,.0f}"
-
-
 def _gb(n: float) -> str:
     if n >= 10 * GB:
         return f"{n / GB:,.0f} GB"
@@ -406,19 +399,3 @@ def _gb(n: float) -> str:
 
 
 # ----------------------------------------------------------------------------- totals
-
-
-def totals_line(results: Iterable[dict[str, Any] | None]) -> str | None:
-    """ "used: 12 GPU-hours, 40 CPU-hours (9 trials)" over the results that record usage;
-    None when none does."""
-    gpu = cpu = 0.0
-    n = 0
-    for r in results:
-        if not r or not any(_positive(r.get(k)) for k in ("gpu_hours", "cpu_hours")):
-            continue
-        n += 1
-        gpu += r["gpu_hours"] if _positive(r.get("gpu_hours")) else 0.0
-        cpu += r["cpu_hours"] if _positive(r.get("cpu_hours")) else 0.0
-    if not n:
-        return None
-    return f"used: {_h(gpu)} GPU-hours, {_h(cpu)} CPU-hours ({n} trial{'s' if n != 1 else ''})"

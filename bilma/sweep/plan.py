@@ -174,8 +174,6 @@ def summary(planned: list[Planned]) -> str:
         parts.append(f"{c[Action.SKIP_FAILED]} failed (use --retry-failed)")
     if c[Action.SKIP_UNREADABLE]:
         parts.append(f"{c[Action.SKIP_UNREADABLE]} unreadable (left alone)")
-    from bilma.sweep.reuse import reuse_summary
-
     return ", ".join(parts + reuse_summary(planned))
 
 
@@ -327,3 +325,15 @@ def mark_submitted(
         host=socket.gethostname(),
         **{STATUS_AFTER_JOB: after},
     )
+
+
+def reuse_summary(planned: list[Planned]) -> list[str]:
+    """The plan summary's parts: 'N trials reused from study X', 'N running in study X'."""
+    parts = []
+    for action, what in ((Action.REUSE, "reused from"), (Action.SKIP_ELSEWHERE, "running in")):
+        by_study = Counter(p.source.path.parent.name for p in planned if p.action is action)
+        parts += [
+            f"{n} trial{'s' if n != 1 else ''} {what} study {study}"
+            for study, n in sorted(by_study.items())
+        ]
+    return parts

@@ -8,7 +8,7 @@ from bilma.runs.causes import cause_of_slurm_state, settled_cause
 from bilma.runs.launch import read_launch
 from bilma.runs.reading import UNREADABLE, read_result, read_status
 from bilma.runs.schema import REUSED_FROM, TrialState
-from bilma.sweep.estimate import totals_line
+from bilma.runs.totals import totals_line
 from bilma.sweep.plan import Action, Planned
 from bilma.sweep.snapshot import short
 
@@ -96,7 +96,7 @@ def status_table(
         header.insert(-1, "code")
         for row, code in zip(rows, codes, strict=True):
             row.insert(-1, code)
-    used = totals_line(results)  # bilma/sweep/estimate.py
+    used = totals_line(results)  # bilma/runs/totals.py
     return _table(header, rows) + (f"\n{used}" if used else "")
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
 from pathlib import Path
 
 from bilma.errors import first_line
@@ -28,7 +27,7 @@ from bilma.runs.lock import claim
 from bilma.runs.reuse import link_reused, reused_from, unlink_reused_ckpt
 from bilma.runs.trial_dir import TrialDir
 from bilma.sweep.expand import Grid
-from bilma.sweep.plan import Action, Planned, classify
+from bilma.sweep.plan import Action, Planned, classify, reuse_summary  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +84,6 @@ def _choose(p: Planned, candidates: list[TrialDir]) -> None:
         src, why = running[0]
         p.action, p.source = Action.SKIP_ELSEWHERE, src
         p.note = f"in study {src.path.parent.name} ({why}); relaunch after it ends to reuse it"
-
-
-def reuse_summary(planned: list[Planned]) -> list[str]:
-    """The plan summary's parts: 'N trials reused from study X', 'N running in study X'."""
-    parts = []
-    for action, what in ((Action.REUSE, "reused from"), (Action.SKIP_ELSEWHERE, "running in")):
-        by_study = Counter(p.source.path.parent.name for p in planned if p.action is action)
-        parts += [
-            f"{n} trial{'s' if n != 1 else ''} {what} study {study}"
-            for study, n in sorted(by_study.items())
-        ]
-    return parts
 
 
 def apply_reuse(grid: Grid, planned: list[Planned]) -> list[Planned]:

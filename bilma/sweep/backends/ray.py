@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections import Counter
@@ -39,7 +40,9 @@ from typing import Any
 from ray import tune
 
 from bilma.config import Config, ConfigError, apply_values
+from bilma.errors import BilmaError
 from bilma.runs.launch import read_launch
+from bilma.runs.lock import is_locked, local_holder_pid
 from bilma.runs.schema import TrialState
 from bilma.runs.trial_dir import TrialDir
 from bilma.sweep.backends.base import Backend
@@ -291,13 +294,45 @@ class RayBackend(Backend):
         code = trial_snapshot(to_run[0].dir.path) if to_run else None  # the launch's
         env = job_env(to_run[0].dir.path) if to_run else {}
         opts = replace(self.options(), env=env, code=code)
-        return run_ray(grid, trials, parent_run_id, opts)
+        return run_ray(grid, trials, parent_run_id, opts, dirs=[p.dir.path for p in planned])
+
+
+def stop_orphans(dirs: list[Path], timeout_s: float = 300.0) -> None:
+    """Before an experiment is restored: trial processes of an earlier driver still holding
+    their trial's lock (a SIGKILLed driver's actors outlive it on a shared Ray head) are asked
+    to save and stop (SIGTERM), and waited for; restoring under them would race their
+    checkpoints (Tune deletes a trial's older checkpoint as it writes the next)."""
+    held = [d for d in dirs if is_locked(d)]
+    if not held:
+        return
+    print(f"{len(held)} trial(s) of an earlier launch still train: stopping them (they save)",
+          flush=True)  # fmt: skip
+    for d in held:
+        pid = local_holder_pid(d)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while any(is_locked(d) for d in held):
+        if time.monotonic() > deadline:
+            still = [str(d) for d in held if is_locked(d)]
+            raise BilmaError(
+                f"trial process(es) of an earlier launch still hold {', '.join(still)}; stop "
+                "them (their lock file names the pid and host), then run the same command again"
+            )
+        time.sleep(1.0)
 
 
 def run_ray(
-    grid: Grid, trials: list[Trial], parent: str | None, opts: RayOptions, metric: str | None = None
+    grid: Grid,
+    trials: list[Trial],
+    parent: str | None,
+    opts: RayOptions,
+    metric: str | None = None,
+    dirs: list[Path] | None = None,
 ) -> int:
-    """Run the grid's trials on Ray Tune; 0 when every trial is done or stopped early."""
+    """Run the grid's trials on Ray Tune; 0 when every trial is done or stopped early.
+    `dirs`: the trials' folders, whose processes of an earlier driver a restore stops first."""
     metric = metric or check(grid, trials)
     cfg0 = trials[0].config
     # One checkpoint kept per trial forces an experiment snapshot at each report: wanted
@@ -305,6 +340,8 @@ def run_ray(
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     storage = (Path(cfg0.paths.runs) / grid.study / TUNE_DIR).resolve()
     name = f"tune-{fingerprint(trials, grid.search, grid.scheduler)}"
+    if dirs and tune.Tuner.can_restore(str(storage / name)):
+        stop_orphans(dirs)
     with ray_session(opts) as where:
         print(f"Ray Tune on {where}; Tune's files in {storage / name}", flush=True)
         recorder = Recorder(metric)

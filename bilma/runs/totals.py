@@ -1,0 +1,30 @@
+"""A study's used GPU- and CPU-hours, summed from its trials' results (`--status`, the tables)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+
+def _positive(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
+
+
+def _h(hours: float) -> str:
+    return f"{hours:.2g}" if hours < 10 else f"{hours:,.0f}"
+
+
+def totals_line(results: Iterable[dict[str, Any] | None]) -> str | None:
+    """ "used: 12 GPU-hours, 40 CPU-hours (9 trials)" over the results that record usage;
+    None when none does."""
+    gpu = cpu = 0.0
+    n = 0
+    for r in results:
+        if not r or not any(_positive(r.get(k)) for k in ("gpu_hours", "cpu_hours")):
+            continue
+        n += 1
+        gpu += r["gpu_hours"] if _positive(r.get("gpu_hours")) else 0.0
+        cpu += r["cpu_hours"] if _positive(r.get("cpu_hours")) else 0.0
+    if not n:
+        return None
+    return f"used: {_h(gpu)} GPU-hours, {_h(cpu)} CPU-hours ({n} trial{'s' if n != 1 else ''})"
