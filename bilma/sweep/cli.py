@@ -25,6 +25,7 @@ from bilma.config.load import add_override_args, merge_overrides
 
 if TYPE_CHECKING:
     from bilma.sweep.backends.base import Backend
+    from bilma.sweep.expand import Grid
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -72,6 +73,13 @@ def build_parser(prog: str = "python sweeps/launch.py") -> argparse.ArgumentPars
         action="store_true",
         help="skip the check of datasets, weights and parse maps (data only compute nodes see)",
     )
+    p.add_argument(
+        "--max-trials",
+        type=_positive(int),
+        default=None,
+        help="a grid of more trials needs --yes (default 500: bilma.sweep.size.MAX_TRIALS)",
+    )
+    p.add_argument("--yes", action="store_true", help="go on with a grid above --max-trials")
     add_override_args(p)  # every trial's: `k=v` or `--set k=v`
     p.add_argument("--ray-address", default=None, help="ray: a running cluster (or $RAY_ADDRESS)")
     p.add_argument("--cpus-per-trial", type=float, default=None, help="ray (default 1 or profile)")
@@ -122,6 +130,7 @@ def _run(args: argparse.Namespace) -> int:
     from bilma.sweep.prepare import finish_parent, prepare, rename_skipped
 
     grid = load_grid(args.grid, args.overrides)
+    _check_size(args, grid)  # from the grid file alone: a huge grid answers at once
     trials, dropped = expand_report(grid)  # validates every trial before anything runs
     backend = BACKENDS[args.backend](args)
     backend.check(grid, trials)  # before any folder, dataset or MLflow run is made
@@ -179,8 +188,8 @@ def _run(args: argparse.Namespace) -> int:
     code = backend.submit(grid, planned, parent)
     if not backend.waits:
         return code  # queued: the parent run stays open, --status follows the trials
-    if code != 130:
-        finish_parent(trials[0].config, parent, failed=code != 0)
+    # A launch stopped by a signal (exit 128 + its number) leaves trials to resume: KILLED.
+    finish_parent(trials[0].config, parent, failed=code != 0, stopped=code > 128)
     print(report.status_table(plan(trials)))
     if trials[0].config.tracking.enabled:
         print(_compare_runs(trials[0].config.tracking.uri, trials[0].config.tracking.study))
@@ -197,6 +206,17 @@ def _compare_runs(uri: str, study: str) -> str:
     http = server.startswith(("http://", "https://"))
     url = runs_url(uri, study, base=server) if http else runs_url(uri, study)
     return text + (f"\nthen open {url}" if url else "")
+
+
+def _check_size(args: argparse.Namespace, grid: Grid) -> None:
+    """Show a large grid's size before its expansion; refuse one above --max-trials without
+    --yes (bilma.sweep.size)."""
+    from bilma.sweep.size import MAX_TRIALS, SHOW_FROM, check_size, grid_size
+
+    size = grid_size(grid)
+    if size.count >= SHOW_FROM:
+        print(size.line(grid.study), flush=True)
+    check_size(size, grid.study, args.max_trials or MAX_TRIALS, args.yes)
 
 
 def _preflight(args: argparse.Namespace, planned: list) -> list:

@@ -12,6 +12,7 @@ signal back to submitit's own handler, which checkpoints this object and requeue
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 from pathlib import Path
@@ -33,6 +34,16 @@ class TrialJob(submitit.helpers.Checkpointable):
         return f"TrialJob({self.trial_dir!r})"
 
     def __call__(self) -> dict[str, Any]:
+        from bilma.training.signals import catch_early
+
+        # First thing (before torch's import): in a submitit job, whose handler drops
+        # SIGTERM, a stop signal during start-up is kept and stops the trainer after its
+        # first step (bilma.training.signals), instead of the trial training on.
+        early = catch_early() if _submitit_handles(signal.SIGTERM) else contextlib.nullcontext()
+        with early:
+            return self._train()
+
+    def _train(self) -> dict[str, Any]:
         from bilma.runs.trial_dir import TrialDir
         from bilma.training.trainer import Interrupted, train
 

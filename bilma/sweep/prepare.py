@@ -133,14 +133,16 @@ def grid_params(grid: Grid, planned: list[Planned]) -> dict[str, str]:
     return params
 
 
-def finish_parent(cfg: Config, parent: str | None, failed: bool) -> None:
+def finish_parent(cfg: Config, parent: str | None, failed: bool, stopped: bool = False) -> None:
     """The sweep's summary and mean curves on its parent run (from the trial directories),
-    then its final status. Never raises: a server gone since the start costs a warning."""
+    then its final status (`stopped`: the launch was stopped, trials are left to resume).
+    Never raises: a server gone since the start costs a warning."""
     if not parent:
         return
     from bilma.tracking.parent import update_parent
 
-    status = MLFLOW_STATUS[TrialState.FAILED if failed else TrialState.DONE]
+    state = TrialState.INTERRUPTED if stopped else TrialState.FAILED if failed else TrialState.DONE
+    status = MLFLOW_STATUS[state]
     try:
         study_dir = Path(cfg.paths.runs) / cfg.tracking.study
         update_parent(cfg.tracking.uri, parent, [study_dir], status=status)
