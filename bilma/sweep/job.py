@@ -5,9 +5,11 @@ MLflow parent run and the launching command's tracking settings, which win over 
 so the pickle carries no mutable state and a requeued job simply calls the trainer again,
 which resumes from `ckpt/last.pt`.
 
-Signals: the trainer saves on SIGTERM/SIGUSR2/SIGINT and raises `Interrupted`. For SIGUSR2
-(SLURM's time-limit and preemption signal, and submitit's local timeout) the job hands the
-signal back to submitit's own handler, which checkpoints this object and requeues the job.
+Signals: the trainer saves on SIGTERM/SIGUSR2/SIGINT/SIGHUP and raises `Interrupted`. For
+SIGUSR2 (SLURM's time-limit and preemption signal, and submitit's local timeout) the job hands
+the signal back to submitit's own handler, which checkpoints this object and requeues the job.
+A stop signal during start-up (before the trainer's handlers) is kept from the job's first
+line (`bilma.training.signals.catch_early`): submitit's handler would drop a SIGTERM.
 """
 
 from __future__ import annotations
