@@ -190,3 +190,32 @@ def test_closing_the_launchers_terminal_stops_its_trials(synth_small, tmp_path):
     assert proc.wait(timeout=300) == 128 + signal.SIGHUP, b"".join(seen).decode(errors="replace")
     assert_stopped(trial)
     assert parent_status(tmp_path) == "KILLED"
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_submitit_starts_the_job_is_not_lost(synth_small, tmp_path, monkeypatch):
+    """The launcher in this process; Ctrl-C lands just as submitit has started the trial's job,
+    before the launcher recorded it. Before, the KeyboardInterrupt lost the job: the launcher
+    said "stopped" at once and the trial trained on."""
+    from bilma.sweep.backends import local
+    from bilma.sweep.expand import expand, load_grid
+    from bilma.sweep.plan import plan
+    from bilma.sweep.prepare import prepare
+
+    grid = load_grid(long_grid(tmp_path, synth_small), ["tracking.enabled=false"])
+    planned = plan(expand(grid))
+    prepare(grid, planned)
+    real = local.submit_local
+
+    def submit_then_ctrl_c(*args, **kw):
+        job = real(*args, **kw)
+        os.kill(os.getpid(), signal.SIGINT)  # handled before submit_local returns
+        return job
+
+    monkeypatch.setattr(local, "submit_local", submit_then_ctrl_c)
+    code = local.run_local(planned, max_parallel=1, timeout_min=10)
+    assert code == 130
+    (trial,) = [p.dir.path for p in planned]
+    assert_no_trial_process(trial)
+    assert status(trial)["state"] == "interrupted", status(trial)
+    assert not (trial / "result.json").exists()
