@@ -37,6 +37,10 @@ class GridError(BilmaError, ValueError):
     """A bad grid file: the file, the key (and variant) and the fix."""
 
 
+class GridTooLarge(GridError):
+    """A grid of more trials than `--max-trials`, launched without `--yes`."""
+
+
 class SearchError(BilmaError, ValueError):
     """A bad `search:` or `scheduler:` section (load_grid re-raises it as a GridError)."""
 

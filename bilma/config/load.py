@@ -320,8 +320,13 @@ def validate(cfg: Config, where: str = "config") -> Config:
     return apply_values(Config(), flatten(to_dict(cfg)), where)
 
 
+# libyaml's emitter when PyYAML has it: the same text, 5x faster (a 1,000-trial launch writes
+# 1,000 config.yaml).
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def dump_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    return yaml.dump(to_dict(cfg), Dumper=_DUMPER, sort_keys=False)
 
 
 def describe_keys() -> str:

@@ -9,6 +9,7 @@ in the trial id (`hash`: True, False = left out (locations, tracking, worker cou
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -255,6 +256,7 @@ class Config:
 # ----------------------------------------------------------------------------- key tables
 
 
+@functools.cache  # every config built calls it; get_type_hints compiles the annotations
 def _sections() -> dict[str, type]:
     hints = typing.get_type_hints(Config)
     return {f.name: hints[f.name] for f in dataclasses.fields(Config)}

@@ -26,6 +26,7 @@ from bilma.sweep import chain
 
 if TYPE_CHECKING:
     from bilma.sweep.backends.base import Backend
+    from bilma.sweep.expand import Grid
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -105,6 +106,13 @@ def build_parser(prog: str = "python sweeps/launch.py") -> argparse.ArgumentPars
         action="store_true",
         help="skip the preflight's check that the checkpoints fit in paths.runs' free space",
     )
+    p.add_argument(
+        "--max-trials",
+        type=_positive(int),
+        default=None,
+        help="a grid of more trials needs --yes (default 500: bilma.sweep.size.MAX_TRIALS)",
+    )
+    p.add_argument("--yes", action="store_true", help="go on with a grid above --max-trials")
     add_override_args(p)  # every trial's: `k=v` or `--set k=v`
     p.add_argument("--ray-address", default=None, help="ray: a running cluster (or $RAY_ADDRESS)")
     p.add_argument("--cpus-per-trial", type=float, default=None, help="ray (default 1 or profile)")
@@ -177,6 +185,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.notify:
         notify.check_url(args.notify)  # a bad URL: one error line before anything runs
     grid = load_grid(args.grid, args.overrides)
+    _check_size(args, grid)  # from the grid file alone: a huge grid answers at once
     trials, dropped = expand_report(grid)  # validates every trial before anything runs
     backend = BACKENDS[args.backend](args)
     backend.check(grid, trials)  # before any folder, dataset or MLflow run is made
@@ -258,8 +267,8 @@ def _run(args: argparse.Namespace) -> int:
     if not backend.waits:
         return code  # queued: the parent run stays open, --status follows the trials
     notify.check(study_dir)  # what the jobs could not send (a killed job, Ray's trials)
-    if code != 130:
-        finish_parent(trials[0].config, parent, failed=code != 0)
+    # A launch stopped by a signal (exit 128 + its number) leaves trials to resume: KILLED.
+    finish_parent(trials[0].config, parent, failed=code != 0, stopped=code > 128)
     print(report.status_table(plan(trials)))
     if trials[0].config.tracking.enabled:
         print(_compare_runs(trials[0].config.tracking.uri, trials[0].config.tracking.study))
@@ -276,6 +285,17 @@ def _compare_runs(uri: str, study: str) -> str:
     http = server.startswith(("http://", "https://"))
     url = runs_url(uri, study, base=server) if http else runs_url(uri, study)
     return text + (f"\nthen open {url}" if url else "")
+
+
+def _check_size(args: argparse.Namespace, grid: Grid) -> None:
+    """Show a large grid's size before its expansion; refuse one above --max-trials without
+    --yes (bilma.sweep.size)."""
+    from bilma.sweep.size import MAX_TRIALS, SHOW_FROM, check_size, grid_size
+
+    size = grid_size(grid)
+    if size.count >= SHOW_FROM:
+        print(size.line(grid.study), flush=True)
+    check_size(size, grid.study, args.max_trials or MAX_TRIALS, args.yes)
 
 
 def _preflight(args: argparse.Namespace, planned: list) -> list:

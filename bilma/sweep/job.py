@@ -5,13 +5,16 @@ MLflow parent run and the launching command's tracking settings, which win over 
 so the pickle carries no mutable state and a requeued job simply calls the trainer again,
 which resumes from `ckpt/last.pt`.
 
-Signals: the trainer saves on SIGTERM/SIGUSR2/SIGINT and raises `Interrupted`. For SIGUSR2
-(SLURM's time-limit and preemption signal, and submitit's local timeout) the job hands the
-signal back to submitit's own handler, which checkpoints this object and requeues the job.
+Signals: the trainer saves on SIGTERM/SIGUSR2/SIGINT/SIGHUP and raises `Interrupted`. For
+SIGUSR2 (SLURM's time-limit and preemption signal, and submitit's local timeout) the job hands
+the signal back to submitit's own handler, which checkpoints this object and requeues the job.
+A stop signal during start-up (before the trainer's handlers) is kept from the job's first
+line (`bilma.training.signals.catch_early`): submitit's handler would drop a SIGTERM.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 from pathlib import Path
@@ -33,6 +36,16 @@ class TrialJob(submitit.helpers.Checkpointable):
         return f"TrialJob({self.trial_dir!r})"
 
     def __call__(self) -> dict[str, Any]:
+        from bilma.training.signals import catch_early
+
+        # First thing (before torch's import): in a submitit job, whose handler drops
+        # SIGTERM, a stop signal during start-up is kept and stops the trainer after its
+        # first step (bilma.training.signals), instead of the trial training on.
+        early = catch_early() if _submitit_handles(signal.SIGTERM) else contextlib.nullcontext()
+        with early:
+            return self._train()
+
+    def _train(self) -> dict[str, Any]:
         from bilma.runs.trial_dir import TrialDir
         from bilma.training.trainer import Interrupted, train
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bilma.config import Config
@@ -22,6 +23,8 @@ from bilma.sweep.expand import Grid
 from bilma.sweep.plan import Planned
 
 log = logging.getLogger(__name__)
+
+PREPARE_THREADS = 8  # trial folders written at once
 
 
 def prepare(
@@ -48,7 +51,8 @@ def prepare(
         cfg0 = planned[0].trial.config
         if tracking and cfg0.tracking.enabled:
             parent = _parent_run(grid, cfg0, planned)
-    for p in to_run:
+
+    def folder(p: Planned) -> None:
         p.dir.init(p.trial.config)
         # this command's tracking settings win over the ones frozen in config.yaml
         settings = {
@@ -57,6 +61,11 @@ def prepare(
         }
         launch = p.trial.launch(str(grid.path), parent, settings)
         write_launch(p.dir.path, dataclasses.replace(launch, code=code))
+
+    # Each file is fsynced (bilma.fileio); fsyncs in flight together share the file system's
+    # journal commits: 1,000 trial folders took 22 s one after another, ~2 s this way.
+    with ThreadPoolExecutor(PREPARE_THREADS) as pool:
+        list(pool.map(folder, to_run))
     return parent
 
 
@@ -137,14 +146,16 @@ def grid_params(grid: Grid, planned: list[Planned]) -> dict[str, str]:
     return params
 
 
-def finish_parent(cfg: Config, parent: str | None, failed: bool) -> None:
+def finish_parent(cfg: Config, parent: str | None, failed: bool, stopped: bool = False) -> None:
     """The sweep's summary and mean curves on its parent run (from the trial directories),
-    then its final status. Never raises: a server gone since the start costs a warning."""
+    then its final status (`stopped`: the launch was stopped, trials are left to resume).
+    Never raises: a server gone since the start costs a warning."""
     if not parent:
         return
     from bilma.tracking.parent import update_parent
 
-    status = MLFLOW_STATUS[TrialState.FAILED if failed else TrialState.DONE]
+    state = TrialState.INTERRUPTED if stopped else TrialState.FAILED if failed else TrialState.DONE
+    status = MLFLOW_STATUS[state]
     try:
         study_dir = Path(cfg.paths.runs) / cfg.tracking.study
         update_parent(cfg.tracking.uri, parent, [study_dir], status=status)

@@ -1,6 +1,12 @@
-"""Stop signals: SIGTERM, SIGUSR2 (SLURM's preemption and time-limit signals) and SIGINT
-(Ctrl-C) ask the trainer to finish the current step, save and stop; `StopFlag` records that
-they came.
+"""Stop signals: SIGTERM, SIGUSR2 (SLURM's preemption and time-limit signals), SIGINT
+(Ctrl-C) and SIGHUP (the terminal closed) ask the trainer to finish the current step, save and
+stop; `StopFlag` records that they came (the first one names the stop).
+
+A trial job installs its flag only after the data and the model are built; a stop signal
+before that would kill it (a bare `bilma train`) or be dropped (submitit's job process ignores
+SIGTERM: the trial would train on after its launcher stopped). `catch_early`, called by the
+job first thing, keeps such a signal: the trainer's flag starts with it, and the trainer stops
+after its first step (ended interrupted, resumable).
 
 `timeout`, `scancel`, SLURM's end-of-job signal and Ctrl-C signal the whole process group, so
 DataLoader workers die of the same signal at about the same moment (they keep SIGTERM's and
@@ -17,11 +23,15 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT, signal.SIGHUP)
+# What `catch_early` keeps: not SIGUSR2, whose submitit handler checkpoints and requeues the
+# job when it comes before the trainer's flag.
+EARLY_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # How long a failed batch fetch waits for the group's stop signal to reach this process.
 WORKER_DEATH_GRACE_S = 2.0
 
@@ -29,14 +39,17 @@ WORKER_DEATH_GRACE_S = 2.0
 class StopFlag:
     """Set by a stop signal (in the process that installed it); read at each step."""
 
-    def __init__(self) -> None:
+    def __init__(self, signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> None:
+        self.signals = signals
         self.signum = 0
         self._old: dict[int, Any] = {}
         self._owner = os.getpid()
         self._loader_sigchld: Any = None  # torch's SIGCHLD handler, once it is installed
 
     def install(self) -> None:
-        for s in STOP_SIGNALS:
+        if _early is not None and _early is not self and _early._owner == os.getpid():
+            self.signum = self.signum or _early.signum  # a stop asked before this flag
+        for s in self.signals:
             # Outside the main thread (an in-process debug backend) there is no handler.
             with contextlib.suppress(ValueError):
                 self._old[s] = signal.signal(s, self._handle)
@@ -87,8 +100,26 @@ class StopFlag:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        if not self.signum:
+        if not self.signum:  # the first names the stop (a launcher's SIGTERM may follow)
             log.warning(
                 "%s received: stopping after this step and saving", signal.Signals(signum).name
             )
-        self.signum = signum
+            self.signum = signum
+
+
+_early: StopFlag | None = None  # this process's `catch_early` flag
+
+
+@contextlib.contextmanager
+def catch_early() -> Iterator[StopFlag]:
+    """Within the block, keep the stop signals that come before the trainer installs its
+    flag (a trial job's whole run). A forked helper process still dies of them
+    (`StopFlag._handle`)."""
+    global _early
+    flag = _early = StopFlag(EARLY_SIGNALS)
+    flag.install()
+    try:
+        yield flag
+    finally:
+        flag.restore()
+        _early = None

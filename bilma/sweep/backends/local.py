@@ -1,8 +1,8 @@
 """The local backend: each trial a submitit local job on this machine, at most --max-parallel
 at once, with the progress view (`bilma.sweep.follow.Follower`) until every trial has ended.
 
-Ctrl-C: the jobs ignore the terminal's SIGINT (so a trial is never killed mid-save); the
-launcher sends each running trial SIGTERM, which it answers by saving and stopping.
+Ctrl-C, SIGTERM and SIGHUP (the terminal closed): every running trial saves and stops, the
+launcher exits 128 + the signal; a second one stops the wait (`bilma.sweep.signals`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,15 +24,15 @@ from bilma.sweep.backends.base import Backend
 from bilma.sweep.expand import Grid, Trial
 from bilma.sweep.follow import Follower
 from bilma.sweep.job import TrialJob
-from bilma.sweep.plan import Action, Planned, claimed, mark_submitted, pid_alive
+from bilma.sweep.plan import Action, Planned, claimed, mark_submitted
 from bilma.sweep.retry import RetryPolicy, next_ready, retry_local
+from bilma.sweep.signals import JOB_SETUP, LauncherSignals, stop_jobs
 from bilma.sweep.snapshot import job_environment
 from bilma.sweep.view import ProgressView
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5  # how often the loop asks its own jobs whether they ended (no file is read)
-STOP_WAIT_S = 120  # after Ctrl-C, how long the running trials get to save and stop
 
 
 class LocalBackend(Backend):
@@ -105,21 +104,25 @@ def _run(
     threads = max(1, (os.cpu_count() or 1) // max_parallel)
     running: dict[Path, tuple[Planned, Any]] = {}
     not_before: dict[Path, float] = {}  # an automatic retry's start, after its backoff
-    follower = Follower(planned)
-    view = ProgressView(follower)
-    try:
-        while queue or running or follower.any_alive(watch):
-            while (p := next_ready(queue, not_before)) is not None and len(
-                running
-            ) + follower.alive_count(watch) < max_parallel:
+    # A stop signal is only recorded, wherever it comes (in a job's start-up too); the loop
+    # acts on it between two steps (bilma.sweep.signals). Entered before the live view, which
+    # puts back at its end the stdout it found (hang-up proof from here on).
+    with LauncherSignals() as signals:
+        follower = Follower(planned)
+        view = ProgressView(follower)
+        while (queue or running or follower.any_alive(watch)) and not signals.received:
+            while (
+                not signals.received
+                and (p := next_ready(queue, not_before)) is not None
+                and len(running) + follower.alive_count(watch) < max_parallel
+            ):
                 queue.remove(p)
                 with claimed([p]) as still_to_run:
                     if not still_to_run:  # another launcher started it, or it ended meanwhile
                         watch += [p] if p.action is Action.SKIP_RUNNING else []
                         continue
                     # Each timeout requeues and resumes; only a trial that makes no progress
-                    # at all would need more than 30 slots. `trap '' INT`: the job and the
-                    # trainer inherit an ignored SIGINT.
+                    # at all would need more than 30 slots.
                     with job_environment(p.dir.path):  # its code snapshot first on its path
                         job = submit_local(
                             p.dir.path / "logs",
@@ -128,10 +131,10 @@ def _run(
                             max_num_timeout=30,
                             timeout_min=timeout_min,
                             signal_delay_s=min(signal_delay_s, int(timeout_min * 30)),
-                            setup=["trap '' INT"],
+                            setup=JOB_SETUP,
                         )
+                    running[p.dir.path] = (p, job)
                     mark_submitted(p.dir, LocalBackend.name, job.job_id, int(job.job_id))
-                running[p.dir.path] = (p, job)
                 follower.wake()  # its status.json changed: show it at once
                 log.info("started %s (%s), log %s", p.name, p.dir.trial_id, job.paths.stderr)
             for key, (p, job) in list(running.items()):
@@ -144,44 +147,15 @@ def _run(
                         not_before[key] = time.time() + again[0]  # starts after its backoff
                         queue.append(p)
                         print(again[1], flush=True)
-            view.tick()
-            time.sleep(TICK_S)
-    except KeyboardInterrupt:
-        view.close()
-        print("\nstopping: asking running trials to save and stop (SIGTERM) ...", flush=True)
-        for p, job in running.values():
-            _terminate(p, job)
-        deadline = time.time() + STOP_WAIT_S
-        while any(not job.done() for _, job in running.values()) and time.time() < deadline:
-            time.sleep(TICK_S)
-        print("stopped; run the same command to resume", flush=True)
-        return 130
-    view.close()
+            if not signals.received:
+                view.tick()
+                time.sleep(TICK_S)
+        with contextlib.suppress(OSError):  # a hung-up terminal
+            view.close()
+        if signals.received:
+            return stop_jobs(running, signals)
     c = follower.snapshot().counts
     return 1 if c[TrialState.FAILED] or c[TrialState.INTERRUPTED] or c[UNREADABLE] else 0
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(stat.parent.name))
-    return out
-
-
-def _terminate(p: Planned, job: Any) -> None:
-    """SIGTERM to the trainer (it saves and stops), or to the job's controller if the trainer
-    has not started yet. The job's pid is a shell (`trap '' INT && controller`), which would
-    die alone, so its children are signalled."""
-    status = read_status(p.dir)
-    pid = status.get("pid")
-    running = TrialState.parse(status.get("state")) is TrialState.RUNNING
-    targets = [pid] if running and isinstance(pid, int) and pid_alive(pid) else []
-    targets = targets or _children(int(job.job_id)) or [int(job.job_id)]
-    for target in targets:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(target, signal.SIGTERM)
 
 
 def _report_end(p: Planned, job: Any) -> bool:
