@@ -370,8 +370,7 @@ def _cluster_problem() -> str | None:
     return None
 
 
-@pytest.mark.slurm
-@pytest.mark.slow
+@pytest.mark.slurm  # about 7 s on the dev cluster: in CI
 def test_held_slurm_jobs_run_the_submitted_snapshot(synth_small, tmp_path):
     """Submitted held (`--hold`), the checkout then broken so that `import bilma` fails,
     the jobs released: every trial finishes and records the snapshot it was submitted with."""

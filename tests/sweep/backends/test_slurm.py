@@ -523,7 +523,8 @@ def test_node_failure_is_retried_and_a_bug_is_not(cluster, jobs, synth_small, tm
     bug_grid = write_grid(tmp_path, work[:-2] + ["train.epochs=2"], study="bugtrial")
     bug_args = ["--grid", str(bug_grid), "--backend", "slurm", "--profile", str(buggy)]
     requeued_grid = write_grid(tmp_path, work, study="requeued")
-    requeued_args = ["--grid", str(requeued_grid), "--backend", "slurm", "--profile"]
+    # --no-reuse: the same trial id as nodefail's, trained in its own study (not reused)
+    requeued_args = ["--grid", str(requeued_grid), "--backend", "slurm", "--no-reuse", "--profile"]
     launch(*bug_args, cwd=tmp_path, ids=jobs)
     launch(*args, cwd=tmp_path, ids=jobs)
     launch(*requeued_args, "local-slurm", cwd=tmp_path, ids=jobs)
