@@ -281,7 +281,7 @@ def test_local_backend_parses_then_trains_in_one_command(synth_small, tmp_path, 
 
 
 def on_slurm(test):
-    """A test that needs the local SLURM (and minutes)."""
+    """A test that needs the local SLURM."""
     return pytest.mark.slurm(test)  # 0.5-15 s each on the dev cluster: in CI
 
 
