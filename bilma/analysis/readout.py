@@ -145,6 +145,17 @@ def compare(arm: str, a: dict[int, float], b: dict[int, float]) -> Comparison:
     return Comparison(arm, len(diffs), test.mean_diff, low, high, test.p, stats.sample_std(diffs))
 
 
+def against_baseline(
+    readouts: dict[str, dict], baseline: str, arm: str, ckpt: str = "last"
+) -> Comparison:
+    """`arm` against `baseline` on the primary endpoint (group_R1) of checkpoint `ckpt`."""
+
+    def values(variant: str) -> dict[int, float]:
+        return {s: r[ckpt]["group_R1"] for s, r in readouts[variant].items()}
+
+    return compare(arm, values(baseline), values(arm))
+
+
 def verdict(c: Comparison, effect: float = EFFECT) -> str:
     """The decision rule of the module docstring."""
     if c.pairs >= stats.MIN_PAIRS and c.p < stats.ALPHA:
@@ -195,7 +206,6 @@ def report(readouts: dict[str, dict], baseline: str, control: str | None = None)
             + " | group_R1 vs baseline (95% CI) | p | verdict |"
         )
         lines += [head, "|" + "---|" * (len(ENDPOINTS) + 5)]
-        base = {s: r[ckpt]["group_R1"] for s, r in readouts[baseline].items()}
         for arm, seeds in readouts.items():
             cells = []
             for e in ENDPOINTS:
@@ -204,7 +214,7 @@ def report(readouts: dict[str, dict], baseline: str, control: str | None = None)
             if arm == baseline:
                 diff, p, v = "(baseline)", "", ""
             else:
-                c = compare(arm, base, {s: r[ckpt]["group_R1"] for s, r in seeds.items()})
+                c = against_baseline(readouts, baseline, arm, ckpt)
                 diff = f"{c.mean_diff:+.2f} ({_fmt(c.low)} to {_fmt(c.high)})"
                 p, v = _fmt(c.p, 3), c.verdict
             lines.append(
@@ -219,12 +229,11 @@ def report(readouts: dict[str, dict], baseline: str, control: str | None = None)
 
 def power_lines(readouts: dict[str, dict], baseline: str) -> list[str]:
     """What the observed spread of paired differences (primary endpoint) lets the study see."""
-    base = {s: r["last"]["group_R1"] for s, r in readouts[baseline].items()}
     out = []
-    for arm, seeds in readouts.items():
+    for arm in readouts:
         if arm == baseline:
             continue
-        c = compare(arm, base, {s: r["last"]["group_R1"] for s, r in seeds.items()})
+        c = against_baseline(readouts, baseline, arm)
         if c.pairs < 2 or math.isnan(c.sd_diff):
             continue
         mde = stats.detectable_effect(c.sd_diff, c.pairs)
@@ -238,8 +247,7 @@ def power_lines(readouts: dict[str, dict], baseline: str) -> list[str]:
 
 def control_line(readouts: dict[str, dict], baseline: str, control: str) -> str:
     """The positive control's reading, in words."""
-    base = {s: r["last"]["group_R1"] for s, r in readouts[baseline].items()}
-    c = compare(control, base, {s: r["last"]["group_R1"] for s, r in readouts[control].items()})
+    c = against_baseline(readouts, baseline, control)
     if c.verdict == "helps":
         return (
             f"Positive control: {control} raises within-group Rank-1 by {c.mean_diff:+.2f} "

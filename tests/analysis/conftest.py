@@ -8,7 +8,6 @@ than the training set). Tracked in its own SQLite store; the trial directories s
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -18,19 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 from support.paths import REPO
+from support.tiny import tracked_settings
 
-from bilma.config import parse_override
-
-
-def _root_conftest():
-    """tests/conftest.py under another name: this file is `conftest` too."""
-    spec = importlib.util.spec_from_file_location("_tests_conftest", REPO / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tiny_overrides = _root_conftest().tiny_overrides
 STUDY = "analysis-smoke"
 
 
@@ -44,18 +32,9 @@ class Sweep:
 
 
 def sweep_grid(folder: Path, root: Path) -> dict:
-    overrides = tiny_overrides(
-        root,
-        folder / "runs",
-        "train.epochs=2",
-        "train.max_steps_per_epoch=3",
-        "eval.every=1",
-        "tracking.enabled=true",
-        f"tracking.uri=sqlite:///{folder}/mlflow.db",
+    settings = tracked_settings(
+        root, folder, "train.epochs=2", "train.max_steps_per_epoch=3", "eval.every=1"
     )
-    settings = dict(parse_override(o) for o in overrides)
-    settings["data.root"] = str(root)
-    settings["paths.runs"] = str(folder / "runs")
     return {
         "study": STUDY,
         "base": str(REPO / "configs" / "synth_tiny.yaml"),

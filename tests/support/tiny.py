@@ -43,6 +43,24 @@ TWO_VARIANTS = {
 }
 
 
+def tracked_settings(root, folder, *extra: str) -> dict:
+    """A grid's `set:` of tiny trials on `root` under folder/runs, mirrored to the SQLite
+    store folder/mlflow.db, with `extra` overrides."""
+    from bilma.config import parse_override
+
+    overrides = tiny_overrides(
+        root,
+        folder / "runs",
+        *extra,
+        "tracking.enabled=true",
+        f"tracking.uri=sqlite:///{folder}/mlflow.db",
+    )
+    settings = dict(parse_override(o) for o in overrides)
+    settings["data.root"] = str(root)
+    settings["paths.runs"] = str(folder / "runs")
+    return settings
+
+
 def tiny_grid(
     tmp_path, root, seeds: list[int], variants: dict | None = None, study: str = "launch-test",
     name: str = "g.yaml",
@@ -51,20 +69,9 @@ def tiny_grid(
     SQLite store tmp_path/mlflow.db; its path."""
     import yaml
 
-    from bilma.config import parse_override
     from support.paths import REPO
 
-    overrides = tiny_overrides(
-        root,
-        tmp_path / "runs",
-        "train.epochs=1",
-        "train.max_steps_per_epoch=2",
-        "tracking.enabled=true",
-        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-    )
-    settings = dict(parse_override(o) for o in overrides)
-    settings["data.root"] = str(root)
-    settings["paths.runs"] = str(tmp_path / "runs")
+    settings = tracked_settings(root, tmp_path, "train.epochs=1", "train.max_steps_per_epoch=2")
     grid = {
         "study": study,
         "base": str(REPO / "configs" / "synth_tiny.yaml"),
