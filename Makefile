@@ -54,7 +54,7 @@ clip-synth-study: setup
 # on val + test pooled, last and selected checkpoints, paired tests, the decision rule).
 study: clip-synth-study
 	$(BIN)/python sweeps/launch.py --grid synth_study --max-parallel 2
-	$(BIN)/python analysis/lookalike_readout.py --study synth-study --baseline IRRA --control "IRRA + attribute loss (positive control)" --out tables
+	$(BIN)/python analysis/lookalike_readout.py --study synth-study --baseline IRRA --control "IRRA + attribute loss (positive control)" --zero-shot configs/synth_study.yaml --out tables
 	$(BIN)/python analysis/branch_probe.py --study synth-study --out tables
 
 # The first laptop study (2026-11-30, README): the branch ablation on the look-alike pairs world

@@ -66,29 +66,63 @@ def _pooled(outcomes: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
+def _data(cfg, cache: dict | None) -> tuple[Any, dict]:
+    """The config's dataset and look-alike groups, loaded once per data root."""
+    from bilma.data.datasets import load_data
+    from bilma.evaluation.lookalike import lookalike_groups
+
+    cache = {} if cache is None else cache
+    key = str(Path(cfg.data.root).resolve())
+    if key not in cache:
+        cache[key] = (load_data(cfg, check_parse_maps=False), lookalike_groups(cfg.data.root))
+    return cache[key]
+
+
+def read_model(model, cfg, device: str = "cpu", data_cache: dict | None = None) -> dict:
+    """A model's endpoints on val and test pooled, and on each split."""
+    import torch
+
+    from bilma.evaluation.lookalike import query_outcomes
+    from bilma.evaluation.retrieval import encode_split
+
+    data, group_of = _data(cfg, data_cache)
+    per_split = {}
+    for split in SPLITS:
+        t, tp, v, vp = encode_split(model, data, split, cfg, torch.device(device))
+        per_split[split] = query_outcomes(t @ v.T, tp, vp, group_of)
+    out = _pooled(list(per_split.values()))
+    out["splits"] = {s: _pooled([o]) for s, o in per_split.items()}
+    return out
+
+
 def read_checkpoint(path: Path, device: str = "cpu", data_cache: dict | None = None) -> dict:
     """One checkpoint's endpoints on val and test pooled, and on each split."""
     import torch
 
-    from bilma.data.datasets import load_data
-    from bilma.evaluation.lookalike import lookalike_groups, query_outcomes
-    from bilma.evaluation.retrieval import encode_split
     from bilma.training.checkpoint import load_for_eval
 
-    dev = torch.device(device)
-    model, cfg, info = load_for_eval(path, dev)
-    cache = {} if data_cache is None else data_cache
-    key = str(Path(cfg.data.root).resolve())
-    if key not in cache:
-        cache[key] = (load_data(cfg, check_parse_maps=False), lookalike_groups(cfg.data.root))
-    data, group_of = cache[key]
-    per_split = {}
-    for split in SPLITS:
-        t, tp, v, vp = encode_split(model, data, split, cfg, dev)
-        per_split[split] = query_outcomes(t @ v.T, tp, vp, group_of)
-    out = {"epoch": info.get("epoch"), **_pooled(list(per_split.values()))}
-    out["splits"] = {s: _pooled([o]) for s, o in per_split.items()}
-    return out
+    model, cfg, info = load_for_eval(path, torch.device(device))
+    return {"epoch": info.get("epoch"), **read_model(model, cfg, device, data_cache)}
+
+
+def read_zero_shot(
+    config: Path | None, overrides: list[str] | None = None, device: str = "cpu"
+) -> dict:
+    """The endpoints of a config's model as built, untrained: the fine-tuning's starting point
+    (its `model.pretrained` weights), the floor every arm starts from."""
+    import torch
+
+    from bilma.config import load_config
+    from bilma.model.bilma import build_model
+
+    cfg = load_config(config, overrides or [])
+    cache: dict = {}
+    data, _ = _data(cfg, cache)
+    tok = data.tokenizer
+    model = build_model(cfg, tok.vocab_size, tok.eot_id, data.num_train_ids)
+    model.to(torch.device(device)).eval()
+    source = cfg.model.pretrained or f"random {cfg.model.name} weights"
+    return {"source": str(source), "config": str(config), **read_model(model, cfg, device, cache)}
 
 
 def read_trial(trial_path: Path, device: str = "cpu", data_cache: dict | None = None) -> dict:
@@ -190,10 +224,15 @@ def _fmt(x: float, digits: int = 2) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def report(readouts: dict[str, dict], baseline: str, control: str | None = None) -> str:
+def report(
+    readouts: dict[str, dict],
+    baseline: str,
+    control: str | None = None,
+    zero_shot: dict | None = None,
+) -> str:
     """Markdown: per checkpoint, each arm's endpoints (mean +- sd, n) and its paired
     difference from the baseline on the primary endpoint, with the verdict; then the power
-    the observed spread gives."""
+    the observed spread gives, the control's reading and the untrained starting point."""
     if baseline not in readouts:
         raise KeyError(f"baseline {baseline!r} is not a variant of the study: {sorted(readouts)}")
     lines = []
@@ -224,7 +263,18 @@ def report(readouts: dict[str, dict], baseline: str, control: str | None = None)
     lines += power_lines(readouts, baseline)
     if control is not None and control in readouts:
         lines += ["", control_line(readouts, baseline, control)]
+    if zero_shot is not None:
+        lines += ["", zero_shot_line(zero_shot)]
     return "\n".join(lines) + "\n"
+
+
+def zero_shot_line(z: dict) -> str:
+    """The untrained starting point, in words."""
+    return (
+        f"Zero-shot (no fine-tuning; {z['source']}, {z['config']}): group_R1 "
+        f"{_fmt(z['group_R1'])}, lookalike_R1 {_fmt(z['lookalike_R1'])}, twin_errors "
+        f"{_fmt(z['twin_errors'])} on {z['queries']} queries."
+    )
 
 
 def power_lines(readouts: dict[str, dict], baseline: str) -> list[str]:
@@ -271,6 +321,12 @@ def build_parser(prog: str = "python analysis/lookalike_readout.py"):
     p.add_argument("--runs", type=Path, default=Path("runs"), help="runs root (default runs/)")
     p.add_argument("--baseline", required=True, help="the variant the others are compared with")
     p.add_argument("--control", help="the positive control's variant")
+    p.add_argument(
+        "--zero-shot",
+        type=Path,
+        metavar="CONFIG",
+        help="also read out this config's model untrained (the fine-tuning's starting point)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, help="write <study>_readout.md and .json here")
     return p
@@ -295,13 +351,15 @@ def main(argv: list[str] | None = None, prog: str = "python analysis/lookalike_r
                 f"--baseline {args.baseline!r} is not a variant of {args.study}; its variants: "
                 + ", ".join(repr(v) for v in readouts)
             )
-        text = report(readouts, args.baseline, args.control)
+        zero = read_zero_shot(args.zero_shot, device=args.device) if args.zero_shot else None
+        text = report(readouts, args.baseline, args.control, zero)
         print(text)
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(args.out / f"{args.study}_readout.md", text)
+            saved = {"trials": readouts, "zero_shot": zero}
             atomic_write_text(
-                args.out / f"{args.study}_readout.json", json.dumps(readouts, indent=1) + "\n"
+                args.out / f"{args.study}_readout.json", json.dumps(saved, indent=1) + "\n"
             )
         return 0
 

@@ -99,3 +99,12 @@ def test_a_tiny_trial_is_read_out_from_both_checkpoints_and_cached(
     monkeypatch.setattr(readout, "read_checkpoint", lambda *a, **k: pytest.fail("recomputed"))
     assert readout.read_trial(trial.path)["best"] == got["best"]
     assert not math.isnan(got["last"]["twin_errors"])
+    # the untrained starting point of the same config, read out the same way
+    zero = readout.read_zero_shot(None, overrides)
+    assert zero["queries"] == 32 and zero["splits"]["test"]["queries"] == 16
+    assert zero["source"] == "random tiny weights"
+    text = readout.report({"IRRA": {0: got}}, "IRRA", zero_shot=zero)
+    assert (
+        f"Zero-shot (no fine-tuning; random tiny weights, None): group_R1 {zero['group_R1']:.2f}"
+        in text
+    )
