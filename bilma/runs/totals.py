@@ -6,11 +6,13 @@ from collections.abc import Iterable
 from typing import Any
 
 
-def _positive(x: Any) -> bool:
+def is_positive(x: Any) -> bool:
+    """A real number above 0 (not a bool, not None): a usage figure worth counting."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
 
 
-def _h(hours: float) -> str:
+def hours_text(hours: float) -> str:
+    """Hours in two significant figures below 10, whole hours above."""
     return f"{hours:.2g}" if hours < 10 else f"{hours:,.0f}"
 
 
@@ -20,11 +22,11 @@ def totals_line(results: Iterable[dict[str, Any] | None]) -> str | None:
     gpu = cpu = 0.0
     n = 0
     for r in results:
-        if not r or not any(_positive(r.get(k)) for k in ("gpu_hours", "cpu_hours")):
+        if not r or not any(is_positive(r.get(k)) for k in ("gpu_hours", "cpu_hours")):
             continue
         n += 1
-        gpu += r["gpu_hours"] if _positive(r.get("gpu_hours")) else 0.0
-        cpu += r["cpu_hours"] if _positive(r.get("cpu_hours")) else 0.0
+        gpu += r["gpu_hours"] if is_positive(r.get("gpu_hours")) else 0.0
+        cpu += r["cpu_hours"] if is_positive(r.get("cpu_hours")) else 0.0
     if not n:
         return None
-    return f"used: {_h(gpu)} GPU-hours, {_h(cpu)} CPU-hours ({n} trial{'s' if n != 1 else ''})"
+    return f"used: {hours_text(gpu)} GPU-hours, {hours_text(cpu)} CPU-hours ({n} trial{'s' if n != 1 else ''})"

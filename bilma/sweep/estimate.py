@@ -27,7 +27,7 @@ import yaml
 from bilma import resources
 from bilma.config import Config
 from bilma.runs import retention, schema
-from bilma.runs.totals import _h, _positive, totals_line  # noqa: F401  (importable here too)
+from bilma.runs.totals import hours_text, is_positive
 from bilma.runs.trial_dir import find_trials
 
 GB = 1e9
@@ -83,9 +83,9 @@ def finished_trials(runs_root: str | Path) -> list[Finished]:
         if not isinstance(result, dict) or not isinstance(cfg, dict):
             continue
         gpu, cpu, samples = (result.get(k) for k in ("gpu_hours", "cpu_hours", "train_samples"))
-        device = "gpu" if _positive(gpu) else "cpu"
+        device = "gpu" if is_positive(gpu) else "cpu"
         hours = gpu if device == "gpu" else cpu
-        per_sample = hours * HOUR / samples if _positive(hours) and _positive(samples) else None
+        per_sample = hours * HOUR / samples if is_positive(hours) and is_positive(samples) else None
         ckpt = path / schema.CKPT_DIR
         m, mim, loss = (cfg.get(k) or {} for k in ("model", "mim", "loss"))
         workload = Workload(
@@ -328,8 +328,8 @@ def estimate_lines(configs: Iterable[Config]) -> list[str]:
         n, u = len(g.costs), unit(g.device)
         time_source, size_source = sources[key]
         lines.append(
-            f"estimate: {n} {g.workload} trial{'s' if n != 1 else ''} x ~{_h(g.hours / n)} "
-            f"{u}-h = {_h(g.hours)} {u}-hours ({time_source}); checkpoints ~{_gb(g.kept_bytes / n)} "
+            f"estimate: {n} {g.workload} trial{'s' if n != 1 else ''} x ~{hours_text(g.hours / n)} "
+            f"{u}-h = {hours_text(g.hours)} {u}-hours ({time_source}); checkpoints ~{_gb(g.kept_bytes / n)} "
             f"each, {_gb(g.kept_bytes)} in all ({size_source})"
         )
     policies = sorted({cfg.train.keep_checkpoints for cfg in configs})
@@ -338,7 +338,7 @@ def estimate_lines(configs: Iterable[Config]) -> list[str]:
         for g in groups.values():
             hours[g.device] = hours.get(g.device, 0.0) + g.hours
         spent = ", ".join(
-            f"{_h(h)} {unit(d)}-hours" for d, h in sorted(hours.items(), reverse=True)
+            f"{hours_text(h)} {unit(d)}-hours" for d, h in sorted(hours.items(), reverse=True)
         )
         total = sum(g.kept_bytes for g in groups.values())
         lines.append(
