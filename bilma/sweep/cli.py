@@ -289,13 +289,14 @@ def _compare_runs(uri: str, study: str) -> str:
 
 def _check_size(args: argparse.Namespace, grid: Grid) -> None:
     """Show a large grid's size before its expansion; refuse one above --max-trials without
-    --yes (bilma.sweep.size)."""
+    --yes (bilma.sweep.size). `--status` only reads: a study launched with --yes is looked at
+    without it."""
     from bilma.sweep.size import MAX_TRIALS, SHOW_FROM, check_size, grid_size
 
     size = grid_size(grid)
     if size.count >= SHOW_FROM:
         print(size.line(grid.study), flush=True)
-    check_size(size, grid.study, args.max_trials or MAX_TRIALS, args.yes)
+    check_size(size, grid.study, args.max_trials or MAX_TRIALS, args.yes or args.status)
 
 
 def _preflight(args: argparse.Namespace, planned: list) -> list:

@@ -93,6 +93,14 @@ def test_max_trials_and_yes_let_a_launch_go_on(tmp_path, capsys):
         assert "six: 6 trials (dry run" in capsys.readouterr().out
 
 
+def test_the_status_of_a_large_study_needs_no_yes(tmp_path, capsys):
+    """--status only reads: a study launched with --yes is looked at without it."""
+    path = write(tmp_path, "six", seeds=[0, 1, 2], variants={"a": {}, "b": {"optim.lr": 0.002}})
+    assert cli.main(["--grid", path, "--status", "--max-trials", "5"]) == 0
+    out, err = capsys.readouterr()
+    assert "above --max-trials" not in err and out.count(" new ") == 6
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
