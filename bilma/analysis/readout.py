@@ -42,7 +42,7 @@ ENDPOINTS = ("group_R1", "lookalike_R1", "twin_errors")
 CHECKPOINTS = ("last", "best")
 SPLITS = ("val", "test")
 READOUT_FILE = "readout.json"
-_VERSION = 1
+_VERSION = 2  # 2: by_part
 
 
 def _stamp(path: Path) -> list[int]:
@@ -50,31 +50,43 @@ def _stamp(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
-def _pooled(outcomes: list[dict[str, Any]]) -> dict[str, float]:
-    """Endpoints of the concatenated per-query outcomes of several splits."""
+def _pooled(outcomes: list[dict[str, Any]], parts: list[str]) -> dict[str, Any]:
+    """Endpoints of the concatenated per-query outcomes of several splits; `by_part`: the
+    within-group Rank-1 and query count of each distinguishing part (`parts`: group -> part)."""
     import torch
 
     hit = torch.cat([o["hit"] for o in outcomes])
     twin = torch.cat([o["twin"] for o in outcomes])
     group_hit = torch.cat([o["group_hit"] for o in outcomes])
+    part = [parts[g] for g in torch.cat([o["group"] for o in outcomes]).tolist()]
     wrong = int((~hit).sum())
+    by_part = {}
+    for name in sorted(set(part)):
+        rows = torch.tensor([p == name for p in part])
+        by_part[name] = {
+            "queries": int(rows.sum()),
+            "group_R1": 100.0 * float(group_hit[rows].float().mean()),
+        }
     return {
         "queries": len(hit),
         "group_R1": 100.0 * float(group_hit.float().mean()),
         "lookalike_R1": 100.0 * float(hit.float().mean()),
         "twin_errors": 100.0 * int(twin.sum()) / wrong if wrong else 0.0,
+        "by_part": by_part,
     }
 
 
-def _data(cfg, cache: dict | None) -> tuple[Any, dict]:
-    """The config's dataset and look-alike groups, loaded once per data root."""
+def _data(cfg, cache: dict | None) -> tuple[Any, dict, list[str]]:
+    """The config's dataset, look-alike groups and their parts, loaded once per data root."""
     from bilma.data.datasets import load_data
-    from bilma.evaluation.lookalike import lookalike_groups
+    from bilma.evaluation.lookalike import group_parts, lookalike_groups
 
     cache = {} if cache is None else cache
     key = str(Path(cfg.data.root).resolve())
     if key not in cache:
-        cache[key] = (load_data(cfg, check_parse_maps=False), lookalike_groups(cfg.data.root))
+        root = cfg.data.root
+        data = load_data(cfg, check_parse_maps=False)
+        cache[key] = (data, lookalike_groups(root), group_parts(root))
     return cache[key]
 
 
@@ -85,13 +97,13 @@ def read_model(model, cfg, device: str = "cpu", data_cache: dict | None = None) 
     from bilma.evaluation.lookalike import query_outcomes
     from bilma.evaluation.retrieval import encode_split
 
-    data, group_of = _data(cfg, data_cache)
+    data, group_of, parts = _data(cfg, data_cache)
     per_split = {}
     for split in SPLITS:
         t, tp, v, vp = encode_split(model, data, split, cfg, torch.device(device))
         per_split[split] = query_outcomes(t @ v.T, tp, vp, group_of)
-    out = _pooled(list(per_split.values()))
-    out["splits"] = {s: _pooled([o]) for s, o in per_split.items()}
+    out = _pooled(list(per_split.values()), parts)
+    out["splits"] = {s: _pooled([o], parts) for s, o in per_split.items()}
     return out
 
 
@@ -117,7 +129,7 @@ def read_zero_shot(
 
     cfg = load_config(config, overrides or [])
     cache: dict = {}
-    data, _ = _data(cfg, cache)
+    data = _data(cfg, cache)[0]
     tok = data.tokenizer
     model = build_model(cfg, tok.vocab_size, tok.eot_id, data.num_train_ids)
     model.to(torch.device(device)).eval()
@@ -260,6 +272,7 @@ def report(
                 f"| {arm} | {len(seeds)} | " + " | ".join(cells) + f" | {diff} | {p} | {v} |"
             )
         lines.append("")
+    lines += part_lines(readouts, zero_shot)
     lines += power_lines(readouts, baseline)
     if control is not None and control in readouts:
         lines += ["", control_line(readouts, baseline, control)]
@@ -275,6 +288,32 @@ def zero_shot_line(z: dict) -> str:
         f"{_fmt(z['group_R1'])}, lookalike_R1 {_fmt(z['lookalike_R1'])}, twin_errors "
         f"{_fmt(z['twin_errors'])} on {z['queries']} queries."
     )
+
+
+def part_lines(readouts: dict[str, dict], zero_shot: dict | None = None) -> list[str]:
+    """Within-group Rank-1 of the last checkpoint by the part a query's group differs in
+    (mean +- sd over seeds; the zero-shot starting point last): where the local errors are."""
+    first = next(iter(next(iter(readouts.values())).values()))["last"]
+    parts = sorted(first.get("by_part", {}))
+    if not parts:
+        return []
+    counts = ", ".join(f"{p} {first['by_part'][p]['queries']}" for p in parts)
+    lines = [
+        f"### within-group Rank-1 by the distinguishing part (last checkpoint; queries: {counts})",
+        "",
+        "| arm | n | " + " | ".join(parts) + " |",
+        "|" + "---|" * (len(parts) + 2),
+    ]
+    for arm, seeds in readouts.items():
+        cells = []
+        for p in parts:
+            xs = [r["last"]["by_part"][p]["group_R1"] for r in seeds.values()]
+            cells.append(f"{_fmt(stats.mean(xs))} ± {_fmt(stats.sample_std(xs))}")
+        lines.append(f"| {arm} | {len(seeds)} | " + " | ".join(cells) + " |")
+    if zero_shot is not None and "by_part" in zero_shot:
+        cells = [_fmt(zero_shot["by_part"][p]["group_R1"]) for p in parts]
+        lines.append("| zero-shot (not fine-tuned) | 1 | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def power_lines(readouts: dict[str, dict], baseline: str) -> list[str]:

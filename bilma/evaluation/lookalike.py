@@ -24,8 +24,8 @@ from bilma.data.records import DataError
 from bilma.evaluation.metrics import retrieval_metrics
 
 
-def lookalike_groups(root: str | Path) -> dict[int, int]:
-    """pid -> group number for every member of a look-alike group of a synthetic dataset."""
+def _groups(root: str | Path) -> list[dict]:
+    """The marker's look-alike groups: [{"ids": [...], "attribute": "hat", "split": ...}]."""
     from bilma.data.synth import SYNTH_MARKER
 
     marker = Path(root) / SYNTH_MARKER
@@ -39,7 +39,17 @@ def lookalike_groups(root: str | Path) -> dict[int, int]:
             f"{root} has no look-alike groups; generate the dataset with data.synth_lookalike=2 "
             "(configs/synth_finetune.yaml does) in a new data.root"
         )
-    return {int(pid): n for n, g in enumerate(groups) for pid in g["ids"]}
+    return groups
+
+
+def lookalike_groups(root: str | Path) -> dict[int, int]:
+    """pid -> group number for every member of a look-alike group of a synthetic dataset."""
+    return {int(pid): n for n, g in enumerate(_groups(root)) for pid in g["ids"]}
+
+
+def group_parts(root: str | Path) -> list[str]:
+    """Group number -> the local part its members differ in (shoes, bag, hat or scarf)."""
+    return [g["attribute"] for g in _groups(root)]
 
 
 def query_outcomes(
@@ -50,8 +60,8 @@ def query_outcomes(
 ) -> dict[str, torch.Tensor]:
     """Per look-alike query (rows of `sim` whose pid is in a group), bool tensors: `hit` (Rank-1
     right against the whole gallery), `twin` (Rank-1 wrong, on a group-mate), `group_hit`
-    (Rank-1 right when ranking the query's own group's images only). Pooling splits is
-    concatenating these."""
+    (Rank-1 right when ranking the query's own group's images only), and `group`, the
+    query's group number. Pooling splits is concatenating these."""
     qp, gp = query_pids.cpu(), gallery_pids.cpu()
     group_q = torch.tensor([group_of.get(int(p), -1) for p in qp.tolist()])
     group_g = torch.tensor([group_of.get(int(p), -1) for p in gp.tolist()])
@@ -65,6 +75,7 @@ def query_outcomes(
         "hit": top == q,
         "twin": (top != q) & (group_g[s.argmax(dim=1)] == gq),
         "group_hit": top_in_group == q,
+        "group": gq,
     }
 
 

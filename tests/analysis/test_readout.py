@@ -99,6 +99,11 @@ def test_a_tiny_trial_is_read_out_from_both_checkpoints_and_cached(
     monkeypatch.setattr(readout, "read_checkpoint", lambda *a, **k: pytest.fail("recomputed"))
     assert readout.read_trial(trial.path)["best"] == got["best"]
     assert not math.isnan(got["last"]["twin_errors"])
+    by_part = got["last"]["by_part"]  # 4 groups (2 per split), each differing in one part
+    assert sum(p["queries"] for p in by_part.values()) == 32
+    assert set(by_part) <= {"shoes", "bag", "hat", "scarf"}
+    weighted = sum(p["queries"] * p["group_R1"] for p in by_part.values()) / 32
+    assert weighted == pytest.approx(got["last"]["group_R1"])
     # the untrained starting point of the same config, read out the same way
     zero = readout.read_zero_shot(None, overrides)
     assert zero["queries"] == 32 and zero["splits"]["test"]["queries"] == 16
@@ -108,3 +113,7 @@ def test_a_tiny_trial_is_read_out_from_both_checkpoints_and_cached(
         f"Zero-shot (no fine-tuning; random tiny weights, None): group_R1 {zero['group_R1']:.2f}"
         in text
     )
+    assert "within-group Rank-1 by the distinguishing part" in text
+    part = sorted(by_part)[0]
+    assert f"| IRRA | 1 | {by_part[part]['group_R1']:.2f} ± n/a" in text
+    assert "| zero-shot (not fine-tuned) | 1 | " in text
