@@ -298,6 +298,28 @@ class Trainer:
         self.state = State(**ckpt["state"])
         self.usage.carry(self.state.usage)  # the attempts before this one
 
+    def _load_best(self) -> None:
+        """The selected epoch's weights into the model, for the test. A best.pt that cannot be
+        read (a disk fault, a damaged copy) is only replaceable when it is the last epoch's:
+        the model holds those weights already. Otherwise one line says what is lost and how to
+        go on; nothing is moved (best.pt stays for a look, last.pt stays resumable)."""
+        path, best_epoch = self.trial.best_ckpt, self.state.best.get("epoch")
+        try:
+            best = checkpoint.load(path, self.device)
+        except checkpoint.UnreadableCheckpoint as e:
+            if best_epoch == self.state.epoch:
+                log.warning("%s cannot be read (%s): testing the same epoch's weights from "
+                            "last.pt", path, e.reason)  # fmt: skip
+                return
+            last = self.trial.last_ckpt
+            raise DataError(
+                f"{path} cannot be read ({e.reason}), and the selected epoch {best_epoch}'s "
+                "weights are nowhere else: put an intact copy back and run the same command "
+                f"again, retrain the trial (move {last.parent} aside first), or test its last "
+                f"epoch: python -m bilma eval --checkpoint {last}"
+            ) from None
+        checkpoint.load_model_state(self.model, best, path)
+
     def _damaged(self, path: Path, reason: str) -> DataError:
         """The error for a last.pt that cannot be resumed from (a truncated copy, a disk
         fault). It is set aside, so that running the command again restarts the trial instead
@@ -629,8 +651,7 @@ class Trainer:
             return {}
         cfg, state, trial = self.cfg, self.state, self.trial
         self.saver.wait()  # last.pt and best.pt of the last epoch on disk (its error raised)
-        best = checkpoint.load(trial.best_ckpt, self.device)
-        checkpoint.load_model_state(self.model, best, trial.best_ckpt)
+        self._load_best()
         epochs = cfg.train.epochs
         self.trial.write_progress({"phase": "test", "epoch": epochs, "epochs": epochs})
         groups = groups_of_config(cfg)  # look-alike metrics beside the usual ones (synth)

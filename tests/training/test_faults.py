@@ -578,3 +578,43 @@ def test_debug_backend_with_no_server_finishes(synth_small, tmp_path):
     parent = [ln for ln in out.splitlines() if "without a parent run" in ln]
     assert len(parent) == 1 and uri in parent[0] and "python -m bilma sync" in parent[0], out
     assert "Traceback" not in out
+
+
+def _train_then_damage_best(cfg) -> tuple[dict, TrialDir, bytes]:
+    """A finished trial whose best.pt is then truncated and whose test is due again."""
+    from bilma.training.trainer import train
+
+    first = train(cfg, progress=False)
+    trial = TrialDir.for_config(cfg)
+    intact = trial.best_ckpt.read_bytes()
+    trial.best_ckpt.write_bytes(intact[: len(intact) // 3])
+    trial.result_path.unlink()  # the next run resumes from last.pt and tests again
+    return first, trial, intact
+
+
+def test_a_damaged_best_pt_of_an_earlier_epoch_says_what_is_lost(synth_small, tmp_path):
+    from bilma.data.records import DataError
+    from bilma.training.trainer import train
+
+    cfg = load_config(None, tiny_overrides(synth_small, tmp_path / "runs"))
+    first, trial, intact = _train_then_damage_best(cfg)
+    assert first["selection"]["epoch"] == 1  # of 2: its weights are in best.pt only
+    with pytest.raises(DataError) as info:
+        train(cfg, progress=False)
+    assert str(info.value) == (
+        f"{trial.best_ckpt} cannot be read (a truncated or damaged PyTorch file: copy it again), "
+        "and the selected epoch 1's weights are nowhere else: put an intact copy back and run "
+        f"the same command again, retrain the trial (move {trial.ckpt_dir} aside first), or "
+        f"test its last epoch: python -m bilma eval --checkpoint {trial.last_ckpt}"
+    )
+    trial.best_ckpt.write_bytes(intact)  # the advice: an intact copy back, the same command
+    assert train(cfg, progress=False)["metrics"] == first["metrics"]
+
+
+def test_a_damaged_best_pt_of_the_last_epoch_is_tested_from_last_pt(synth_small, tmp_path):
+    from bilma.training.trainer import train
+
+    cfg = load_config(None, tiny_overrides(synth_small, tmp_path / "runs", "train.epochs=1"))
+    first, trial, _ = _train_then_damage_best(cfg)
+    assert first["selection"]["epoch"] == 1  # the last epoch: last.pt holds its weights
+    assert train(cfg, progress=False)["metrics"] == first["metrics"]
