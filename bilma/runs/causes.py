@@ -126,6 +126,40 @@ def cause_of_exception(e: BaseException) -> str:
     return CAUSE_BUG
 
 
+# Words of Ray's own errors for a worker that died without the trainer recording why
+# (ActorDiedError carries them in its message; the C++ side writes it).
+_RAY_NODE_WORDS = ("node has died", "node died", "node was terminated", "its node")
+_RAY_OOM_WORDS = ("memory monitor", "out of memory", "oom", "low on memory")
+
+
+def cause_of_ray_error(e: BaseException | None) -> str | None:
+    """The cause of a Ray trial that failed outside the trainer (its worker died, or the
+    trainable raised before the trainer ran), from Tune's pickled error; None when it does not
+    say (like a local job killed without a record). By class names: no Ray import here."""
+    if e is None:
+        return None
+    chain = list(_chain(e))
+    for x in chain:
+        if not type(x).__module__.startswith("ray"):
+            continue
+        name, text = type(x).__name__, str(x).lower()
+        if name == "OutOfMemoryError" or any(w in text for w in _RAY_OOM_WORDS):
+            return CAUSE_OUT_OF_MEMORY
+        if getattr(x, "preempted", False) is True:  # RayActorError: the autoscaler drained it
+            return CAUSE_PREEMPTION
+        if name == "NodeDiedError" or any(w in text for w in _RAY_NODE_WORDS):
+            return CAUSE_NODE_FAILURE
+    # a RayTaskError keeps the trainable's own exception in .cause
+    inner = next(
+        (x.cause for x in chain if isinstance(getattr(x, "cause", None), BaseException)), None
+    )
+    if inner is not None:
+        return cause_of_exception(inner)
+    if any(type(x).__module__.startswith("ray") for x in chain):
+        return None  # a worker died and Ray does not say why
+    return cause_of_exception(e)
+
+
 def slurm_state_name(state: str) -> str:
     """'CANCELLED by 0' -> 'CANCELLED'; 'RUNNING' unchanged; '' for none."""
     return state.split()[0].rstrip("+") if state and state.strip() else ""

@@ -141,7 +141,7 @@ ATTEMPT_FIELDS = (
     "error",  # the first line of the exception, if any
     "job_id",  # the backend's job, if any
     "ended",  # unix time (when it was recorded, for an attempt that died without a word)
-    "source",  # who recorded the cause: "trainer" (the exception) or "slurm" (the job state)
+    "source",  # who recorded the cause: "trainer" (the exception), "slurm" (the job state), "ray"
     "retried",  # True: a launcher retried it automatically (a transient cause)
 )
 STATUS_AFTER_JOB = "after_job"

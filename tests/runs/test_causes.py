@@ -334,3 +334,49 @@ def test_an_attempt_that_saved_on_the_kill_gets_slurms_cause(tmp_path, monkeypat
     before = trial.status()["attempt_log"]
     trial.start_attempt()
     assert trial.status()["attempt_log"] == before
+
+
+def test_the_cause_of_a_ray_trial_that_failed_outside_the_trainer():
+    """Tune's pickled error of a trial whose worker died (real Ray exception classes)."""
+    import ray.exceptions as rx
+
+    from bilma.runs.causes import cause_of_ray_error
+
+    assert cause_of_ray_error(None) is None
+    assert (
+        cause_of_ray_error(
+            rx.OutOfMemoryError("Task was killed due to the node running low on memory")
+        )
+        == "out_of_memory"
+    )
+    assert cause_of_ray_error(rx.NodeDiedError("node 3f2 died")) == "node_failure"
+    died = rx.RayActorError(error_msg="The actor is dead because its node has died. Node Id: 3f2")
+    assert cause_of_ray_error(died) == "node_failure"
+    assert cause_of_ray_error(rx.RayActorError(preempted=True)) == "preemption"
+    assert cause_of_ray_error(rx.ActorDiedError()) is None  # Ray does not say why
+    wrapped = rx.RayTaskError("run_trial", "Traceback ...", DataError("data/x.json: line 3"))
+    assert cause_of_ray_error(wrapped) == "data_error"
+    assert cause_of_ray_error(ValueError("a bug in the trainable")) == "bug"
+
+
+def test_a_ray_worker_death_is_recorded_with_its_cause(tmp_path):
+    from bilma.config import load_config
+    from bilma.sweep.backends.ray_trainable import record_failed
+
+    cfg = load_config(None, ["tracking.enabled=false"])
+    trial = TrialDir(tmp_path / "t")
+    trial.path.mkdir()
+    trial.set_status("pending")
+    trial.start_attempt()
+    record_failed(trial, cfg, "Ray trial a_1 failed: node died", "node_failure")
+    st = trial.status()
+    assert (st["state"], st["cause"]) == ("failed", "node_failure")
+    (rec,) = st["attempt_log"]
+    assert (rec["state"], rec["cause"], rec["source"], rec["attempt"]) == (
+        "failed",
+        "node_failure",
+        "ray",
+        1,
+    )
+    record_failed(trial, cfg, "again", None)  # recorded already: kept as it was
+    assert trial.status()["attempt_log"] == st["attempt_log"]

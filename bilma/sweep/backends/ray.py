@@ -41,6 +41,7 @@ from ray import tune
 
 from bilma.config import Config, ConfigError, apply_values
 from bilma.errors import BilmaError
+from bilma.runs.causes import cause_of_ray_error
 from bilma.runs.launch import read_launch
 from bilma.runs.lock import is_locked, local_holder_pid
 from bilma.runs.schema import TrialState
@@ -133,7 +134,14 @@ class Recorder(tune.Callback):
         if d is None:
             print(f"  FAILED Ray trial {trial.trial_id} before its first evaluation", flush=True)
             return
-        record_failed(d, d.read_config(), f"Ray trial {trial.trial_id} failed (worker died?)")
+        try:
+            error = trial.get_pickled_error()  # what Ray knows of the failure
+        except Exception:  # unpicklable or gone: no cause, as for a local job killed silently
+            error = None
+        why = f"Ray trial {trial.trial_id} failed: " + (
+            str(error).strip().splitlines()[0] if error and str(error).strip() else "worker died?"
+        )
+        record_failed(d, d.read_config(), why, cause_of_ray_error(error))
         print(f"  FAILED {_name(d.path)}: {d.status().get('error', '')}", flush=True)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from ray import tune
 
 from bilma.config import Config, apply_values
+from bilma.runs.causes import end_fields
 from bilma.runs.launch import Launch, write_launch
 from bilma.runs.lock import trial_lock
 from bilma.runs.schema import LAUNCH_FILE, TrialState
@@ -204,11 +205,13 @@ def record_stopped(trial: TrialDir, cfg: Config, why: str) -> None:
             log.warning("MLflow: could not mark %s stopped (%s)", trial.trial_id, e)
 
 
-def record_failed(trial: TrialDir, cfg: Config, why: str) -> None:
-    """A trial whose worker died without the trainer recording it."""
+def record_failed(trial: TrialDir, cfg: Config, why: str, cause: str | None = None) -> None:
+    """A trial whose worker died without the trainer recording it; `cause` from Ray's error
+    (`bilma.runs.causes.cause_of_ray_error`), None when Ray does not say."""
     if trial.state() in (TrialState.DONE, TrialState.FAILED, TrialState.STOPPED):
         return
-    trial.set_status(TrialState.FAILED, error=why)
+    ended = end_fields(trial.status(), TrialState.FAILED.value, cause, why, source="ray")
+    trial.set_status(TrialState.FAILED, error=why, **ended)
     if cfg.tracking.enabled:
         with contextlib.suppress(Exception):
             MlflowMirror(trial, cfg).sync()
