@@ -126,10 +126,10 @@ def cause_of_exception(e: BaseException) -> str:
     return CAUSE_BUG
 
 
-# Words of Ray's own errors for a worker that died without the trainer recording why
-# (ActorDiedError carries them in its message; the C++ side writes it).
-_RAY_NODE_WORDS = ("node has died", "node died", "node was terminated", "its node")
-_RAY_OOM_WORDS = ("memory monitor", "out of memory", "oom", "low on memory")
+# Ray's words for an actor whose node died (ActorDiedError's message, written by Ray's C++
+# side). Not memory words: every dead-worker message lists "the OOM killer" among its
+# possible causes; Ray's memory monitor raises its own OutOfMemoryError.
+_RAY_NODE_WORDS = ("node has died",)
 
 
 def cause_of_ray_error(e: BaseException | None) -> str | None:
@@ -143,7 +143,7 @@ def cause_of_ray_error(e: BaseException | None) -> str | None:
         if not type(x).__module__.startswith("ray"):
             continue
         name, text = type(x).__name__, str(x).lower()
-        if name == "OutOfMemoryError" or any(w in text for w in _RAY_OOM_WORDS):
+        if name == "OutOfMemoryError":
             return CAUSE_OUT_OF_MEMORY
         if getattr(x, "preempted", False) is True:  # RayActorError: the autoscaler drained it
             return CAUSE_PREEMPTION

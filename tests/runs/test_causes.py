@@ -354,6 +354,12 @@ def test_the_cause_of_a_ray_trial_that_failed_outside_the_trainer():
     assert cause_of_ray_error(died) == "node_failure"
     assert cause_of_ray_error(rx.RayActorError(preempted=True)) == "preemption"
     assert cause_of_ray_error(rx.ActorDiedError()) is None  # Ray does not say why
+    generic = (  # what Ray 2.60 wrote for a worker killed by SIGKILL (tests/sweep/backends)
+        "The actor is dead because its worker process has died. Worker exit type: SYSTEM_ERROR "
+        "Some common causes include: (1) the process was killed by the OOM killer due to high "
+        "memory usage, (2) ray stop --force was called"
+    )
+    assert cause_of_ray_error(rx.RayActorError(error_msg=generic)) is None  # not "OOM"
     wrapped = rx.RayTaskError("run_trial", "Traceback ...", DataError("data/x.json: line 3"))
     assert cause_of_ray_error(wrapped) == "data_error"
     assert cause_of_ray_error(ValueError("a bug in the trainable")) == "bug"

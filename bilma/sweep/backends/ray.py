@@ -47,7 +47,12 @@ from bilma.runs.lock import is_locked, local_holder_pid
 from bilma.runs.schema import TrialState
 from bilma.runs.trial_dir import TrialDir
 from bilma.sweep.backends.base import Backend
-from bilma.sweep.backends.ray_trainable import record_failed, record_stopped, run_trial
+from bilma.sweep.backends.ray_trainable import (
+    record_failed,
+    record_stopped,
+    run_trial,
+    trial_config,
+)
 from bilma.sweep.expand import Grid, GridError, Trial
 from bilma.sweep.plan import Planned
 from bilma.sweep.search import Scheduler, Search, SearchError, check_optuna
@@ -99,13 +104,24 @@ def fingerprint(trials: list[Trial], search: Search, scheduler: Scheduler) -> st
 class Recorder(tune.Callback):
     """Progress lines, and the end of each trial written into its directory."""
 
-    def __init__(self, metric: str) -> None:
+    def __init__(self, metric: str, bases: list[Config]) -> None:
         self.metric = metric
+        self.bases = bases  # the trainable's: a Tune trial's config names its base and sample
 
-    @staticmethod
-    def _dir(trial) -> TrialDir | None:
+    def _dir(self, trial) -> TrialDir | None:
+        """The trial's folder: from its last report, else (it died before reporting) from
+        its config, the way `run_trial` finds it."""
         path = (trial.last_result or {}).get("trial_dir")
-        return TrialDir(path) if path else None
+        if path:
+            return TrialDir(path)
+        config = trial.config or {}
+        if not isinstance(config.get("base"), int) or not 0 <= config["base"] < len(self.bases):
+            return None
+        try:
+            cfg = trial_config(self.bases[config["base"]], config.get("space") or {})
+        except ConfigError:
+            return None
+        return TrialDir.for_config(cfg)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         print(
@@ -131,8 +147,8 @@ class Recorder(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         d = self._dir(trial)
-        if d is None:
-            print(f"  FAILED Ray trial {trial.trial_id} before its first evaluation", flush=True)
+        if d is None or not d.path.is_dir():
+            print(f"  FAILED Ray trial {trial.trial_id} before its folder was made", flush=True)
             return
         try:
             error = trial.get_pickled_error()  # what Ray knows of the failure
@@ -352,7 +368,7 @@ def run_ray(
         stop_orphans(dirs)
     with ray_session(opts) as where:
         print(f"Ray Tune on {where}; Tune's files in {storage / name}", flush=True)
-        recorder = Recorder(metric)
+        recorder = Recorder(metric, [t.config for t in trials])
         tuner = _tuner(grid, trials, parent, opts, storage, name, metric, recorder)
         results = tuner.fit()
     return _summary(results, recorder, metric)

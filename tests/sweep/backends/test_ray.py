@@ -265,3 +265,45 @@ def test_tune_setup_follows_the_search_section(tmp_path, synth_small):
     dist = space["space"]["loss.mim_weight"]
     assert isinstance(dist, Float) and (dist.lower, dist.upper) == (0.0, 1.0)
     assert type(alg).__name__ == "BasicVariantGenerator"
+
+
+def test_a_trial_whose_worker_keeps_dying_is_recorded_failed_by_ray(
+    tmp_path, synth_small, ray_head
+):
+    """SIGKILL to the trial's worker process, three times (Tune restores it twice: max_failures
+    2): the trial ends failed, recorded by the Ray callback with Ray's own words, source ray,
+    and no cause (a killed process says nothing; like a local job killed without a record)."""
+    from bilma.runs.lock import local_holder_pid
+
+    overrides = tiny_overrides(
+        synth_small, tmp_path / "runs", "train.epochs=200", "train.max_steps_per_epoch=2"
+    )
+    grid = {
+        "study": STUDY,
+        "base": str(REPO / "configs" / "synth_tiny.yaml"),
+        "seeds": [1],
+        "set": dict(parse_override(o) for o in overrides),
+        "variants": {"A": {}},
+    }
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    proc = launch(path, ray_head, tmp_path, tmp_path / "out.txt")
+    killed: list[int] = []
+    deadline = time.time() + 600
+    while len(killed) < 3 and proc.poll() is None:
+        assert time.time() < deadline, (tmp_path / "out.txt").read_text()[-3000:]
+        dirs = trial_dirs(tmp_path)
+        pid = local_holder_pid(dirs[0]) if dirs else None
+        if pid is not None and pid not in killed and status(dirs[0]).get("state") == "running":
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        time.sleep(0.2)
+    assert proc.wait(300) != 0, (tmp_path / "out.txt").read_text()[-3000:]
+    assert len(killed) == 3
+    (d,) = trial_dirs(tmp_path)
+    st = status(d)
+    assert st["state"] == "failed" and st.get("cause") is None
+    last = st["attempt_log"][-1]
+    assert (last["state"], last["source"]) == ("failed", "ray"), st["attempt_log"]
+    assert last["error"].startswith("Ray trial ") and "worker died?" not in last["error"]
+    assert "FAILED A seed=1" in (tmp_path / "out.txt").read_text()
