@@ -13,6 +13,8 @@ as `python sweeps/launch.py` runs them:
   submit      each trial's claim and `mark_submitted` (what every backend does per trial
               before its job starts; no job is started)
   status      plan + the status table of 1,000 submitted trials
+  mark        the SLURM backend's marking of a submitted array: one trial after another
+              (before) and in `bilma.fileio.in_threads` (now)
 
 then the whole commands, as a user runs them (Python start-up and imports included):
 `--dry-run --yes` and `--status --yes` (above --max-trials 500, the size check asks for
@@ -98,6 +100,7 @@ def timed(label: str, fn: Callable[[], Any], rows: list, profile: str | None) ->
 
 
 def phases(grid_path: Path, tracking: bool, profile: str | None) -> list[tuple[str, float]]:
+    from bilma import fileio
     from bilma.sweep import report
     from bilma.sweep.expand import expand_report, load_grid
     from bilma.sweep.plan import claimed, mark_submitted, plan
@@ -126,6 +129,15 @@ def phases(grid_path: Path, tracking: bool, profile: str | None) -> list[tuple[s
 
     timed("submit (claim + mark)", submit, rows, profile)
     timed("status", lambda: report.status_table(plan(trials)), rows, profile)
+
+    # The SLURM backend marks a whole array after sbatch: one after another before, in
+    # `bilma.fileio.in_threads` now (the same two fsyncs per trial either way).
+    def mark(p) -> None:
+        mark_submitted(p.dir, "local", "0", None)  # the status commands below stay local
+
+    timed("mark an array, one after another", lambda: [mark(p) for p in planned], rows, profile)
+    if hasattr(fileio, "in_threads"):
+        timed("mark an array, in threads", lambda: fileio.in_threads(mark, planned), rows, profile)
     return rows
 
 

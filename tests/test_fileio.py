@@ -77,3 +77,17 @@ def test_name_problem_is_the_one_rule_for_names_that_become_folders(name, proble
 
     got = name_problem(name)
     assert (got is None) if problem is None else (problem in got)
+
+
+def test_in_threads_runs_every_item_and_raises_the_first_error(tmp_path):
+    from bilma.fileio import atomic_write_text, in_threads
+
+    in_threads(lambda n: atomic_write_text(tmp_path / f"{n}.txt", str(n)), range(20))
+    assert sorted(int(p.read_text()) for p in tmp_path.glob("*.txt")) == list(range(20))
+
+    def fail_on_7(n: int) -> None:
+        if n == 7:
+            raise OSError(28, "No space left on device", str(tmp_path / "7.txt"))
+
+    with pytest.raises(OSError, match="No space left"):
+        in_threads(fail_on_7, range(20))

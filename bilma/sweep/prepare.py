@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bilma.config import Config
 from bilma.errors import first_line
+from bilma.fileio import in_threads
 from bilma.runs.launch import rename_launch, write_launch
 from bilma.runs.lock import claim
 from bilma.runs.schema import MLFLOW_STATUS, TAG_GRID, TrialState
@@ -23,8 +23,6 @@ from bilma.sweep.expand import Grid
 from bilma.sweep.plan import Planned
 
 log = logging.getLogger(__name__)
-
-PREPARE_THREADS = 8  # trial folders written at once
 
 
 def prepare(
@@ -62,10 +60,7 @@ def prepare(
         launch = p.trial.launch(str(grid.path), parent, settings)
         write_launch(p.dir.path, dataclasses.replace(launch, code=code))
 
-    # Each file is fsynced (bilma.fileio); fsyncs in flight together share the file system's
-    # journal commits: 1,000 trial folders took 22 s one after another, ~2 s this way.
-    with ThreadPoolExecutor(PREPARE_THREADS) as pool:
-        list(pool.map(folder, to_run))
+    in_threads(folder, to_run)  # each file fsynced: 1,000 folders in ~2 s, not 22 s
     return parent
 
 
