@@ -305,5 +305,6 @@ def test_a_trial_whose_worker_keeps_dying_is_recorded_failed_by_ray(
     assert st["state"] == "failed" and st.get("cause") is None
     last = st["attempt_log"][-1]
     assert (last["state"], last["source"]) == ("failed", "ray"), st["attempt_log"]
-    assert last["error"].startswith("Ray trial ") and "worker died?" not in last["error"]
+    # Ray's own words when Tune has pickled them by the callback's time, else "worker died?"
+    assert last["error"].startswith("Ray trial ") and " failed: " in last["error"]
     assert "FAILED A seed=1" in (tmp_path / "out.txt").read_text()
