@@ -173,13 +173,12 @@ def run_eval(
         what = f"{checkpoint} (epoch {info.get('epoch')})"
     else:
         from bilma.config import load_config
-        from bilma.model.bilma import build_model
+        from bilma.model.bilma import build_untrained
 
         cfg = load_config(config, overrides or [])
         data = load_data(cfg, check_parse_maps=False)
-        tok = data.tokenizer
-        model = build_model(cfg, tok.vocab_size, tok.eot_id, data.num_train_ids).to(device)
-        source = cfg.model.pretrained or f"random {cfg.model.name} weights"
+        model, source = build_untrained(cfg, data)
+        model.to(device)
         what = f"{source} untrained (zero-shot, {config})"
     if not data.split(split)[0]:
         print(f"error: {cfg.data.dataset} at {cfg.data.root} has no {split} split")

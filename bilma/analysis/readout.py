@@ -125,16 +125,13 @@ def read_zero_shot(
     import torch
 
     from bilma.config import load_config
-    from bilma.model.bilma import build_model
+    from bilma.model.bilma import build_untrained
 
     cfg = load_config(config, overrides or [])
     cache: dict = {}
-    data = _data(cfg, cache)[0]
-    tok = data.tokenizer
-    model = build_model(cfg, tok.vocab_size, tok.eot_id, data.num_train_ids)
+    model, source = build_untrained(cfg, _data(cfg, cache)[0])
     model.to(torch.device(device)).eval()
-    source = cfg.model.pretrained or f"random {cfg.model.name} weights"
-    return {"source": str(source), "config": str(config), **read_model(model, cfg, device, cache)}
+    return {"source": source, "config": str(config), **read_model(model, cfg, device, cache)}
 
 
 def read_trial(trial_path: Path, device: str = "cpu", data_cache: dict | None = None) -> dict:

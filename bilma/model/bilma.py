@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -30,6 +31,9 @@ from bilma.config import Config
 from bilma.labels import IGNORE_INDEX, get_label_set
 from bilma.model import losses
 from bilma.model.clip import CLIPEncoders, EncoderSpec
+
+if TYPE_CHECKING:
+    from bilma.data.datasets import PedesData
 from bilma.model.cross import CrossModal, Head
 from bilma.patches import patchify
 
@@ -422,6 +426,14 @@ def build_model(
     else:
         encoders = build_encoders(spec_from_config(cfg, vocab_size, eot_id))
     return BiLMa(encoders, head_spec(cfg, num_ids, encoders.spec.patch, attributes), cfg)
+
+
+def build_untrained(cfg: Config, data: PedesData) -> tuple[BiLMa, str]:
+    """The config's model as built for `data`, untrained (zero-shot: its `model.pretrained`
+    weights), and what its weights are, in words."""
+    tok = data.tokenizer
+    model = build_model(cfg, tok.vocab_size, tok.eot_id, data.num_train_ids)
+    return model, str(cfg.model.pretrained or f"random {cfg.model.name} weights")
 
 
 def model_signature(model: BiLMa) -> dict:

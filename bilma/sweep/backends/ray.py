@@ -47,12 +47,7 @@ from bilma.runs.lock import is_locked, local_holder_pid
 from bilma.runs.schema import TrialState
 from bilma.runs.trial_dir import TrialDir
 from bilma.sweep.backends.base import Backend
-from bilma.sweep.backends.ray_trainable import (
-    record_failed,
-    record_stopped,
-    run_trial,
-    trial_config,
-)
+from bilma.sweep.backends.ray_trainable import config_of, record_failed, record_stopped, run_trial
 from bilma.sweep.expand import Grid, GridError, Trial
 from bilma.sweep.plan import Planned
 from bilma.sweep.search import Scheduler, Search, SearchError, check_optuna
@@ -114,14 +109,10 @@ class Recorder(tune.Callback):
         path = (trial.last_result or {}).get("trial_dir")
         if path:
             return TrialDir(path)
-        config = trial.config or {}
-        if not isinstance(config.get("base"), int) or not 0 <= config["base"] < len(self.bases):
+        try:  # a callback that raises would stop the whole experiment
+            return TrialDir.for_config(config_of(trial.config or {}, self.bases))
+        except (KeyError, IndexError, TypeError, ConfigError):
             return None
-        try:
-            cfg = trial_config(self.bases[config["base"]], config.get("space") or {})
-        except ConfigError:
-            return None
-        return TrialDir.for_config(cfg)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         print(

@@ -50,6 +50,12 @@ def trial_config(base: Config, sampled: dict[str, Any], where: str = "search") -
     return dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, variant=variant))
 
 
+def config_of(config: dict[str, Any], bases: list[Config]) -> Config:
+    """The trial config of a Tune trial's `config` (its base's index and sampled values):
+    what `run_trial` trains, and where the driver's callback finds its folder."""
+    return trial_config(bases[config["base"]], config.get("space") or {})
+
+
 # ----------------------------------------------------------------------------- the trainable
 
 
@@ -148,7 +154,7 @@ def run_trial(
     # task variables, which would make the trainer start DDP across the job's tasks.
     for key in ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS", "SLURM_NPROCS", *_DDP_VARS):
         os.environ.pop(key, None)
-    cfg = trial_config(bases[config["base"]], config.get("space") or {})
+    cfg = config_of(config, bases)
     trial = TrialDir.for_config(cfg)
     # One process trains a directory at a time (two samples of one config, a worker of a
     # killed driver still exiting): the second waits, then finds the trial done or resumes.
